@@ -1,0 +1,289 @@
+"""Typed configuration schema, registered in Hydra's ConfigStore.
+
+Every YAML option in ``conf/<group>/`` starts from one of the schemas below (its ``defaults`` list names
+``base_<kind>``), so a misspelt key or a wrong type fails when Hydra composes the config, naming the key.
+Cross-field checks (``epsilon > 0``...) run in ``__post_init__`` when :func:`to_object` builds the dataclasses,
+before any model is loaded.
+
+Conventions for the VCORE knobs (``tau``, ``probe.epsilon``) are documented in ``conf/method/vcore.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option to change."""
+
+
+def _check(cond: bool, option: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{option}: {msg}")
+
+
+# --------------------------------------------------------------------------------------------------- model
+@dataclass
+class TinyModelConfig:
+    """A randomly initialised Qwen3-architecture model plus a BPE tokenizer trained on the synthetic task.
+
+    Built once into ``model.name_or_path`` (a local directory) and then loaded through ``from_pretrained``
+    like any hub model, so the main job exercises the real loading path without the network.
+    """
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 384
+    vocab_size: int = 640  # BPE vocabulary trained on the synthetic corpus, special tokens included
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    # "all-linear" is peft's shorthand for every linear layer except the output head (paper: LoRA on all linear layers)
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING  # hub id or local directory, passed to from_pretrained
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    dtype: str = "float32"  # dtype of the weights: float32 | bfloat16 | float16
+    attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2 | null (model default)
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    tiny: Optional[TinyModelConfig] = None  # set: build the tiny model into name_or_path if it is not there
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
+
+
+# --------------------------------------------------------------------------------------------------- dataset
+@dataclass
+class DatasetConfig:
+    """Common dataset options; each source adds its own fields in a subclass."""
+
+    name: str = MISSING
+    max_length: int = 2048  # prompt + response tokens; paper: 16384
+    overlength: str = "drop"  # drop | truncate (truncate keeps the prompt and cuts the response)
+    prompt_template: str = "math"  # key of vcore.prompts.PROMPT_TEMPLATES, or "none" (use the field as is)
+    enable_thinking: bool = True  # passed to chat templates that understand it (Qwen3)
+    on_bad_record: str = "error"  # error | skip (skips are counted and logged)
+    eval_examples: int = 64  # held-out examples per eval split (NLL; accuracy where the task has answers)
+
+    def __post_init__(self) -> None:
+        _check(self.max_length > 0, "dataset.max_length", "must be positive")
+        _check(self.overlength in ("drop", "truncate"), "dataset.overlength", f"{self.overlength!r} is not drop|truncate")
+        _check(self.on_bad_record in ("error", "skip"), "dataset.on_bad_record", f"{self.on_bad_record!r} is not error|skip")
+
+
+@dataclass
+class SyntheticDatasetConfig(DatasetConfig):
+    """Seeded multi-step arithmetic word problems in the OpenMathReasoning record schema."""
+
+    name: str = "synthetic"
+    num_examples: int = 512
+    seed: int = 0
+    # In-distribution: few steps, small numbers. Out-of-distribution: more steps, larger numbers.
+    id_steps: list[int] = field(default_factory=lambda: [2, 3])
+    id_max_number: int = 9
+    ood_steps: list[int] = field(default_factory=lambda: [4, 5])
+    ood_max_number: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_examples >= 0, "dataset.num_examples", "must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------- methods
+class LossNormalization(str, Enum):
+    token = "token"  # (1/N) sum_B sum_t w_t l_t, N = supervised tokens of the optimizer step
+    sequence = "sequence"  # (1/|B|) sum_B (1/n) sum_t w_t l_t  (the paper's equations)
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    loss_normalization: LossNormalization = LossNormalization.token
+
+
+@dataclass
+class SFTConfig(MethodConfig):
+    name: str = "sft"
+
+
+@dataclass
+class DFTConfig(MethodConfig):
+    name: str = "dft"
+
+
+@dataclass
+class RandomConfig(MethodConfig):
+    name: str = "random"
+    keep_fraction: float = 0.2  # paper App. B.2
+    always_keep_answer: bool = True  # tokens of the final \boxed{...} are always kept
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.keep_fraction <= 1.0, "method.keep_fraction", "must be in (0, 1]")
+
+
+@dataclass
+class IwSFTConfig(MethodConfig):
+    name: str = "iw_sft"
+    # Authors' code (emmyqin/iw_sft, bounding_trainers.py): w = clamp(exp(temp * mean_t log-ratio), 0, 16), temp 1.
+    temperature: float = 1.0
+    clip_min: float = 0.0
+    clip_max: float = 16.0
+
+    def __post_init__(self) -> None:
+        _check(self.clip_max > self.clip_min >= 0.0, "method.clip_max", "need clip_max > clip_min >= 0")
+
+
+class ProbeMode(str, Enum):
+    finite_difference = "finite_difference"
+
+
+class VarianceControl(str, Enum):
+    paper = "paper"
+    loss_ratio = "loss_ratio"
+    none = "none"
+
+
+@dataclass
+class ProbeConfig:
+    mode: ProbeMode = ProbeMode.finite_difference
+    epsilon: float = 1e-4  # finite-difference step along -g
+    batch_size: int = 4  # examples per probe micro-batch
+    accumulation: int = 2  # probe micro-batches per probe gradient
+    clip_norm: Optional[float] = 1.0  # clip g to this norm before use (authors: max_grad_norm); null: no clipping
+    every: int = 1  # recompute g every k optimizer steps, reuse it in between
+    seed: int = 0  # seed of the probe batch generator
+    # Finite differences under bf16/fp16 weights are rounding noise (SPEC §6); only set this to study that.
+    allow_low_precision: bool = False
+
+
+@dataclass
+class VCOREConfig(MethodConfig):
+    name: str = "vcore"
+    tau: float = 0.5  # the paper's τ, multiplies s_t; see conf/method/vcore.yaml for the paper's values
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    variance_control: VarianceControl = VarianceControl.paper
+    alpha_max: Optional[float] = 1.0  # cap on α; null: unbounded
+
+    def __post_init__(self) -> None:
+        _check(self.tau >= 0.0, "method.tau", f"must be >= 0 (got {self.tau}); 0 gives uniform weights")
+        _check(self.probe.epsilon > 0.0, "method.probe.epsilon", f"must be > 0 (got {self.probe.epsilon})")
+        _check(self.probe.batch_size >= 1, "method.probe.batch_size", "must be >= 1")
+        _check(self.probe.accumulation >= 1, "method.probe.accumulation", "must be >= 1")
+        _check(self.probe.every >= 1, "method.probe.every", "must be >= 1")
+        _check(self.probe.clip_norm is None or self.probe.clip_norm > 0, "method.probe.clip_norm", "must be > 0 or null")
+        _check(self.alpha_max is None or self.alpha_max > 0, "method.alpha_max", "must be > 0 or null")
+
+
+# --------------------------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainerConfig:
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    lr_floor: Optional[float] = None  # the authors' fork floors the lr at 1e-6 for every method; off unless set
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast, weights stay in model.dtype) | fp16
+    per_device_eval_batch_size: int = 16
+    logging_steps: int = 1
+    save_steps: int = 0  # 0: only the final model is saved
+    save_total_limit: Optional[int] = 2
+    dataloader_num_workers: int = 0
+    use_cpu: bool = False  # force CPU even when a GPU is visible
+    eval_at_end: bool = True  # held-out NLL on every eval split after training
+
+    def __post_init__(self) -> None:
+        _check(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", f"{self.precision!r} is not fp32|bf16|fp16")
+        _check(self.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size", "must be >= 1")
+        _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------------- logger
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NoLoggerConfig(LoggerConfig):
+    name: str = "none"
+
+
+@dataclass
+class WandbConfig(LoggerConfig):
+    name: str = "wandb"
+    project: str = "vcore"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the multirun sweep dir name, else none
+    run_name: Optional[str] = None  # default: the job's overrides (seeds and paths excluded)
+    tags: list[str] = field(default_factory=list)
+    mode: str = "offline"  # offline | online | disabled
+    resume_by_config_hash: bool = True  # run id from a hash of the resolved config: a requeued job resumes its run
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("offline", "online", "disabled"), "logger.mode", f"{self.mode!r} is not offline|online|disabled")
+
+
+# --------------------------------------------------------------------------------------------------- root
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    dataset: Any = MISSING  # a DatasetConfig subclass, chosen by the dataset group
+    method: Any = MISSING  # a MethodConfig subclass, chosen by the method group
+    trainer: TrainerConfig = MISSING
+    logger: Any = MISSING  # a LoggerConfig subclass
+    seed: int = 42
+    output_dir: str = "${hydra:runtime.output_dir}"
+    task: str = "train"  # train (more tasks come with the evaluation harness)
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"base_synthetic": SyntheticDatasetConfig},
+    "method": {
+        "base_sft": SFTConfig,
+        "base_dft": DFTConfig,
+        "base_random": RandomConfig,
+        "base_iw_sft": IwSFTConfig,
+        "base_vcore": VCOREConfig,
+    },
+    "model": {"base_model": ModelConfig},
+    "trainer": {"base_trainer": TrainerConfig},
+    "logger": {"base_none": NoLoggerConfig, "base_wandb": WandbConfig},
+}
+
+
+def register_configs() -> None:
+    """Register the root schema and every group schema (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """Resolve ``cfg`` into dataclass instances, running every ``__post_init__`` check."""
+    return OmegaConf.to_object(cfg)

@@ -1,0 +1,58 @@
+"""Math answer equivalence with math-verify, gold first: ``verify(parse(gold), parse(pred))``.
+
+Both sides are parsed from ``\\boxed{...}`` so that math-verify's LaTeX extraction sees the whole answer (an
+answer like ``1,-2`` or ``\\text{Evelyn}`` parses as a set / text instead of its first number). math-verify
+bounds ``parse`` and ``verify`` with ``signal.alarm``, which only works in a main thread, so batches are graded
+by :func:`grade_many` in worker processes (vcore/eval/workers.py) with a hard per-item limit on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vcore.eval.workers import map_with_timeout
+
+
+@dataclass
+class MathVerdict:
+    correct: bool
+    status: str  # ok | no_answer | timeout | error
+    detail: str | None = None
+
+
+def grade_one(pair: tuple[str, str | None]) -> tuple[bool, str | None]:
+    """``(gold, extracted prediction)`` -> ``(equivalent, parsed prediction as text)``. Runs in a worker."""
+    from math_verify import parse, verify  # imported in the worker: it pulls in sympy (slow to import)
+
+    gold, pred = pair
+    if pred is None or not pred.strip():
+        return False, None
+    gold_parsed = parse(f"\\boxed{{{gold}}}")
+    pred_parsed = parse(f"\\boxed{{{pred}}}")
+    if not gold_parsed:
+        raise ValueError(f"math-verify could not parse the gold answer {gold!r}")
+    return bool(verify(gold_parsed, pred_parsed)), str(pred_parsed[-1]) if pred_parsed else None
+
+
+def grade_many(
+    golds: Sequence[str],
+    preds: Sequence[str | None],
+    *,
+    workers: int,
+    timeout_s: float = 10.0,
+    progress: bool = True,
+) -> list[MathVerdict]:
+    """Grade aligned gold/prediction lists; a missing prediction is wrong without asking math-verify."""
+    if len(golds) != len(preds):
+        raise ValueError(f"{len(golds)} golds but {len(preds)} predictions")
+    todo = [i for i, p in enumerate(preds) if p is not None and p.strip()]
+    out = [MathVerdict(False, "no_answer") for _ in preds]
+    results = map_with_timeout(grade_one, [(golds[i], preds[i]) for i in todo], workers=workers, timeout_s=timeout_s, desc="math-verify", progress=progress)
+    for i, res in zip(todo, results):
+        if res.status == "ok":
+            correct, parsed = res.value
+            out[i] = MathVerdict(correct, "ok", parsed)
+        else:
+            out[i] = MathVerdict(False, res.status, res.error)
+    return out

@@ -1,0 +1,114 @@
+"""Experiment loggers: W&B or nothing, behind one small interface so the training code never branches on it.
+
+W&B runs are offline by default (files under ``<run dir>/wandb``; ``wandb sync`` uploads them later), named after
+the job's Hydra overrides, grouped by sweep, carry the resolved config, and are always finished, also when
+training raises (jobs of one multirun share a process and would otherwise log into each other's runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from vcore.distributed import rank
+
+# Overrides that identify a job's place, not its experiment: left out of run names and config hashes.
+NAME_EXCLUDED = ("seed", "output_dir", "hydra.", "logger.", "trainer.use_cpu", "task")
+
+
+class NullLogger:
+    run_id: str | None = None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbLogger(NullLogger):
+    def __init__(self, cfg, resolved: dict[str, Any], output_dir: Path, overrides: list[str], sweep: str | None) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.run_id = config_hash(resolved) if cfg.resume_by_config_hash else None
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group or sweep,
+            name=cfg.run_name or run_name(overrides),
+            tags=list(cfg.tags),
+            mode=cfg.mode,
+            dir=str(output_dir),
+            id=self.run_id,
+            resume="allow" if self.run_id else None,
+            config={**resolved, "overrides": overrides, "git_commit": git_commit()},
+            reinit="finish_previous",
+        )
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.run.log({name: self.wandb.Table(columns=columns, data=rows)})
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        self.run.summary.update(metrics)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def build_logger(cfg, resolved: dict[str, Any], output_dir: Path, overrides: list[str], sweep: str | None) -> NullLogger:
+    """Only rank 0 talks to W&B."""
+    if cfg.name == "none" or rank() != 0 or getattr(cfg, "mode", None) == "disabled":
+        return NullLogger()
+    if cfg.name == "wandb":
+        return WandbLogger(cfg, resolved, output_dir, overrides, sweep)
+    raise ValueError(f"logger.name: unknown logger {cfg.name!r}; use wandb or none")
+
+
+def run_name(overrides: list[str]) -> str:
+    """The job's overrides without seeds and paths, "/" made safe: ``method=vcore,method.tau=1000``."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(NAME_EXCLUDED)]
+    name = ",".join(kept) or "default"
+    return re.sub(r"[/\\]", "-", name)[:128]
+
+
+def config_hash(resolved: dict[str, Any]) -> str:
+    """Stable id of a resolved config, paths excluded: a requeued job gets the same W&B run id."""
+    cleaned = {k: v for k, v in resolved.items() if k not in ("output_dir", "logger")}
+    return hashlib.sha256(json.dumps(cleaned, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class LoggerCallback(TrainerCallback):
+    """Forwards the Trainer's log lines to our logger, keyed by optimizer step."""
+
+    def __init__(self, logger: NullLogger) -> None:
+        self.logger = logger
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.logger.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+        return control

@@ -1,0 +1,45 @@
+"""What a token-weighting method is, as the trainer sees it.
+
+Methods differ only in their weights (STYLE habit 1): each returns detached ``w_t`` of shape ``[B, T]`` and,
+optionally, a loss factor α; :func:`vcore.losses.weighted_loss` does the rest for every method.
+
+Two hooks:
+- :meth:`TokenWeighting.prepare_step` runs once per optimizer step on *all* micro-batches of the accumulation
+  window before any of them is back-propagated. Methods whose weights depend on the whole step batch (VCORE's α,
+  its scores from extra forwards) or on a second model (iw-SFT's reference) compute them here and store per
+  micro-batch tensors under ``batch["weighting"]``.
+- :meth:`TokenWeighting.weights` runs inside the loss of each micro-batch, with that micro-batch's per-token
+  losses from the training forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = dict[str, Any]
+
+
+class TokenWeighting:
+    name: str = "base"
+
+    def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
+        """Per-step work over the whole step batch; returns step-level diagnostics (detached tensors)."""
+        return {}
+
+    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``[B, T]`` detached weights (0 where ``mask`` is False) for one micro-batch."""
+        raise NotImplementedError
+
+    def loss_scale(self, batch: Batch) -> torch.Tensor | float:
+        """Detached factor applied to the micro-batch's loss (VCORE's α); 1 for most methods."""
+        return 1.0
+
+    # Checkpointed state (generators); empty for stateless methods.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,79 @@
+"""Importance-weighted SFT (Qin & Springenberg, 2025, "Supervised Fine Tuning on Curated Data is Reinforcement
+Learning (and can be improved)", arXiv 2507.12856).
+
+One weight per example on every one of its tokens:
+``w_i = clip(exp(temperature * mean_t[log p_θ(y_t) - log p_ref(y_t)]), clip_min, clip_max)``, detached.
+Form and bounds follow the authors' code (github emmyqin/iw_sft, ``bounding_trainers.py``, per-sequence branch
+used by ``iw_sft.sh``: mean over response tokens, ``temp = 1``, ``clamp(iw, 0, 16)``, computed under no_grad,
+loss divided by the token count). ``p_ref`` is the frozen starting model; under LoRA it is the same model with
+its adapters disabled, so no second copy of the weights exists. At step 0 every weight is exactly 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from vcore.forward import model_token_loss
+from vcore.methods.base import Batch, TokenWeighting
+
+
+def iw_sft_weights(
+    token_loss: torch.Tensor,
+    ref_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    clip_min: float = 0.0,
+    clip_max: float = 16.0,
+) -> torch.Tensor:
+    """``token_loss``, ``ref_token_loss``: ``[B, T]`` NLL of the policy and the reference; ``mask [B, T]``.
+
+    Returns ``[B, T]`` float32: each example's clipped sequence weight on its supervised tokens (an example
+    with no supervised token gets 0).
+    """
+    n = mask.sum(dim=1)
+    log_ratio = ((ref_token_loss.detach() - token_loss.detach()) * mask).sum(dim=1) / n.clamp(min=1)
+    w = torch.exp(temperature * log_ratio).clamp(clip_min, clip_max)
+    return (w[:, None] * mask).to(torch.float32)
+
+
+class IwSFT(TokenWeighting):
+    name = "iw_sft"
+
+    def __init__(self, model: nn.Module, temperature: float, clip_min: float, clip_max: float) -> None:
+        self.temperature, self.clip_min, self.clip_max = temperature, clip_min, clip_max
+        self.uses_adapters = hasattr(model, "disable_adapter")
+        # Full fine-tuning: a frozen copy of the starting weights. LoRA: the base model itself, adapters off.
+        self.reference = None if self.uses_adapters else copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _reference_context(self, model: nn.Module):
+        return model.disable_adapter() if self.uses_adapters else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
+        ref = model if self.uses_adapters else self.reference
+        was_training = ref.training
+        ref.eval()
+        try:
+            with self._reference_context(model):
+                for batch in batches:
+                    batch.setdefault("weighting", {})["ref_token_loss"] = model_token_loss(ref, batch)[0]
+        finally:
+            ref.train(was_training)
+        return {}
+
+    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if "weighting" not in batch:
+            raise RuntimeError("iw_sft: the reference losses were not prepared for this batch (prepare_step not called)")
+        return iw_sft_weights(
+            token_loss,
+            batch["weighting"]["ref_token_loss"],
+            mask,
+            temperature=self.temperature,
+            clip_min=self.clip_min,
+            clip_max=self.clip_max,
+        )

@@ -1,0 +1,157 @@
+"""VCORE (Gong et al., arXiv 2510.27462): Gibbs weights of probe utilities with variance control (SPEC §4.4-6).
+
+Per example i with supervised tokens t = 1..n and utilities s_t (from :mod:`vcore.probe`):
+``q_t = exp(τ s_t) / Σ_j exp(τ s_j)`` (masked log-sum-exp), ``w_t = n q_t`` (mean weight 1 inside the example),
+and a detached step factor α:
+- ``paper``: ``α = sqrt(V_u / V_q)`` with ``V_q = Var_i(Σ_t q_t s_t)``, ``V_u = Var_i((1/n) Σ_t s_t)`` over the examples of the whole step batch;
+  α = 1 with fewer than 2 examples or ``V_q = 0``; capped at ``alpha_max``.
+- ``loss_ratio`` (the authors' released code): ``α = min(1, L_uniform / L_weighted)``, 1 when ``L_weighted = 0``.
+- ``none``: α = 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vcore.config import VCOREConfig
+from vcore.distributed import all_reduce_sum
+from vcore.losses import supervised_mask, weighted_loss
+from vcore.methods.base import Batch, TokenWeighting
+from vcore.precision import check_finite_difference_precision
+from vcore.probe import Probe, finite_difference_scores, trainable_parameters
+
+
+def gibbs_weights(scores: torch.Tensor, mask: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC §4.4-5. ``scores [B, T]``, ``mask [B, T] bool`` -> ``(w, q)``, both ``[B, T]``, 0 off the mask.
+
+    ``w = exp(τ s - lse + log n)`` rather than ``n · q`` so that τ = 0 gives exactly 1 (``lse = log n`` then).
+    A row with no supervised token gets zeros, never NaN.
+    """
+    z = torch.where(mask, tau * scores, torch.full_like(scores, -math.inf))
+    n = mask.sum(dim=1, keepdim=True)
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    safe_lse = torch.where(n > 0, lse, torch.zeros_like(lse))
+    log_q = z - safe_lse
+    zero = torch.zeros_like(scores)
+    q = torch.where(mask, torch.exp(log_q), zero)
+    w = torch.where(mask, torch.exp(log_q + torch.log(n.clamp(min=1).to(scores.dtype))), zero)
+    return w, q
+
+
+def paper_alpha(
+    scores: Sequence[torch.Tensor], q: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], alpha_max: float | None
+) -> torch.Tensor:
+    """SPEC §4.6 ``paper``: α over every example of the step batch (lists hold the micro-batches).
+
+    Variances come from all-reduced moment sums in float64, so data-parallel ranks agree on one α.
+    """
+    moments = torch.zeros(5, dtype=torch.float64, device=scores[0].device)
+    for s, qq, m in zip(scores, q, masks):
+        n = m.sum(dim=1)
+        keep = n > 0
+        s64 = (s * m).double()
+        a = (qq.double() * s64).sum(dim=1)[keep]
+        u = (s64.sum(dim=1) / n.clamp(min=1))[keep]
+        moments += torch.stack([keep.sum().double(), a.sum(), (a * a).sum(), u.sum(), (u * u).sum()])
+    count, sa, saa, su, suu = all_reduce_sum(moments)
+    v_q = (saa / count.clamp(min=1) - (sa / count.clamp(min=1)) ** 2).clamp(min=0)
+    v_u = (suu / count.clamp(min=1) - (su / count.clamp(min=1)) ** 2).clamp(min=0)
+    ok = (count >= 2) & (v_q > 0)
+    alpha = torch.where(ok, torch.sqrt(v_u / torch.where(ok, v_q, torch.ones_like(v_q))), torch.ones_like(v_q))
+    return _cap(alpha, alpha_max)
+
+
+def loss_ratio_alpha(uniform_loss: torch.Tensor, weighted: torch.Tensor, alpha_max: float | None) -> torch.Tensor:
+    """SPEC §4.6 ``loss_ratio``: ``min(1, L_uniform / L_weighted)`` (both over the step batch); 1 if L_weighted ≤ 0."""
+    ok = weighted > 0
+    alpha = torch.where(ok, (uniform_loss / torch.where(ok, weighted, torch.ones_like(weighted))).clamp(max=1.0), torch.ones_like(weighted))
+    return _cap(alpha, alpha_max)
+
+
+def _cap(alpha: torch.Tensor, alpha_max: float | None) -> torch.Tensor:
+    return alpha if alpha_max is None else alpha.clamp(max=alpha_max)
+
+
+def q_entropy_ratio(q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over examples with n > 1 of ``H(q) / log n`` (1 = uniform, 0 = one token), and their count."""
+    n = mask.sum(dim=1)
+    h = -(torch.where(q > 0, q * torch.log(q), torch.zeros_like(q))).sum(dim=1)
+    keep = n > 1
+    return (h[keep] / torch.log(n[keep].double()).to(h.dtype)).sum(), keep.sum()
+
+
+class VCORE(TokenWeighting):
+    name = "vcore"
+
+    def __init__(self, cfg: VCOREConfig, model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
+        check_finite_difference_precision(model, cfg.probe.allow_low_precision)
+        self.cfg = cfg
+        self.probe = Probe(cfg.probe, dataset, collate)
+
+    def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
+        was_training = model.training
+        model.eval()  # one deterministic function for g and both forwards: no dropout mask differs between them
+        try:
+            params = trainable_parameters(model)
+            g = self.probe.gradient(model, params)
+            losses, scores = finite_difference_scores(model, params, g, batches, self.cfg.probe.epsilon)
+        finally:
+            model.train(was_training)
+        return self.weigh_step(batches, losses, scores)
+
+    def weigh_step(self, batches: list[Batch], losses: list[torch.Tensor], scores: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights and α for the whole step batch from its float32 losses and scores; stored in each batch."""
+        masks = [supervised_mask(b["labels"]) for b in batches]
+        wq = [gibbs_weights(s, m, self.cfg.tau) for s, m in zip(scores, masks)]
+        alpha = self._alpha(batches, losses, scores, masks, wq)
+        for b, (w, _) in zip(batches, wq):
+            b.setdefault("weighting", {}).update(weights=w, alpha=alpha)
+        return self._diagnostics(scores, masks, wq, alpha)
+
+    def _alpha(self, batches, losses, scores, masks, wq) -> torch.Tensor:
+        vc, device = self.cfg.variance_control.value, scores[0].device
+        if vc == "none":
+            return torch.ones((), dtype=torch.float64, device=device)
+        if vc == "paper":
+            return paper_alpha(scores, [q for _, q in wq], masks, self.cfg.alpha_max)
+        norm = self.cfg.loss_normalization.value
+        n_tok = all_reduce_sum(torch.tensor(float(sum(int(m.sum()) for m in masks)), device=device))
+        n_ex = all_reduce_sum(torch.tensor(float(sum(int((m.sum(1) > 0).sum()) for m in masks)), device=device))
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        for l, m, (w, _) in zip(losses, masks, wq):
+            ones = m.to(l.dtype)
+            sums[0] += weighted_loss(l, ones, m, n_tok, normalization=norm, num_examples=n_ex).double()
+            sums[1] += weighted_loss(l, w, m, n_tok, normalization=norm, num_examples=n_ex).double()
+        uniform, weighted = all_reduce_sum(sums)
+        return loss_ratio_alpha(uniform, weighted, self.cfg.alpha_max)
+
+    def _diagnostics(self, scores, masks, wq, alpha) -> dict[str, torch.Tensor]:
+        flat = torch.cat([s[m] for s, m in zip(scores, masks)]).double()
+        h = [q_entropy_ratio(q, m) for (_, q), m in zip(wq, masks)]
+        h_sum, h_count = sum(x for x, _ in h), sum(c for _, c in h)
+        return {
+            "vcore/alpha": alpha.detach().float(),
+            "vcore/q_entropy_over_log_n": (h_sum / max(int(h_count), 1)).float() if h_count else torch.tensor(float("nan")),
+            "vcore/score_mean": flat.mean().float() if flat.numel() else torch.tensor(float("nan")),
+            "vcore/score_std": flat.std(unbiased=False).float() if flat.numel() else torch.tensor(float("nan")),
+            "vcore/probe_grad_norm": self.probe.last_norm.detach().float(),
+        }
+
+    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if "weighting" not in batch:
+            raise RuntimeError("vcore: weights were not prepared for this batch (prepare_step not called)")
+        return batch["weighting"]["weights"]
+
+    def loss_scale(self, batch: Batch) -> torch.Tensor:
+        return batch["weighting"]["alpha"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe": self.probe.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.probe.load_state_dict(state["probe"])

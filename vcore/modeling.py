@@ -1,0 +1,51 @@
+"""Load the model and tokenizer through ``from_pretrained`` (hub id or local dir), and wrap LoRA adapters."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from vcore.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig):
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss and of attention
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer {cfg.tokenizer or cfg.name_or_path!r} has no chat template; set model.tokenizer to one that has")
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, adapter: str | None = None):
+    """Base model in ``model.dtype``; LoRA adapters (new, or loaded from ``adapter``) when ``model.lora.enabled``."""
+    kwargs = {"dtype": DTYPES[cfg.dtype]}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if not cfg.lora.enabled:
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules) if not isinstance(cfg.lora.target_modules, str) else cfg.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model

@@ -1,0 +1,134 @@
+"""The VCORE probe (SPEC §4 steps 1-3): a probe gradient on an independent batch, and per-token utilities.
+
+``s_t = <g, ∇θ l_t(θ)>``: how much a small step along ``-g`` lowers ``l_t``, per unit of step. With
+``probe.mode: finite_difference``: ``s_t = (l_t(θ) - l_t(θ - εg)) / ε`` from two no-grad forwards in exact
+float32 (eval mode, so no dropout mask differs between them). The parameters are restored from a copy, bit for
+bit (``x - εg + εg`` is not ``x`` in floating point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vcore.config import ProbeConfig
+from vcore.distributed import all_reduce_sum, rank, world_size
+from vcore.forward import model_token_loss
+from vcore.precision import exact_float32
+
+Batch = dict[str, Any]
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Exactly the parameters the optimizer updates (all weights under full fine-tuning, adapters under LoRA)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter; VCORE's probe gradient would be empty")
+    return params
+
+
+def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch]) -> list[torch.Tensor]:
+    """``g = ∇θ L_{B'}(θ; w = 1)`` over ``params``, token-normalised over all probe micro-batches and ranks.
+
+    Uses ``torch.autograd.grad`` so the ``.grad`` buffers of the main step are never touched.
+    """
+    num_tokens = sum(supervised_count(b) for b in batches)
+    num_tokens = all_reduce_sum(torch.tensor(float(num_tokens), device=params[0].device)).clamp(min=1)
+    grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for batch in batches:
+        token_loss, mask = model_token_loss(model, batch)
+        loss = (token_loss * mask).sum() / num_tokens
+        for acc, gr in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+            if gr is not None:
+                acc.add_(gr.float())
+    for gr in grads:  # data parallel: g is the all-reduced gradient of the global probe batch
+        all_reduce_sum(gr)
+    return grads
+
+
+def supervised_count(batch: Batch) -> int:
+    labels = batch["labels"]
+    return int(labels[:, 1:].ne(-100).sum())
+
+
+def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+
+
+def clip_(tensors: Sequence[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Scale ``tensors`` in place to norm ≤ ``max_norm``; returns the norm before clipping."""
+    norm = global_norm(tensors)
+    if max_norm is not None:
+        scale = (max_norm / (norm + 1e-12)).clamp(max=1.0)
+        for t in tensors:
+            t.mul_(scale)
+    return norm
+
+
+@torch.no_grad()
+def finite_difference_scores(
+    model: nn.Module, params: Sequence[torch.Tensor], g: Sequence[torch.Tensor], batches: Sequence[Batch], epsilon: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per micro-batch ``(l_t(θ), s_t)``, both ``[B, T]``, from forwards in exact float32.
+
+    ``l_t(θ)`` is returned because VCORE needs float32 losses at θ anyway (the main step's may be bf16).
+    """
+    with exact_float32():
+        base = [model_token_loss(model, b)[0] for b in batches]
+        saved = [p.detach().clone() for p in params]
+        try:
+            for p, d in zip(params, g):
+                p.sub_(epsilon * d.to(p.dtype))
+            shifted = [model_token_loss(model, b)[0] for b in batches]
+        finally:
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    return base, [(l0 - l1) / epsilon for l0, l1 in zip(base, shifted)]
+
+
+class Probe:
+    """Owns the probe-batch generator and the stored direction ``g`` (reused for ``probe.every`` steps).
+
+    ``sample`` draws probe micro-batches uniformly (with replacement) from the training set with a dedicated
+    generator seeded from ``probe.seed`` and the rank, so it is independent of the step batch and of any global
+    RNG.
+    """
+
+    def __init__(self, cfg: ProbeConfig, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
+        if len(dataset) == 0:
+            raise ValueError("VCORE probe: the training set is empty")
+        self.cfg, self.dataset, self.collate = cfg, dataset, collate
+        # Per-rank streams: under data parallelism each rank draws its own probe micro-batches (SPEC §4.2).
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank())
+        self.direction: list[torch.Tensor] | None = None
+        self.steps_since_refresh = 0
+        self.last_norm = torch.tensor(0.0)
+
+    def sample(self, device: torch.device) -> list[Batch]:
+        n = self.cfg.batch_size * self.cfg.accumulation
+        idx = torch.randint(len(self.dataset), (n,), generator=self.generator).tolist()
+        batches = []
+        for i in range(0, n, self.cfg.batch_size):
+            batch = self.collate([self.dataset[j] for j in idx[i : i + self.cfg.batch_size]])
+            batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+        return batches
+
+    def gradient(self, model: nn.Module, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``g`` for this step: recomputed every ``probe.every`` steps, reused in between."""
+        if self.direction is None or self.steps_since_refresh >= self.cfg.every:
+            g = probe_gradient(model, params, self.sample(params[0].device))
+            self.last_norm = clip_(g, self.cfg.clip_norm)
+            self.direction, self.steps_since_refresh = g, 0
+        self.steps_since_refresh += 1
+        return self.direction
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "steps_since_refresh": self.steps_since_refresh, "world_size": world_size()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        # The stored direction is not checkpointed: force a refresh so a resumed run never uses a stale g.
+        self.direction, self.steps_since_refresh = None, 0

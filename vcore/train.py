@@ -1,0 +1,186 @@
+"""``train(cfg)``: the whole training job, from a composed Hydra config to ``metrics.json``.
+
+    python run.py                                  # the default: tiny model, synthetic task, VCORE
+    python run.py method=dft trainer.max_steps=50  # any override
+Tests and sweepers call :func:`train` directly with a config from ``hydra.compose``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments
+
+from vcore.config import to_object
+from vcore.data.build import DataBundle, build_data
+from vcore.data.collate import Collator
+from vcore.distributed import rank
+from vcore.forward import model_token_loss
+from vcore.loggers import LoggerCallback, NullLogger, build_logger
+from vcore.methods import build_method
+from vcore.modeling import load_model, load_tokenizer
+from vcore.trainer import WeightedTrainer
+
+log = logging.getLogger(__name__)
+
+
+def hydra_job() -> tuple[list[str], str | None]:
+    """The job's command-line overrides and, in a multirun, the sweep's name (W&B group)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [], None
+    hc = HydraConfig.get()
+    sweep = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+    return list(hc.overrides.task), sweep
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured; returns the metrics also written to ``<output_dir>/metrics.json``."""
+    c = to_object(cfg)  # every schema check runs here, before anything is loaded
+    out = Path(c.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if rank() == 0:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    overrides, sweep = hydra_job()
+    logger = build_logger(c.logger, resolved, out, overrides, sweep)
+    try:
+        metrics = _train(c, resolved, out, logger)
+    except BaseException:
+        logger.finish(exit_code=1)
+        raise
+    logger.finish(exit_code=0)
+    return metrics
+
+
+def prepare_model(c):
+    """Tokenizer and model as configured (building the tiny default first if asked)."""
+    if c.model.tiny is not None:
+        from vcore.tiny import build_tiny, tiny_corpus
+
+        build_tiny(c.model.name_or_path, c.model.tiny, tiny_corpus())
+    tokenizer = load_tokenizer(c.model)
+    return tokenizer, load_model(c.model)
+
+
+def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    tokenizer, model = prepare_model(c)
+    data = build_data(c.dataset, tokenizer)
+    logger.log({f"data/{k}": v for k, v in data.stats.items()}, step=0)
+    log.info("data: %s", data.stats)
+    collator = Collator(tokenizer.pad_token_id)
+    weighting = build_method(c.method, model, data.train, collator)
+
+    t = c.trainer
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a fraction of the training steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=t.save_total_limit,
+        seed=c.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        use_cpu=t.use_cpu,
+        remove_unused_columns=False,  # labels, answer_mask and example_id are ours, not the model's
+        report_to="none",  # W&B is driven by vcore.loggers (naming, grouping, finishing)
+        disable_tqdm=False,
+    )
+    trainer = WeightedTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[LoggerCallback(logger)],
+        weighting=weighting,
+        loss_normalization=c.method.loss_normalization.value,
+        precision=t.precision,
+        lr_floor=t.lr_floor,
+    )
+    result = trainer.train()
+    final = out / "final"
+    trainer.save_model(str(final))
+
+    metrics: dict[str, Any] = {
+        "train": summarize_train(trainer.state.log_history, result.metrics),
+        "method": resolved["method"],
+        "data": data.stats,
+    }
+    if t.eval_at_end:
+        metrics["eval"] = {
+            f"{name}/nll": heldout_nll(trainer.model, ds, collator, t.per_device_eval_batch_size)
+            for name, ds in data.eval.items()
+        }
+    metrics["runtime_s"] = time.perf_counter() - t_start
+    logger.summary(flatten(metrics))
+    if rank() == 0:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+def summarize_train(history: list[dict[str, Any]], run_metrics: dict[str, Any]) -> dict[str, Any]:
+    """Final values (last log line) and run means of the per-step diagnostics."""
+    lines = [h for h in history if "train/nll" in h]
+    if not lines:
+        return dict(run_metrics)
+    last = lines[-1]
+    keys = [k for k in last if k.startswith(("train/", "weights/", "vcore/"))]
+    summary = {f"final/{k}": last[k] for k in keys}
+    for k in keys:
+        vals = [h[k] for h in lines if k in h and not math.isnan(h[k])]
+        if vals:
+            summary[f"mean/{k}"] = sum(vals) / len(vals)
+    summary["nll"] = last["train/nll"]
+    summary["weighted_loss"] = last["train/weighted_loss"]
+    summary["tokens_per_s"] = summary.get("mean/train/tokens_per_s")
+    summary.update({k: v for k, v in run_metrics.items() if isinstance(v, (int, float))})
+    return summary
+
+
+@torch.no_grad()
+def heldout_nll(model, dataset, collator, batch_size: int) -> float:
+    """Mean per-token NLL of the supervised tokens of ``dataset`` (eval mode)."""
+    if len(dataset) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(dataset), batch_size):
+        batch = collator([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        token_loss, mask = model_token_loss(model, batch)
+        total += float((token_loss * mask).sum())
+        count += int(mask.sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,129 @@
+"""``transformers.Trainer`` extended through its public hooks only: one weighted loss for every method.
+
+- :meth:`WeightedTrainer.get_batch_samples` sees the whole accumulation window before any backward: it counts the
+  step's supervised tokens and examples (all micro-batches, all ranks) and lets the method prepare step-level
+  weights (VCORE's probe and α, iw-SFT's reference losses).
+- :meth:`WeightedTrainer.compute_loss` computes per-token losses itself (the model never sees ``labels``, so no
+  model-specific loss scaling applies) and returns this micro-batch's share of the step loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from vcore.distributed import all_reduce_sum, world_size
+from vcore.forward import model_token_loss
+from vcore.losses import supervised_mask, weighted_loss
+from vcore.methods.base import TokenWeighting
+from vcore.stats import StepStats
+
+METHOD_STATE = "vcore_method_state.pt"
+
+
+class WeightedTrainer(Trainer):
+    # compute_loss already divides by the step's global token count: the Trainer must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        weighting: TokenWeighting,
+        loss_normalization: str = "token",
+        precision: str = "fp32",
+        lr_floor: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.weighting = weighting
+        self.loss_normalization = loss_normalization
+        self.precision = precision
+        self.lr_floor = lr_floor
+        eos = getattr(self.processing_class, "eos_token_id", None)
+        self.step_stats = StepStats(eos_token_id=eos)
+        self.add_callback(_MethodStateCallback(self))
+        self._last_log_step = 0
+
+    # ----------------------------------------------------------------------------------------- step batch
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batches:
+            return batches, None
+        batches = [self._prepare_inputs(b) for b in batches]
+        masks = [supervised_mask(b["labels"]) for b in batches]
+        counts = torch.tensor(
+            [float(sum(int(m.sum()) for m in masks)), float(sum(int((m.sum(1) > 0).sum()) for m in masks))],
+            dtype=torch.float64,
+            device=batches[0]["input_ids"].device,
+        )
+        num_tokens, num_examples = all_reduce_sum(counts)
+        for b in batches:
+            b["step_counts"] = {"num_tokens": num_tokens, "num_examples": num_examples}
+        with self.compute_loss_context_manager():
+            diagnostics = self.weighting.prepare_step(self.model, batches)
+        self.step_stats.add_step(diagnostics)
+        return batches, num_tokens
+
+    # ----------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        counts = inputs.get("step_counts")
+        token_loss, mask = model_token_loss(model, inputs)
+        if counts is None or not model.training:
+            # Evaluation (or a batch that bypassed get_batch_samples): plain NLL over the local tokens.
+            loss = weighted_loss(token_loss, mask.float(), mask, mask.sum())
+            return (loss, {"token_loss": token_loss}) if return_outputs else loss
+        w = self.weighting.weights(token_loss, mask, inputs)
+        alpha = self.weighting.loss_scale(inputs)
+        loss = weighted_loss(
+            token_loss, w, mask, counts["num_tokens"], normalization=self.loss_normalization, num_examples=counts["num_examples"]
+        )
+        loss = loss * torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
+        self.step_stats.add_micro_batch(token_loss, w, mask, loss, inputs["labels"], inputs["attention_mask"])
+        # DDP averages gradients over ranks while N already counts every rank's tokens: undo the average.
+        loss = loss * world_size()
+        return (loss, {"token_loss": token_loss}) if return_outputs else loss
+
+    def compute_loss_context_manager(self):
+        # We own autocast (TrainingArguments.bf16 stays off): accelerate would wrap model.forward in autocast and
+        # the VCORE probe could then never run an exact float32 forward.
+        stack = contextlib.ExitStack()
+        if self.precision == "bf16":
+            stack.enter_context(torch.autocast(self.args.device.type, dtype=torch.bfloat16))
+        return stack
+
+    # ----------------------------------------------------------------------------------------- schedule, logs
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_floor is not None and hasattr(scheduler, "lr_lambdas"):
+            # A floor on the learning rate (the authors' fork uses 1e-6), applied only when trainer.lr_floor is set.
+            base = scheduler.base_lrs
+            scheduler.lr_lambdas = [
+                (lambda step, f=f, b=b: max(f(step), self.lr_floor / b)) for f, b in zip(scheduler.lr_lambdas, base)
+            ]
+        return scheduler
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log line: add what the method did since the previous one
+            steps = self.state.global_step - self._last_log_step
+            self._last_log_step = self.state.global_step
+            logs.update(self.step_stats.flush(steps))
+        super().log(logs, start_time)
+
+
+class _MethodStateCallback(TrainerCallback):
+    """Saves the method's generator state next to each checkpoint (the probe stream must resume exactly)."""
+
+    def __init__(self, trainer: WeightedTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)
+        return control
