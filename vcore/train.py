@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +72,23 @@ def prepare_model(c):
     return tokenizer, load_model(c.model)
 
 
-def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
-    t_start = time.perf_counter()
+@dataclass
+class Job:
+    """Everything a training run is made of; tests build one to drive the real Trainer step by step."""
+
+    trainer: WeightedTrainer
+    tokenizer: Any
+    data: DataBundle
+    collator: Collator
+
+
+def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
+    """Model, data, method and Trainer for a validated config ``c`` (see :func:`vcore.config.to_object`)."""
     tokenizer, model = prepare_model(c)
     data = build_data(c.dataset, tokenizer)
-    logger.log({f"data/{k}": v for k, v in data.stats.items()}, step=0)
     log.info("data: %s", data.stats)
     collator = Collator(tokenizer.pad_token_id)
     weighting = build_method(c.method, model, data.train, collator)
-
     t = c.trainer
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -99,10 +108,10 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
         save_total_limit=t.save_total_limit,
         seed=c.seed,
         dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=t.use_cpu,
         remove_unused_columns=False,  # labels, answer_mask and example_id are ours, not the model's
         report_to="none",  # W&B is driven by vcore.loggers (naming, grouping, finishing)
-        disable_tqdm=False,
     )
     trainer = WeightedTrainer(
         model=model,
@@ -110,25 +119,32 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
         train_dataset=data.train,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[LoggerCallback(logger)],
+        callbacks=[LoggerCallback(logger or NullLogger())],
         weighting=weighting,
         loss_normalization=c.method.loss_normalization.value,
         precision=t.precision,
         lr_floor=t.lr_floor,
     )
+    return Job(trainer, tokenizer, data, collator)
+
+
+def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    job = build_job(c, out, logger)
+    logger.log({f"data/{k}": v for k, v in job.data.stats.items()}, step=0)
+    trainer = job.trainer
     result = trainer.train()
-    final = out / "final"
-    trainer.save_model(str(final))
+    trainer.save_model(str(out / "final"))
 
     metrics: dict[str, Any] = {
         "train": summarize_train(trainer.state.log_history, result.metrics),
         "method": resolved["method"],
-        "data": data.stats,
+        "data": job.data.stats,
     }
-    if t.eval_at_end:
+    if c.trainer.eval_at_end:
         metrics["eval"] = {
-            f"{name}/nll": heldout_nll(trainer.model, ds, collator, t.per_device_eval_batch_size)
-            for name, ds in data.eval.items()
+            f"{name}/nll": heldout_nll(trainer.model, ds, job.collator, c.trainer.per_device_eval_batch_size)
+            for name, ds in job.data.eval.items()
         }
     metrics["runtime_s"] = time.perf_counter() - t_start
     logger.summary(flatten(metrics))
