@@ -42,6 +42,21 @@ def tiny_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny_model")
 
 
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir):
+    """The tiny tokenizer of the test config, built (once) exactly as a training run builds it."""
+    from hydra import compose, initialize_config_dir
+
+    from vcore.config import register_configs, to_object
+    from vcore.train import prepare_model
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=TINY_TEST + [f"model.name_or_path={tiny_dir}", f"output_dir={tiny_dir}"])
+    tokenizer, _ = prepare_model(to_object(cfg))
+    return tokenizer
+
+
 @pytest.fixture
 def make_cfg(tmp_path, tiny_dir):
     """``make_cfg(*overrides, method="vcore")`` -> composed DictConfig for a tiny CPU run in ``tmp_path``."""

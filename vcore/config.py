@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -282,6 +283,19 @@ def register_configs() -> None:
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
             cs.store(group=group, name=name, node=node)
+
+
+def load_run_config(path: str | Path) -> Any:
+    """The validated config of a finished run from its resolved ``config.yaml`` (as written by ``train``)."""
+    raw = OmegaConf.load(path)
+    root = OmegaConf.structured(TrainConfig)
+    for group in ("dataset", "method", "logger"):
+        name = raw[group]["name"]
+        schema = SCHEMAS[group].get(f"base_{name}")
+        if schema is None:
+            raise ConfigError(f"{path}: {group}.name={name!r} is not a known {group}")
+        root[group] = OmegaConf.structured(schema)
+    return to_object(OmegaConf.merge(root, raw))
 
 
 def to_object(cfg: DictConfig) -> Any:

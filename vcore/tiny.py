@@ -7,6 +7,7 @@ The chat template mirrors Qwen3's single-turn rendering: the assistant turn open
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
 def build_tiny(path: str | Path, spec: TinyModelConfig, corpus: list[str]) -> Path:
     """Write tokenizer + randomly initialised model into ``path`` unless an identical build is already there."""
     path = Path(path)
-    stamp = json.dumps({"spec": spec.__dict__, "corpus_size": len(corpus)}, sort_keys=True)
+    corpus_hash = hashlib.sha256("\x00".join(corpus).encode()).hexdigest()
+    stamp = json.dumps({"spec": spec.__dict__, "corpus": corpus_hash}, sort_keys=True)
     if (path / "vcore_tiny.json").exists() and (path / "vcore_tiny.json").read_text() == stamp:
         return path
     path.mkdir(parents=True, exist_ok=True)

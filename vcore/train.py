@@ -27,7 +27,7 @@ from vcore.forward import model_token_loss
 from vcore.loggers import LoggerCallback, NullLogger, build_logger
 from vcore.methods import build_method
 from vcore.modeling import load_model, load_tokenizer
-from vcore.trainer import WeightedTrainer
+from vcore.trainer import METHOD_STATE, WeightedTrainer
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
     trainer = job.trainer
     result = trainer.train()
     trainer.save_model(str(out / "final"))
+    if rank() == 0:  # the probe generator's state: the inspector weighs examples exactly as the next step would
+        torch.save(trainer.weighting.state_dict(), out / "final" / METHOD_STATE)
 
     metrics: dict[str, Any] = {
         "train": summarize_train(trainer.state.log_history, result.metrics),

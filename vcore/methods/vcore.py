@@ -109,8 +109,8 @@ class VCORE(TokenWeighting):
         masks = [supervised_mask(b["labels"]) for b in batches]
         wq = [gibbs_weights(s, m, self.cfg.tau) for s, m in zip(scores, masks)]
         alpha = self._alpha(batches, losses, scores, masks, wq)
-        for b, (w, _) in zip(batches, wq):
-            b.setdefault("weighting", {}).update(weights=w, alpha=alpha)
+        for b, s, (w, q) in zip(batches, scores, wq):
+            b.setdefault("weighting", {}).update(weights=w, alpha=alpha, scores=s, q=q)
         return self._diagnostics(scores, masks, wq, alpha)
 
     def _alpha(self, batches, losses, scores, masks, wq) -> torch.Tensor:

@@ -1,0 +1,115 @@
+"""Synthetic task, chat-template labels, and bad input: every drop is counted, every error names its record."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import SHARED_DATA
+from vcore.config import SyntheticDatasetConfig, to_object
+from vcore.data.build import build_data, normalise_openmath
+from vcore.data.collate import Collator
+from vcore.data.encode import BadRecord, encode_example, find_last_boxed
+from vcore.data.synthetic import make_split
+from vcore.losses import IGNORE_INDEX
+from vcore.train import build_job
+
+QWEN3 = SHARED_DATA / "tokenizers" / "qwen3"
+RESPONSE = "<think>\nStart with 3.\n3 + 4 = 7.\n</think>\nThe answer is \\boxed{7}."
+
+
+def test_synthetic_is_seeded_and_ood_is_harder():
+    a, b = make_split("train", 20, seed=1), make_split("train", 20, seed=1)
+    assert a == b and a != make_split("train", 20, seed=2)
+    assert make_split("test", 20, seed=1) != a  # held-out split is a different stream
+    for rec in a:
+        assert set(rec) == {"problem", "generated_solution", "expected_answer"}
+        assert rec["generated_solution"].startswith("<think>\n") and "</think>" in rec["generated_solution"]
+        assert rec["generated_solution"].endswith(f"\\boxed{{{rec['expected_answer']}}}.")
+    steps = lambda recs: sum(r["generated_solution"].count(" = ") for r in recs) / len(recs)  # noqa: E731
+    assert steps(make_split("ood", 50)) > steps(make_split("test", 50)) + 1
+
+
+def check_labels(tokenizer, enc, response_text_start: str):
+    ids, labels = enc.input_ids, enc.labels
+    sup = [i for i, l in enumerate(labels) if l != IGNORE_INDEX]
+    assert sup == list(range(sup[0], sup[-1] + 1)), "supervised tokens are one contiguous span"
+    assert [labels[i] for i in sup] == [ids[i] for i in sup]
+    supervised_text = tokenizer.decode([ids[i] for i in sup])
+    prompt_text = tokenizer.decode(ids[: sup[0]])
+    assert supervised_text.startswith(response_text_start)
+    assert prompt_text.endswith("<|im_start|>assistant\n")
+    assert ids[sup[-1]] == tokenizer.convert_tokens_to_ids("<|im_end|>"), "end-of-turn is supervised"
+    assert tokenizer.decode(ids).count("<think>") == 1 and tokenizer.decode(ids).count("</think>") == 1
+    boxed = tokenizer.decode([ids[i] for i, a in enumerate(enc.answer_mask) if a])
+    assert "7" in boxed and all(labels[i] != IGNORE_INDEX for i, a in enumerate(enc.answer_mask) if a)
+
+
+def test_labels_cover_exactly_the_assistant_turn(tiny_tokenizer):
+    enc = encode_example(tiny_tokenizer, "What is 3 + 4?", RESPONSE, max_length=512)
+    check_labels(tiny_tokenizer, enc, "<think>")
+
+
+@pytest.mark.skipif(not QWEN3.exists(), reason="real Qwen3 tokenizer not available (../shared/data)")
+def test_labels_with_the_real_qwen3_template():
+    tok = AutoTokenizer.from_pretrained(QWEN3)
+    enc = encode_example(tok, "What is 3 + 4?", RESPONSE, max_length=4096)
+    check_labels(tok, enc, "<think>")
+
+
+def test_find_last_boxed_matches_braces():
+    text = "a \\boxed{1} b \\boxed{\\frac{1}{2}} c"
+    a, b = find_last_boxed(text)
+    assert text[a:b] == "\\boxed{\\frac{1}{2}}"
+    assert find_last_boxed("no box") is None
+    assert find_last_boxed("\\boxed{1} then", start=5) is None
+
+
+def test_empty_response_is_a_bad_record_naming_it(tiny_tokenizer):
+    with pytest.raises(BadRecord, match="record train 7: the response is empty"):
+        encode_example(tiny_tokenizer, "q", "   ", max_length=64, record="train 7")
+
+
+def test_overlength_drop_and_truncation_to_nothing(tiny_tokenizer):
+    long = RESPONSE * 20
+    assert encode_example(tiny_tokenizer, "q", long, max_length=40, overlength="drop") is None
+    kept = encode_example(tiny_tokenizer, "q", long, max_length=40, overlength="truncate")
+    assert len(kept.input_ids) == 40 and any(l != IGNORE_INDEX for l in kept.labels)
+    prompt = "a very long prompt " * 30
+    assert encode_example(tiny_tokenizer, prompt, RESPONSE, max_length=20, overlength="truncate") is None  # nothing left
+
+
+def test_missing_field_names_field_and_record():
+    rows = [{"problem": "p", "generated_solution": "s", "expected_answer": "1"}, {"problem": "p", "expected_answer": "1"}]
+    with pytest.raises(BadRecord, match=r"src record 1: missing field 'generated_solution'.*on_bad_record=skip"):
+        normalise_openmath(rows, "none", "error", "src", {})
+    stats = {}
+    assert len(normalise_openmath(rows, "none", "skip", "src", stats)) == 1 and stats["skipped_bad_records"] == 1
+    with pytest.raises(BadRecord, match="field 'problem' must be a string, got int"):
+        normalise_openmath([{"problem": 3, "generated_solution": "s", "expected_answer": "1"}], "none", "error", "src", {})
+
+
+def test_empty_dataset_is_a_clear_error(make_cfg, tmp_path):
+    with pytest.raises(ValueError, match="no training example left.*dataset.num_examples"):
+        build_job(to_object(make_cfg("dataset.num_examples=0")), tmp_path)
+
+
+def test_all_examples_too_long_is_a_clear_error(tiny_tokenizer):
+    cfg = SyntheticDatasetConfig(num_examples=4, eval_examples=2, max_length=8)
+    with pytest.raises(ValueError, match="4 dropped for length.*dataset.max_length"):
+        build_data(cfg, tiny_tokenizer)
+
+
+def test_build_data_counts_and_collates(tiny_tokenizer):
+    bundle = build_data(SyntheticDatasetConfig(num_examples=6, eval_examples=3), tiny_tokenizer)
+    assert len(bundle.train) == 6 and set(bundle.eval) == {"id", "ood"}
+    assert bundle.stats["train/examples"] == 6 and bundle.stats["train/dropped_overlength"] == 0
+    assert bundle.eval_records["ood"][0].answer is not None
+    batch = Collator(tiny_tokenizer.pad_token_id)([bundle.train[i] for i in range(3)])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["answer_mask"].shape
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    assert batch["example_id"].tolist() == [0, 1, 2]
+    assert batch["answer_mask"].any(dim=1).all()
+
+
+def test_collating_nothing_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        Collator(0)([])

@@ -1,0 +1,58 @@
+"""Run naming, requeue ids, and that a W&B run is finished even when training raises."""
+
+import pytest
+
+import vcore.train as train_mod
+from vcore.loggers import NullLogger, config_hash, run_name
+
+
+def test_run_name_excludes_seeds_and_paths_and_sanitises():
+    overrides = ["method=vcore", "seed=3", "output_dir=/x/y", "method.tau=1/2", "hydra.run.dir=z", "method.probe.seed=4"]
+    assert run_name(overrides) == "method=vcore,method.tau=1-2,method.probe.seed=4"
+    assert run_name([]) == "default"
+
+
+def test_config_hash_is_stable_and_ignores_paths():
+    a = {"method": {"name": "vcore", "tau": 1.0}, "seed": 1, "output_dir": "/a"}
+    assert config_hash(a) == config_hash({**a, "output_dir": "/b"})
+    assert config_hash(a) != config_hash({**a, "seed": 2})
+
+
+class Recorder(NullLogger):
+    def __init__(self):
+        self.finished = []
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.finished.append(exit_code)
+
+
+def test_logger_finished_when_training_raises(make_cfg, monkeypatch):
+    rec = Recorder()
+    monkeypatch.setattr(train_mod, "build_logger", lambda *a, **k: rec)
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(train_mod, "build_job", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_mod.train(make_cfg())
+    assert rec.finished == [1]
+
+
+def test_logger_receives_step_metrics_and_summary(make_cfg, monkeypatch):
+    logged, summaries = [], []
+
+    class Spy(Recorder):
+        def log(self, metrics, step=None):
+            logged.append((step, metrics))
+
+        def summary(self, metrics):
+            summaries.append(metrics)
+
+    spy = Spy()
+    monkeypatch.setattr(train_mod, "build_logger", lambda *a, **k: spy)
+    train_mod.train(make_cfg())
+    steps = [s for s, m in logged if "train/nll" in m]
+    assert steps == [1, 2] and spy.finished == [0]
+    assert any("data/train/examples" in m for _, m in logged)
+    assert "eval/id/nll" in summaries[0] and "method/tau" in summaries[0]

@@ -1,0 +1,140 @@
+"""Token-weight inspector: what does a method emphasise? One JSON line per example.
+
+    python -m vcore.inspect outputs/2026-11-26/10-00-00 --num-examples 8 --out weights.jsonl
+    python -m vcore.inspect outputs/.../checkpoints/checkpoint-50 --split ood
+
+Each line: ``{"example", "method", "tokens", "supervised", "loss", "score", "q", "weight", "batch_alpha"}``.
+``weight`` is ``w_t`` before the batch factor α (0 on unsupervised tokens); ``batch_alpha`` is α of the step batch
+the example was weighted in (null for methods without one); ``score`` and ``q`` are VCORE's utilities and Gibbs
+probabilities (null elsewhere). Examples are grouped into step batches of the run's size
+(``per_device_train_batch_size × gradient_accumulation_steps``) and weighted by the training step's own hooks, with
+the model and probe-generator state of the checkpoint. The forward runs in eval mode: with dropout (e.g. LoRA
+dropout) training's DFT / iw-SFT weights are those values seen through a random dropout mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from vcore.config import load_run_config
+from vcore.data.build import build_data
+from vcore.data.collate import Collator
+from vcore.forward import model_token_loss
+from vcore.methods import build_method
+from vcore.modeling import DTYPES, load_model
+from vcore.trainer import METHOD_STATE
+
+
+def find_run(path: Path) -> tuple[Path, Path]:
+    """``(run_dir, checkpoint_dir)`` for a run dir (its ``final/``) or a checkpoint inside a run."""
+    path = path.resolve()
+    if (path / "config.yaml").exists():
+        return path, path / "final"
+    for parent in path.parents:
+        if (parent / "config.yaml").exists():
+            return parent, path
+    raise FileNotFoundError(f"{path}: no config.yaml here or above; pass a run dir (outputs/...) or a checkpoint in one")
+
+
+def load_checkpoint(c, checkpoint: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint (did the run finish?)")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if c.model.lora.enabled:
+        model = load_model(c.model, adapter=str(checkpoint))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=DTYPES[c.model.dtype])
+    return tokenizer, model
+
+
+def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", device: str = "cpu") -> list[dict]:
+    run_dir, checkpoint = find_run(Path(path))
+    c = load_run_config(run_dir / "config.yaml")
+    tokenizer, model = load_checkpoint(c, checkpoint)
+    model.to(device)
+    data = build_data(c.dataset, tokenizer)
+    dataset = data.train if split == "train" else data.eval[split]
+    collate = Collator(tokenizer.pad_token_id)
+    weighting = build_method(c.method, model, data.train, collate)
+    if (checkpoint / METHOD_STATE).exists():
+        weighting.load_state_dict(torch.load(checkpoint / METHOD_STATE, weights_only=False))
+    autocast = (
+        torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if c.trainer.precision == "bf16" else contextlib.nullcontext()
+    )
+    b, k = c.trainer.per_device_train_batch_size, c.trainer.gradient_accumulation_steps
+    n = min(num_examples, len(dataset))
+    lines: list[dict] = []
+    model.eval()
+    for start in range(0, n, b * k):
+        rows = [dataset[i] for i in range(start, min(start + b * k, n))]
+        batches = [
+            {key: v.to(device) for key, v in collate(rows[i : i + b]).items()} for i in range(0, len(rows), b)
+        ]
+        with autocast:
+            weighting.prepare_step(model, batches)
+            for batch in batches:
+                with torch.no_grad():
+                    token_loss, mask = model_token_loss(model, batch)
+                w = weighting.weights(token_loss, mask, batch)
+                alpha = batch.get("weighting", {}).get("alpha")
+                lines.extend(rows_to_lines(tokenizer, c.method.name, batch, token_loss, mask, w, alpha))
+    return lines
+
+
+def rows_to_lines(tokenizer, method: str, batch, token_loss, mask, weights, alpha) -> list[dict]:
+    extra = batch.get("weighting", {})
+    out = []
+    for r in range(batch["input_ids"].shape[0]):
+        length = int(batch["attention_mask"][r].sum())
+        ids = batch["input_ids"][r, :length].tolist()
+        sup = mask[r, :length].tolist()
+
+        def per_token(t, supervised_only=True):
+            if t is None:
+                return None
+            vals = t[r, :length].double().tolist()
+            return [v if (s or not supervised_only) else None for v, s in zip(vals, sup)]
+
+        out.append(
+            {
+                "example": int(batch["example_id"][r]),
+                "method": method,
+                "tokens": [tokenizer.decode([i]) for i in ids],
+                "supervised": sup,
+                "loss": [v if s else 0.0 for v, s in zip(token_loss[r, :length].double().tolist(), sup)],
+                "score": per_token(extra.get("scores")),
+                "q": per_token(extra.get("q")),
+                "weight": [v if s else 0.0 for v, s in zip(weights[r, :length].double().tolist(), sup)],
+                "batch_alpha": None if alpha is None else float(alpha),
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vcore.inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a run dir (uses its final/ model) or a checkpoint dir inside a run")
+    parser.add_argument("--num-examples", type=int, default=8, help="examples to weigh (default 8)")
+    parser.add_argument("--split", default="train", help="train (default) or an eval split of the dataset (id, ood)")
+    parser.add_argument("--out", default=None, help="JSONL file to write (default: <run>/token_weights.jsonl)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    lines = inspect_run(args.run, args.num_examples, args.split, args.device)
+    out = Path(args.out) if args.out else find_run(Path(args.run))[0] / "token_weights.jsonl"
+    with out.open("w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    print(f"wrote {len(lines)} examples to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
