@@ -107,7 +107,7 @@ def test_finite_difference_scores_match_exact_inner_products(tmp_path):
     """
     model = tiny_causal_lm(tmp_path, arch="gpt2").eval()
     batch = random_lm_batch()
-    params = trainable_parameters(model)
+    params = list(trainable_parameters(model).values())
     g = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype) for i, p in enumerate(params)]
     norm = math.sqrt(sum(float((x * x).sum()) for x in g))
     g = [x / norm for x in g]

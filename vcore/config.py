@@ -111,7 +111,8 @@ class IwSFTConfig(MethodConfig):
 
 
 class ProbeMode(str, Enum):
-    finite_difference = "finite_difference"
+    finite_difference = "finite_difference"  # (l_t(θ) - l_t(θ - εg)) / ε, two exact-float32 forwards
+    jvp = "jvp"  # exact directional derivative by forward-mode AD, one pass, any precision
 
 
 class VarianceControl(str, Enum):
@@ -131,6 +132,8 @@ class ProbeConfig:
     seed: int = 0  # seed of the probe batch generator
     # Finite differences under bf16/fp16 weights are rounding noise (SPEC §6); only set this to study that.
     allow_low_precision: bool = False
+    attention_block: int = 256  # jvp: queries per block of the forward-mode attention (memory O(block · T))
+    fidelity_every: int = 0  # k > 0: every k steps also compute the other probe's scores and log their agreement
 
 
 @dataclass
@@ -149,6 +152,8 @@ class VCOREConfig(MethodConfig):
         _check(self.probe.every >= 1, "method.probe.every", "must be >= 1")
         _check(self.probe.clip_norm is None or self.probe.clip_norm > 0, "method.probe.clip_norm", "must be > 0 or null")
         _check(self.alpha_max is None or self.alpha_max > 0, "method.alpha_max", "must be > 0 or null")
+        _check(self.probe.attention_block >= 1, "method.probe.attention_block", "must be >= 1")
+        _check(self.probe.fidelity_every >= 0, "method.probe.fidelity_every", "must be >= 0 (0: off)")
 
 
 # --------------------------------------------------------------------------------------------------- trainer

@@ -8,6 +8,7 @@ bit (``x - εg + εg`` is not ``x`` in floating point).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,9 +23,9 @@ from vcore.precision import exact_float32
 Batch = dict[str, Any]
 
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """Exactly the parameters the optimizer updates (all weights under full fine-tuning, adapters under LoRA)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameter; VCORE's probe gradient would be empty")
     return params
@@ -70,13 +71,21 @@ def clip_(tensors: Sequence[torch.Tensor], max_norm: float | None) -> torch.Tens
 
 @torch.no_grad()
 def finite_difference_scores(
-    model: nn.Module, params: Sequence[torch.Tensor], g: Sequence[torch.Tensor], batches: Sequence[Batch], epsilon: float
+    model: nn.Module,
+    params: dict[str, torch.Tensor] | Sequence[torch.Tensor],
+    g: Sequence[torch.Tensor],
+    batches: Sequence[Batch],
+    epsilon: float,
+    exact: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per micro-batch ``(l_t(θ), s_t)``, both ``[B, T]``, from forwards in exact float32.
 
     ``l_t(θ)`` is returned because VCORE needs float32 losses at θ anyway (the main step's may be bf16).
+    ``exact=False`` keeps the ambient precision (autocast, TF32): only for measuring how much that costs in
+    fidelity (:mod:`vcore.fidelity`).
     """
-    with exact_float32():
+    params = list(params.values()) if isinstance(params, dict) else list(params)
+    with exact_float32() if exact else contextlib.nullcontext():
         base = [model_token_loss(model, b)[0] for b in batches]
         saved = [p.detach().clone() for p in params]
         try:
@@ -87,6 +96,33 @@ def finite_difference_scores(
             for p, s in zip(params, saved):
                 p.copy_(s)
     return base, [(l0 - l1) / epsilon for l0, l1 in zip(base, shifted)]
+
+
+@torch.no_grad()
+def jvp_scores(
+    model: nn.Module, params: dict[str, torch.Tensor], g: Sequence[torch.Tensor], batches: Sequence[Batch], block: int = 256
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per micro-batch ``(l_t(θ), s_t)`` with ``s_t`` the exact derivative of ``l_t`` along ``g`` (forward-mode AD).
+
+    One forward per micro-batch at the ambient precision (bf16 autocast is fine: SPEC §6 measures 1.000 fidelity);
+    attention runs through :mod:`vcore.attention` (linear memory in T, no SDPA forward-mode rule needed).
+    Nothing is mutated: the dual parameters exist only inside ``functional_call``.
+    """
+    import torch.autograd.forward_ad as fwAD
+
+    from vcore.attention import use_attention
+
+    for m in model.modules():  # block size read by the attention function
+        m.vcore_block = block
+    losses, scores = [], []
+    with use_attention(model), fwAD.dual_level():
+        dual = {n: fwAD.make_dual(p, d.to(p.dtype)) for (n, p), d in zip(params.items(), g)}
+        for batch in batches:
+            token_loss, _ = model_token_loss(model, batch, params=dual)
+            primal, tangent = fwAD.unpack_dual(token_loss)
+            losses.append(primal.clone())
+            scores.append(torch.zeros_like(primal) if tangent is None else tangent.clone())
+    return losses, scores
 
 
 class Probe:
@@ -116,10 +152,11 @@ class Probe:
             batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
         return batches
 
-    def gradient(self, model: nn.Module, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def gradient(self, model: nn.Module, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """``g`` for this step: recomputed every ``probe.every`` steps, reused in between."""
         if self.direction is None or self.steps_since_refresh >= self.cfg.every:
-            g = probe_gradient(model, params, self.sample(params[0].device))
+            values = list(params.values())
+            g = probe_gradient(model, values, self.sample(values[0].device))
             self.last_norm = clip_(g, self.cfg.clip_norm)
             self.direction, self.steps_since_refresh = g, 0
         self.steps_since_refresh += 1

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from vcore.config import VCOREConfig
+from vcore.config import ProbeMode, VCOREConfig
 from vcore.distributed import all_reduce_sum
 from vcore.losses import supervised_mask, weighted_loss
 from vcore.methods.base import Batch, TokenWeighting
 from vcore.precision import check_finite_difference_precision
-from vcore.probe import Probe, finite_difference_scores, trainable_parameters
+from vcore.probe import Probe, finite_difference_scores, jvp_scores, trainable_parameters
 
 
 def gibbs_weights(scores: torch.Tensor, mask: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +77,24 @@ def _cap(alpha: torch.Tensor, alpha_max: float | None) -> torch.Tensor:
     return alpha if alpha_max is None else alpha.clamp(max=alpha_max)
 
 
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    denom = a.norm() * b.norm()
+    return (a * b).sum() / denom if denom > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    rank = lambda x: torch.argsort(torch.argsort(x)).double()  # noqa: E731  (ties: measure zero for real scores)
+    return pearson(rank(a), rank(b))
+
+
+def score_agreement(fd: list[torch.Tensor], exact: list[torch.Tensor], masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fidelity of finite-difference scores against exact (jvp) scores over the step's supervised tokens."""
+    a = torch.cat([s[m] for s, m in zip(fd, masks)])
+    b = torch.cat([s[m] for s, m in zip(exact, masks)])
+    return {"vcore/fidelity_pearson": pearson(a, b).float(), "vcore/fidelity_spearman": spearman(a, b).float()}
+
+
 def q_entropy_ratio(q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over examples with n > 1 of ``H(q) / log n`` (1 = uniform, 0 = one token), and their count."""
     n = mask.sum(dim=1)
@@ -89,20 +107,36 @@ class VCORE(TokenWeighting):
     name = "vcore"
 
     def __init__(self, cfg: VCOREConfig, model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
-        check_finite_difference_precision(model, cfg.probe.allow_low_precision)
+        if cfg.probe.mode == ProbeMode.finite_difference:
+            check_finite_difference_precision(model, cfg.probe.allow_low_precision)
         self.cfg = cfg
         self.probe = Probe(cfg.probe, dataset, collate)
+        self.steps = 0
+
+    def scores(self, model: nn.Module, params, g, batches: list[Batch], mode: ProbeMode):
+        """``(l_t(θ), s_t)`` per micro-batch by the chosen probe."""
+        if mode == ProbeMode.jvp:
+            return jvp_scores(model, params, g, batches, self.cfg.probe.attention_block)
+        return finite_difference_scores(model, params, g, batches, self.cfg.probe.epsilon)
 
     def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
         was_training = model.training
-        model.eval()  # one deterministic function for g and both forwards: no dropout mask differs between them
+        model.eval()  # one deterministic function for g and the score passes: no dropout mask differs between them
+        fidelity: dict[str, torch.Tensor] = {}
         try:
             params = trainable_parameters(model)
             g = self.probe.gradient(model, params)
-            losses, scores = finite_difference_scores(model, params, g, batches, self.cfg.probe.epsilon)
+            losses, scores = self.scores(model, params, g, batches, self.cfg.probe.mode)
+            every = self.cfg.probe.fidelity_every
+            if every and self.steps % every == 0:
+                other = ProbeMode.jvp if self.cfg.probe.mode == ProbeMode.finite_difference else ProbeMode.finite_difference
+                _, other_scores = self.scores(model, params, g, batches, other)
+                fd, exact = (scores, other_scores) if other == ProbeMode.jvp else (other_scores, scores)
+                fidelity = score_agreement(fd, exact, [supervised_mask(b["labels"]) for b in batches])
         finally:
             model.train(was_training)
-        return self.weigh_step(batches, losses, scores)
+        self.steps += 1
+        return {**self.weigh_step(batches, losses, scores), **fidelity}
 
     def weigh_step(self, batches: list[Batch], losses: list[torch.Tensor], scores: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Weights and α for the whole step batch from its float32 losses and scores; stored in each batch."""
