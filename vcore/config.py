@@ -133,6 +133,7 @@ class ProbeConfig:
     # Finite differences under bf16/fp16 weights are rounding noise (SPEC §6); only set this to study that.
     allow_low_precision: bool = False
     attention_block: int = 256  # jvp: queries per block of the forward-mode attention (memory O(block · T))
+    jvp_attention: str = "vcore_blocked"  # jvp: vcore_blocked (linear memory) | eager (materialises T×T; reference)
     fidelity_every: int = 0  # k > 0: every k steps also compute the other probe's scores and log their agreement
 
 
@@ -245,6 +246,18 @@ def register_configs() -> None:
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
             cs.store(group=group, name=name, node=node)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides, as ``run.py`` does (for tools and tests)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides or []))
 
 
 def load_run_config(path: str | Path) -> Any:

@@ -100,7 +100,12 @@ def finite_difference_scores(
 
 @torch.no_grad()
 def jvp_scores(
-    model: nn.Module, params: dict[str, torch.Tensor], g: Sequence[torch.Tensor], batches: Sequence[Batch], block: int = 256
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    g: Sequence[torch.Tensor],
+    batches: Sequence[Batch],
+    block: int = 256,
+    attention: str = "vcore_blocked",
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per micro-batch ``(l_t(θ), s_t)`` with ``s_t`` the exact derivative of ``l_t`` along ``g`` (forward-mode AD).
 
@@ -115,7 +120,7 @@ def jvp_scores(
     for m in model.modules():  # block size read by the attention function
         m.vcore_block = block
     losses, scores = [], []
-    with use_attention(model), fwAD.dual_level():
+    with use_attention(model, attention), fwAD.dual_level():
         dual = {n: fwAD.make_dual(p, d.to(p.dtype)) for (n, p), d in zip(params.items(), g)}
         for batch in batches:
             token_loss, _ = model_token_loss(model, batch, params=dual)

@@ -116,7 +116,7 @@ class VCORE(TokenWeighting):
     def scores(self, model: nn.Module, params, g, batches: list[Batch], mode: ProbeMode):
         """``(l_t(θ), s_t)`` per micro-batch by the chosen probe."""
         if mode == ProbeMode.jvp:
-            return jvp_scores(model, params, g, batches, self.cfg.probe.attention_block)
+            return jvp_scores(model, params, g, batches, self.cfg.probe.attention_block, self.cfg.probe.jvp_attention)
         return finite_difference_scores(model, params, g, batches, self.cfg.probe.epsilon)
 
     def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:

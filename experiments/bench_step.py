@@ -1,0 +1,192 @@
+"""Step-cost benchmark: one optimizer step of SFT and of VCORE's probes, time and peak memory, same process.
+
+    python experiments/bench_step.py                     # CPU preset, under 3 minutes on 2 cores
+    python experiments/bench_step.py --gpu               # Qwen3-0.6B-shaped model (random init), T = 2048, 8192
+    python experiments/bench_step.py --lengths 512,2048 --variants sft,vcore_jvp
+
+Each step goes through the Trainer's own hooks (``get_batch_samples`` → method ``prepare_step``, ``compute_loss``,
+backward, AdamW step), one example of T tokens per step, a probe batch of the same size. Variants:
+
+- ``sft``: uniform weights (in bf16 autocast with ``--gpu``);
+- ``vcore_fd``: finite differences, two exact-float32 no-grad forwards (the faithful setting, SPEC §6);
+- ``vcore_jvp``: forward-mode probe with the blocked attention JVP (linear memory in T);
+- ``vcore_jvp_eager``: forward-mode probe through eager attention (materialises T×T; the naive reference);
+- ``vcore_jvp_every4``: ``probe.every=4``, the probe gradient reused for 4 steps (mean over 4 steps).
+
+Warm-up, several repeats, median. Peak memory: CUDA's max allocated bytes; on CPU, each (variant, T) runs in a
+fresh subprocess and reports its sampled peak resident set size above the size after setup (approximate). Writes JSON and prints a
+markdown table with ratios to SFT measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS = ("sft", "vcore_fd", "vcore_jvp", "vcore_jvp_eager", "vcore_jvp_every4")
+CPU_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4096)
+GPU_MODEL = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936)
+
+
+def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16: bool):
+    from transformers import AutoModelForCausalLM, Qwen3Config, TrainingArguments
+
+    from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
+    from vcore.methods import build_method
+    from vcore.trainer import WeightedTrainer
+
+    config = Qwen3Config(**model_kw, max_position_embeddings=max(length, 1024), tie_word_embeddings=True)
+    with tempfile.TemporaryDirectory() as d:  # through from_pretrained, as every model in this project
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            AutoModelForCausalLM.from_config(config).save_pretrained(d)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").to(device)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(model_kw["vocab_size"], (length,), generator=g).tolist()
+    row = {"input_ids": ids, "labels": [-100] * 16 + ids[16:], "answer_mask": [False] * length, "example_id": 0}
+    from vcore.data.collate import Collator
+
+    collate = Collator(0)
+    if variant == "sft":
+        cfg = type("C", (), {"name": "sft"})()
+    else:
+        mode = ProbeMode.finite_difference if variant == "vcore_fd" else ProbeMode.jvp
+        cfg = VCOREConfig(
+            tau=1.0,
+            probe=ProbeConfig(
+                mode=mode, epsilon=1e-4, batch_size=1, accumulation=1, every=4 if variant.endswith("every4") else 1,
+                jvp_attention="eager" if variant.endswith("eager") else "vcore_blocked",
+            ),
+        )
+    weighting = build_method(cfg, model, [row], collate)
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=1, report_to="none", use_cpu=device.type == "cpu")
+    trainer = WeightedTrainer(model=model, args=args, weighting=weighting, precision="bf16" if bf16 else "fp32")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    batch = {k: v.to(device) for k, v in collate([row]).items()}
+    return trainer, model, optimizer, batch
+
+
+def one_step(trainer, model, optimizer, batch) -> None:
+    batches, _ = trainer.get_batch_samples(iter([dict(batch)]), 1, batch["input_ids"].device)
+    model.train()
+    with trainer.compute_loss_context_manager():
+        loss = trainer.compute_loss(model, batches[0])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class RssSampler:
+    """Peak resident memory above the level at construction, sampled every 0.5 ms from /proc/self/statm.
+
+    The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors go back to the OS and RSS follows
+    live memory; the sampled peak is approximate (a peak shorter than the sampling period can be missed).
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.0005)
+
+    def stop(self) -> int:
+        self.running = False
+        self.thread.join()
+        return self.peak - self.base
+
+
+def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int, bf16: bool) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    trainer, model, optimizer, batch = build(model_kw, length, variant, device, bf16)
+    per = 4 if variant.endswith("every4") else 1  # a measured unit spans the reuse period
+    sampler = RssSampler() if device.type == "cpu" else None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        one_step(trainer, model, optimizer, batch)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(per):
+            one_step(trainer, model, optimizer, batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) / per)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else sampler.stop()
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {"variant": variant, "T": length, "seconds": statistics.median(times), "peak_bytes": peak, "trainable_bytes": trainable}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="Qwen3-0.6B-shaped model at T = 2048, 8192, bf16 autocast")
+    parser.add_argument("--lengths", default=None, help="comma-separated sequence lengths")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="bench_step.json")
+    parser.add_argument("--single", default=None, help=argparse.SUPPRESS)  # internal: one measurement as JSON
+    args = parser.parse_args(argv)
+    model_kw = GPU_MODEL if args.gpu else CPU_MODEL
+    if args.single:
+        variant, length = args.single.split(":")
+        print(json.dumps(measure(variant, int(length), model_kw, args.warmup, args.repeats, args.gpu)))
+        return 0
+    lengths = [int(x) for x in (args.lengths or ("2048,8192" if args.gpu else "256,1024,2048")).split(",")]
+    variants = args.variants.split(",")
+    rows = []
+    for length in lengths:
+        for variant in variants:
+            if torch.cuda.is_available():
+                rows.append(measure(variant, length, model_kw, args.warmup, args.repeats, args.gpu))
+            else:  # a fresh process per measurement: clean peak RSS
+                cmd = [sys.executable, __file__, f"--single={variant}:{length}", f"--warmup={args.warmup}", f"--repeats={args.repeats}"]
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  {variant} T={length}: {rows[-1]['seconds']:.3f}s", file=sys.stderr)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    Path(args.out).write_text(json.dumps({"device": device, "model": model_kw, "rows": rows}, indent=2))
+    print(table(rows, device))
+    return 0
+
+
+def table(rows: list[dict], device: str) -> str:
+    sft = {r["T"]: r for r in rows if r["variant"] == "sft"}
+    lines = [f"Step cost on {device} (median; x = ratio to SFT at the same T, same run)\n",
+             "| T | variant | s/step | x SFT | peak MiB | (peak - SFT peak) / trainable bytes |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = sft.get(r["T"])
+        ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
+        extra = f"{(r['peak_bytes'] - base['peak_bytes']) / r['trainable_bytes']:.2f}" if base else "-"
+        lines.append(f"| {r['T']} | {r['variant']} | {r['seconds']:.3f} | {ratio} | {r['peak_bytes'] / 2**20:.0f} | {extra} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
