@@ -58,11 +58,15 @@ class ModelConfig:
     dtype: str = "float32"  # dtype of the weights: float32 | bfloat16 | float16
     attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2 | null (model default)
     gradient_checkpointing: bool = False
+    # > 0: per-token CE from hidden states in chunks of this many tokens, never the full [T, vocab] logits
+    # (exact; needed for long CoT at 16k tokens with a 152k vocabulary). 0: full logits.
+    loss_chunk_size: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: Optional[TinyModelConfig] = None  # set: build the tiny model into name_or_path if it is not there
 
     def __post_init__(self) -> None:
         _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
+        _check(self.loss_chunk_size >= 0, "model.loss_chunk_size", "must be >= 0 (0: full logits)")
 
 
 # --------------------------------------------------------------------------------------------------- methods

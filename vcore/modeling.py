@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vcore.config import ModelConfig
+from vcore.forward import set_loss_chunk_size
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def load_model(cfg: ModelConfig, adapter: str | None = None):
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    set_loss_chunk_size(model, cfg.loss_chunk_size)
     if not cfg.lora.enabled:
         return model
     from peft import LoraConfig, PeftModel, get_peft_model
