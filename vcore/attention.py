@@ -29,8 +29,11 @@ def _acc(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _masked_scores(q_blk, k, key_mask, start: int, scale: float) -> torch.Tensor:
-    """``q_blk [B, Hkv, G, Tb, D]``, ``k [B, Hkv, S, D]`` -> ``[B, Hkv, G, Tb, S]`` (≥ float32), masked."""
+def _masked_scores(q_blk, k, key_mask, start: int, scale: float, segments=None) -> torch.Tensor:
+    """``q_blk [B, Hkv, G, Tb, D]``, ``k [B, Hkv, S, D]`` -> ``[B, Hkv, G, Tb, S]`` (≥ float32), masked.
+
+    ``segments [B, S]`` (packed rows): a query attends only to keys of its own example.
+    """
     acc = _acc(q_blk)
     s = torch.matmul(q_blk.to(acc), k.to(acc).unsqueeze(2).transpose(-1, -2)) * scale
     tb, length = s.shape[-2], s.shape[-1]
@@ -39,6 +42,9 @@ def _masked_scores(q_blk, k, key_mask, start: int, scale: float) -> torch.Tensor
     allowed = allowed[None, None, None]
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, None, :].bool()
+    if segments is not None:
+        same = segments[:, start : start + tb, None] == segments[:, None, :]
+        allowed = allowed & same[:, None, None]
     # A query whose every key is masked (a padded position before any real token) gets a uniform row, not NaN.
     return s.masked_fill(~allowed, torch.finfo(acc).min)
 
@@ -52,20 +58,20 @@ class BlockedAttention(torch.autograd.Function):
     """``(q [B, H, T, D], k, v [B, Hkv, T, D], key_mask [B, T] bool | None) -> [B, H, T, D]``; forward-mode only."""
 
     @staticmethod
-    def forward(q, k, v, key_mask, scale, block):
+    def forward(q, k, v, key_mask, scale, block, segments=None):
         num_kv = k.shape[1]
         qg = _grouped(q, num_kv)
         out = torch.empty_like(qg)
         for start in range(0, q.shape[2], block):
-            p = torch.softmax(_masked_scores(qg[:, :, :, start : start + block], k, key_mask, start, scale), dim=-1)
+            p = torch.softmax(_masked_scores(qg[:, :, :, start : start + block], k, key_mask, start, scale, segments), dim=-1)
             out[:, :, :, start : start + block] = torch.matmul(p, v.to(p.dtype).unsqueeze(2)).to(q.dtype)
         return out.view_as(q)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, key_mask, scale, block = inputs
+        q, k, v, key_mask, scale, block, segments = inputs
         ctx.save_for_forward(q, k, v)
-        ctx.key_mask, ctx.scale, ctx.block = key_mask, scale, block
+        ctx.key_mask, ctx.scale, ctx.block, ctx.segments = key_mask, scale, block, segments
 
     @staticmethod
     def jvp(ctx, dq, dk, dv, *_):
@@ -79,7 +85,7 @@ class BlockedAttention(torch.autograd.Function):
         for start in range(0, q.shape[2], ctx.block):
             sl = slice(start, start + ctx.block)
             q_blk = qg[:, :, :, sl]
-            s = _masked_scores(q_blk, k, ctx.key_mask, start, ctx.scale)
+            s = _masked_scores(q_blk, k, ctx.key_mask, start, ctx.scale, ctx.segments)
             p = torch.softmax(s, dim=-1)
             ds = torch.zeros_like(s)
             if dqg is not None:
@@ -102,10 +108,20 @@ class BlockedAttention(torch.autograd.Function):
         )
 
 
-def blocked_attention(q, k, v, key_mask=None, scale=None, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+def blocked_attention(q, k, v, key_mask=None, scale=None, block: int = DEFAULT_BLOCK, segments=None) -> torch.Tensor:
     """Causal attention; see :class:`BlockedAttention`. ``scale`` defaults to ``D ** -0.5``."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return BlockedAttention.apply(q, k, v, key_mask, float(scale), int(block))
+    return BlockedAttention.apply(q, k, v, key_mask, float(scale), int(block), segments)
+
+
+def packed_segments(position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """Example index of every position of packed rows (positions restart at each example), or None if unpacked."""
+    if position_ids is None:
+        return None
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    segments = starts.cumsum(-1)
+    return None if bool((segments[:, -1] == 1).all()) else segments
 
 
 def _attention_interface(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -114,7 +130,9 @@ def _attention_interface(module: nn.Module, query, key, value, attention_mask, s
         raise ValueError("vcore_blocked attention needs queries and keys of the same length (no KV cache)")
     if kwargs.get("sliding_window"):
         raise ValueError("vcore_blocked attention does not implement sliding-window attention")
-    out = blocked_attention(query, key, value, attention_mask, scaling, getattr(module, "vcore_block", DEFAULT_BLOCK))
+    # Packed rows (no padding mask, positions restarting per example): attention never crosses examples.
+    segments = packed_segments(kwargs.get("position_ids")) if attention_mask is None else None
+    out = blocked_attention(query, key, value, attention_mask, scaling, getattr(module, "vcore_block", DEFAULT_BLOCK), segments)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -174,7 +174,9 @@ class TrainerConfig:
     lr_floor: Optional[float] = None  # the authors' fork floors the lr at 1e-6 for every method; off unless set
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast, weights stay in model.dtype) | fp16
+    precision: str = "fp32"  # fp32 | bf16 (autocast, weights stay in model.dtype)
+    packing: bool = False  # padding-free: a micro-batch's examples in one row, attention kept inside each example
+    group_by_length: bool = False  # length-grouped sampling: micro-batches of similar lengths (less padding)
     per_device_eval_batch_size: int = 16
     logging_steps: int = 1
     save_steps: int = 0  # 0: only the final model is saved
@@ -184,7 +186,7 @@ class TrainerConfig:
     eval_at_end: bool = True  # held-out NLL on every eval split after training
 
     def __post_init__(self) -> None:
-        _check(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", f"{self.precision!r} is not fp32|bf16|fp16")
+        _check(self.precision in ("fp32", "bf16"), "trainer.precision", f"{self.precision!r} is not fp32|bf16")
         _check(self.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size", "must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
 

@@ -25,12 +25,20 @@ def set_loss_chunk_size(model: nn.Module, chunk: int) -> None:
 def _token_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
     inputs["use_cache"] = False
+    packed = "pack_index" in batch
+    labels = batch["packed_labels"] if packed else batch["labels"]
     chunk = getattr(causal_lm(model), CHUNK_ATTR, 0)
     if chunk:
         with hidden_states_as_logits(model) as head:
             hidden = model(**inputs).logits
-            return chunked_token_cross_entropy(hidden, head.weight, batch["labels"], chunk)
-    return token_cross_entropy(model(**inputs).logits, batch["labels"])
+            loss = chunked_token_cross_entropy(hidden, head.weight, labels, chunk)
+    else:
+        loss = token_cross_entropy(model(**inputs).logits, labels)
+    if not packed:
+        return loss
+    # Packed rows -> example layout [E, T_max], so every per-example quantity sees examples (see data/collate.py).
+    index = batch["pack_index"]
+    return loss.reshape(-1)[index.clamp(min=0)] * (index >= 0)
 
 
 class _TokenLoss(nn.Module):

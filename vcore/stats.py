@@ -27,13 +27,13 @@ class StepStats:
         v = value.detach().double()
         self.sums[key] = self.sums[key] + v if key in self.sums else v
 
-    def add_micro_batch(self, token_loss, weights, mask, loss, labels, attention_mask) -> None:
+    def add_micro_batch(self, token_loss, weights, mask, loss, labels, input_tokens) -> None:
         """One micro-batch of the training step: ``token_loss``, ``weights``, ``mask`` are ``[B, T]``."""
         w = weights.detach().double()[mask]
         self._add("nll_sum", (token_loss.detach().double() * mask).sum())
         self._add("weighted_loss", loss)
         self._add("supervised_tokens", mask.sum())
-        self._add("input_tokens", attention_mask.sum())
+        self._add("input_tokens", input_tokens)
         self._add("w_sum", w.sum())
         self._add("w_sq_sum", (w * w).sum())
         self._add("w_below_0_1", (w < 0.1).sum())

@@ -87,9 +87,9 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     tokenizer, model = prepare_model(c)
     data = build_data(c.dataset, tokenizer)
     log.info("data: %s", data.stats)
-    collator = Collator(tokenizer.pad_token_id)
-    weighting = build_method(c.method, model, data.train, collator)
     t = c.trainer
+    collator = Collator(tokenizer.pad_token_id, pack=t.packing)
+    weighting = build_method(c.method, model, data.train, collator)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         max_steps=t.max_steps,
@@ -108,6 +108,7 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
         save_total_limit=t.save_total_limit,
         seed=c.seed,
         dataloader_num_workers=t.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=t.use_cpu,
         remove_unused_columns=False,  # labels, answer_mask and example_id are ours, not the model's
@@ -145,7 +146,7 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
     }
     if c.trainer.eval_at_end:
         metrics["eval"] = {
-            f"{name}/nll": heldout_nll(trainer.model, ds, job.collator, c.trainer.per_device_eval_batch_size)
+            f"{name}/nll": heldout_nll(trainer.model, ds, Collator(job.tokenizer.pad_token_id), c.trainer.per_device_eval_batch_size)
             for name, ds in job.data.eval.items()
         }
     metrics["runtime_s"] = time.perf_counter() - t_start

@@ -82,7 +82,8 @@ class WeightedTrainer(Trainer):
             token_loss, w, mask, counts["num_tokens"], normalization=self.loss_normalization, num_examples=counts["num_examples"]
         )
         loss = loss * torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
-        self.step_stats.add_micro_batch(token_loss, w, mask, loss, inputs["labels"], inputs["attention_mask"])
+        tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
+        self.step_stats.add_micro_batch(token_loss, w, mask, loss, inputs["labels"], tokens)
         # DDP averages gradients over ranks while N already counts every rank's tokens: undo the average.
         loss = loss * world_size()
         return (loss, {"token_loss": token_loss}) if return_outputs else loss
