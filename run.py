@@ -4,14 +4,14 @@ import hydra
 from omegaconf import DictConfig
 
 from vcore.config import register_configs
-from vcore.train import train
+from vcore.train import run
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

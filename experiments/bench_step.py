@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +32,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "experiments"))
+from benchlib import RssSampler, device_name, run_isolated  # noqa: E402
 
 VARIANTS = ("sft", "vcore_fd", "vcore_jvp", "vcore_jvp_eager", "vcore_jvp_every4")
 CPU_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4096)
@@ -88,37 +88,6 @@ def one_step(trainer, model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-class RssSampler:
-    """Peak resident memory above the level at construction, sampled every 0.5 ms from /proc/self/statm.
-
-    The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors go back to the OS and RSS follows
-    live memory; the sampled peak is approximate (a peak shorter than the sampling period can be missed).
-    """
-
-    def __init__(self) -> None:
-        import threading
-
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.base = self.peak = self.rss()
-        self.running = True
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.0005)
-
-    def stop(self) -> int:
-        self.running = False
-        self.thread.join()
-        return self.peak - self.base
-
-
 def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int, bf16: bool) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trainer, model, optimizer, batch = build(model_kw, length, variant, device, bf16)
@@ -165,12 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             if torch.cuda.is_available():
                 rows.append(measure(variant, length, model_kw, args.warmup, args.repeats, args.gpu))
             else:  # a fresh process per measurement: clean peak RSS
-                cmd = [sys.executable, __file__, f"--single={variant}:{length}", f"--warmup={args.warmup}", f"--repeats={args.repeats}"]
-                env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                rows.append(run_isolated([__file__, f"--single={variant}:{length}", f"--warmup={args.warmup}", f"--repeats={args.repeats}"]))
             print(f"  {variant} T={length}: {rows[-1]['seconds']:.3f}s", file=sys.stderr)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    device = device_name()
     Path(args.out).write_text(json.dumps({"device": device, "model": model_kw, "rows": rows}, indent=2))
     print(table(rows, device))
     return 0

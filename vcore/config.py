@@ -217,6 +217,20 @@ class WandbConfig(LoggerConfig):
         _check(self.mode in ("offline", "online", "disabled"), "logger.mode", f"{self.mode!r} is not offline|online|disabled")
 
 
+# --------------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class EvalRunConfig:
+    """When and what to evaluate; the benchmarks and decoding come from the ``benchmark`` and ``decoding`` groups."""
+
+    after_train: bool = True  # evaluate the trained model on cfg.benchmark at the end of training
+    model: Optional[str] = None  # task=eval: a run dir, a checkpoint dir, or a hub id
+    backend: str = "hf"  # hf (transformers generate) | vllm (GPU; pip install -e ".[vllm]")
+    num_workers: int = 2  # grading worker processes (math-verify timeouts need processes)
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("hf", "vllm"), "eval.backend", f"{self.backend!r} is not hf|vllm")
+
+
 # --------------------------------------------------------------------------------------------------- root
 @dataclass
 class TrainConfig:
@@ -227,7 +241,14 @@ class TrainConfig:
     logger: Any = MISSING  # a LoggerConfig subclass
     seed: int = 42
     output_dir: str = "${hydra:runtime.output_dir}"
-    task: str = "train"  # train (more tasks come with the evaluation harness)
+    task: str = "train"  # train | eval (see eval.model)
+    eval: EvalRunConfig = field(default_factory=EvalRunConfig)
+    benchmark: Any = None  # {name: BenchmarkConfig}, from the benchmark group (conf/benchmark/)
+    decoding: Any = None  # a DecodingConfig, from the decoding group (conf/decoding/)
+
+    def __post_init__(self) -> None:
+        _check(self.task in ("train", "eval"), "task", f"{self.task!r} is not train|eval")
+        _check(self.task != "eval" or bool(self.eval.model), "eval.model", "task=eval needs eval.model=<run dir | checkpoint | hub id>")
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -247,6 +268,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
 
 def register_configs() -> None:
     """Register the root schema and every group schema (idempotent)."""
+    from vcore.eval.config import register_configs as register_eval_configs
+
+    register_eval_configs()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for group, nodes in SCHEMAS.items():

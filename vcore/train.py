@@ -43,8 +43,13 @@ def hydra_job() -> tuple[list[str], str | None]:
     return list(hc.overrides.task), sweep
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """``run.py``'s job: ``task=train`` (default) or ``task=eval``."""
+    return train(cfg)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train as configured; returns the metrics also written to ``<output_dir>/metrics.json``."""
+    """Train (or, with ``task=eval``, evaluate) as configured; metrics also go to ``<output_dir>/metrics.json``."""
     c = to_object(cfg)  # every schema check runs here, before anything is loaded
     out = Path(c.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     overrides, sweep = hydra_job()
     logger = build_logger(c.logger, resolved, out, overrides, sweep)
     try:
-        metrics = _train(c, resolved, out, logger)
+        metrics = _train(c, resolved, out, logger) if c.task == "train" else _evaluate_only(c, out, logger)
     except BaseException:
         logger.finish(exit_code=1)
         raise
@@ -149,10 +154,60 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
             f"{name}/nll": heldout_nll(trainer.model, ds, Collator(job.tokenizer.pad_token_id), c.trainer.per_device_eval_batch_size)
             for name, ds in job.data.eval.items()
         }
+    if c.eval.after_train and c.benchmark:
+        summary = run_benchmarks(c, trainer.model, job.tokenizer, out / "eval", logger)
+        metrics.setdefault("eval", {}).update(summary)
     metrics["runtime_s"] = time.perf_counter() - t_start
     logger.summary(flatten(metrics))
     if rank() == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger) -> dict[str, float]:
+    """Generate and grade ``cfg.benchmark`` with ``cfg.decoding`` (rank 0); ``{"<bench>/accuracy": ...}``."""
+    if rank() != 0:
+        return {}
+    from vcore.eval import GradingConfig, evaluate
+
+    was_training = model.training
+    model.eval()
+    try:
+        summary = evaluate(
+            model, tokenizer, list(c.benchmark.values()), c.decoding, out, c.eval.backend, logger,
+            grading=GradingConfig(num_workers=c.eval.num_workers),
+        )
+    finally:
+        model.train(was_training)
+    result = {}
+    for name, bench in summary["benchmarks"].items():
+        for key in ("accuracy", "truncation_rate"):
+            if bench["metrics"].get(key) is not None:
+                result[f"{name}/{key}"] = bench["metrics"][key]
+    return result
+
+
+def _evaluate_only(c, out: Path, logger: NullLogger) -> dict[str, Any]:
+    """``task=eval``: a run dir or checkpoint of ours (LoRA adapters included), or any hub id / model dir."""
+    t_start = time.perf_counter()
+    source = Path(c.eval.model)
+    if source.exists() and not (source / "config.json").exists() or (source / "adapter_config.json").exists():
+        from vcore.config import load_run_config
+        from vcore.inspect import find_run, load_checkpoint
+
+        run_dir, checkpoint = find_run(source)
+        tokenizer, model = load_checkpoint(load_run_config(run_dir / "config.yaml"), checkpoint)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(c.eval.model)
+        model = str(c.eval.model) if c.eval.backend == "vllm" else AutoModelForCausalLM.from_pretrained(c.eval.model, dtype="auto")
+    if not c.benchmark:
+        raise ValueError("task=eval: no benchmark selected; pick one with benchmark=<name> (see conf/benchmark/)")
+    metrics = {"eval": run_benchmarks(c, model, tokenizer, out / "eval", logger), "model": str(c.eval.model)}
+    metrics["runtime_s"] = time.perf_counter() - t_start
+    logger.summary(flatten(metrics))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
 
 

@@ -183,6 +183,9 @@ class BenchmarkConfig:
         )
         if self.grader == GraderKind.multiple_choice:
             _check(self.prompt_domain == "multiple_choice", f"{opt}.prompt_domain", "a multiple_choice grader needs prompt_domain multiple_choice")
+        if self.grader == GraderKind.code_lcb:
+            # LiveCodeBench picks code / code_python / code_functional_* from code.language and functional_language
+            _check(self.prompt_domain == "code", f"{opt}.prompt_domain", "code_lcb takes prompt_domain code (the language options pick the template)")
         if self.sample.size is not None:
             _check(self.sample.size > 0, f"{opt}.sample.size", "must be > 0 or null")
         if self.limit is not None:

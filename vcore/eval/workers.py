@@ -5,20 +5,31 @@ from the call, not from when the task started. Grading needs both: math-verify b
 ``signal.alarm`` (which only works in a main thread, so every worker runs tasks in its main thread), and a task
 that still hangs (a C-level loop in sympy, a stuck judge) must cost one item, not the run. Here every worker
 takes one task at a time; a task past its deadline gets its worker killed and replaced, and is reported as a
-timeout. Workers are started with ``spawn`` so that a parent holding CUDA or threads is never forked.
+timeout.
+
+Workers are plain ``python -m vcore.eval.worker_main`` subprocesses talking pickle frames over pipes, not
+``multiprocessing`` children: nothing is forked from a parent that may hold CUDA or threads, and unlike
+``spawn`` the caller's ``__main__`` is never re-imported (a script without an ``if __name__ == "__main__"``
+guard still works). They inherit the parent's ``sys.path``, so ``fn`` only has to be importable there.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
+import pickle
+import struct
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from typing import Any
+from multiprocessing.connection import wait
+from typing import Any, BinaryIO
 
 from tqdm.auto import tqdm
+
+_HEADER = struct.Struct("<Q")
 
 
 @dataclass
@@ -28,43 +39,71 @@ class TaskResult:
     error: str | None = None
 
 
-def _worker_loop(conn: Connection) -> None:
+def _send(stream: BinaryIO, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _recv(stream: BinaryIO) -> Any:
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise EOFError("worker pipe closed")
+    (size,) = _HEADER.unpack(head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("worker pipe closed mid-message")
+    return pickle.loads(data)
+
+
+def serve() -> None:
+    """Worker main loop: tasks arrive on stdin, results leave on a private copy of stdout."""
+    inp = os.fdopen(os.dup(0), "rb")
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything the task prints goes to stderr, never into the result stream
+    sys.stdout = sys.stderr
     while True:
         try:
-            msg = conn.recv()
+            msg = _recv(inp)
         except (EOFError, KeyboardInterrupt):
             return
         if msg is None:
             return
         index, fn, payload = msg
         try:
-            out = (index, "ok", fn(payload), None)
+            reply = (index, "ok", fn(payload), None)
         except Exception as err:  # reported per item; the worker stays alive for the next task
-            out = (index, "error", None, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
-        conn.send(out)
+            reply = (index, "error", None, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        _send(out, reply)
 
 
 class _Worker:
-    def __init__(self, ctx: Any) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
-        self.proc.start()
-        child.close()
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.proc = subprocess.Popen([sys.executable, "-m", "vcore.eval.worker_main"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.task: int | None = None
         self.deadline = 0.0
 
+    def send(self, msg: Any) -> None:
+        _send(self.proc.stdin, msg)
+
     def kill(self) -> None:
-        if self.proc.is_alive():
+        if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.join(timeout=5)
-        self.conn.close()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
     def stop(self) -> None:
         try:
-            self.conn.send(None)
-        except (BrokenPipeError, OSError):
+            self.send(None)
+            self.proc.wait(timeout=2)
+        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
             pass
-        self.proc.join(timeout=2)
         self.kill()
 
 
@@ -98,38 +137,41 @@ def map_with_timeout(
         bar.close()
         return results  # type: ignore[return-value]
 
-    ctx = mp.get_context("spawn")
-    pool = [_Worker(ctx) for _ in range(min(workers, n))]
+    pool = [_Worker() for _ in range(min(workers, n))]
     next_task = 0
+
+    def replace(i: int) -> None:
+        pool[i].kill()
+        pool[i] = _Worker()
+
     try:
         while any(r is None for r in results):
             for w in pool:
                 if w.task is None and next_task < n:
-                    w.conn.send((next_task, fn, payloads[next_task]))
                     w.task, w.deadline = next_task, time.monotonic() + timeouts[next_task]
                     next_task += 1
+                    try:
+                        w.send((w.task, fn, payloads[w.task]))
+                    except (BrokenPipeError, OSError):
+                        pass  # a dead worker shows up as EOF below
             busy = [w for w in pool if w.task is not None]
             wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready = wait([w.conn for w in busy], timeout=wait_s)
+            ready = wait([w.proc.stdout for w in busy], timeout=wait_s)
             for i, w in enumerate(pool):
                 if w.task is None:
                     continue
-                if w.conn in ready:
+                if w.proc.stdout in ready:
                     try:
-                        index, status, value, error = w.conn.recv()
+                        index, status, value, error = _recv(w.proc.stdout)
                         results[index] = TaskResult(status, value, error)
-                    except (EOFError, OSError):  # the worker died (e.g. killed by the OOM killer)
-                        results[w.task] = TaskResult("error", error="grading worker died")
-                        w.kill()
-                        pool[i] = _Worker(ctx)
-                        bar.update(1)
-                        continue
-                    w.task = None
+                        w.task = None
+                    except (EOFError, OSError, pickle.UnpicklingError):  # died (OOM killer, segfault in a C library)
+                        results[w.task] = TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})")
+                        replace(i)
                     bar.update(1)
                 elif time.monotonic() >= w.deadline:
                     results[w.task] = TaskResult("timeout", error=f"no result within {timeouts[w.task]:.0f} s")
-                    w.kill()
-                    pool[i] = _Worker(ctx)
+                    replace(i)
                     bar.update(1)
     finally:
         for w in pool:

@@ -1,0 +1,197 @@
+"""Long chain-of-thought memory and throughput: full logits vs chunked CE, padded vs packed batches.
+
+    python experiments/bench_memory.py          # CPU preset: hidden 64, vocab 151,936
+    python experiments/bench_memory.py --gpu    # Qwen3-0.6B-shaped model, real lengths
+
+Two tables:
+
+1. Loss memory: peak memory of per-token CE (forward + backward) from hidden states ``[T, H]`` and an lm-head
+   ``[151936, H]``, full logits vs :mod:`vcore.chunked_ce`, at T ∈ {2048, 8192, 16384}. Full logits at 16k need
+   ~10 GB per float32 copy; the CPU preset skips full-logit runs that would not fit (``--max-full-T``) and says so.
+2. Throughput: supervised tokens/s of SFT and VCORE (jvp probe) optimizer steps on traces with the paper's length
+   spread (log-normal, mean ≈ 3,000 tokens, cut at 16,384; scaled by ``--length-scale`` on CPU), padded vs packed.
+
+Peak memory: CUDA max allocated bytes, or the sampled RSS of a fresh subprocess on CPU (see ``benchlib``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "experiments"))
+from benchlib import RssSampler, device_name, run_isolated  # noqa: E402
+
+VOCAB = 151_936
+CPU_MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+GPU_MODEL = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def loss_memory(kind: str, length: int, hidden_size: int) -> dict:
+    """Peak memory of CE forward+backward above the inputs, for one sequence of ``length`` tokens."""
+    from vcore.chunked_ce import chunked_token_cross_entropy
+    from vcore.losses import token_cross_entropy
+
+    dev = device()
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, length, hidden_size, generator=g).to(dev).requires_grad_()
+    weight = (torch.randn(VOCAB, hidden_size, generator=g) * 0.02).to(dev).requires_grad_()
+    labels = torch.randint(VOCAB, (1, length), generator=g).to(dev)
+    sampler = RssSampler() if dev.type == "cpu" else None
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    if kind == "full":
+        loss = token_cross_entropy((hidden @ weight.T)[:, :, :], labels)
+    else:
+        loss = chunked_token_cross_entropy(hidden, weight, labels, 1024)
+    loss.sum().backward()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() - base if dev.type == "cuda" else sampler.stop()
+    return {"kind": kind, "T": length, "peak_bytes": peak, "seconds": seconds, "loss_sum": float(loss.sum())}
+
+
+def paper_lengths(n: int, scale: float, seed: int = 0) -> list[int]:
+    """Trace lengths with the paper's spread: log-normal, mean ≈ 3,000 tokens, cut at 16,384; times ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    sigma = 0.8
+    mu = math.log(3000) - sigma**2 / 2
+    raw = torch.exp(mu + sigma * torch.randn(n, generator=g)).clamp(64, 16384)
+    return [max(16, int(x * scale)) for x in raw]
+
+
+def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int, batch: int) -> dict:
+    from transformers import AutoModelForCausalLM, Qwen3Config, TrainingArguments
+
+    from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
+    from vcore.data.collate import Collator
+    from vcore.forward import set_loss_chunk_size
+    from vcore.methods import build_method
+    from vcore.trainer import WeightedTrainer
+
+    dev = device()
+    lengths = paper_lengths(batch * (steps + 1), scale)
+    config = Qwen3Config(**model_kw, vocab_size=VOCAB, max_position_embeddings=max(lengths) + 1, tie_word_embeddings=True)
+    with tempfile.TemporaryDirectory() as d:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            AutoModelForCausalLM.from_config(config).save_pretrained(d)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").to(dev)
+    set_loss_chunk_size(model, 1024)
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for i, n in enumerate(lengths):
+        ids = torch.randint(VOCAB, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * 8 + ids[8:], "answer_mask": [False] * n, "example_id": i})
+    collate = Collator(0, pack=pack)
+    cfg = type("C", (), {"name": "sft"})() if method == "sft" else VCOREConfig(tau=1.0, probe=ProbeConfig(mode=ProbeMode.jvp, batch_size=batch, accumulation=1))
+    weighting = build_method(cfg, model, rows, collate)
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none", use_cpu=dev.type == "cpu")
+    trainer = WeightedTrainer(model=model, args=args, weighting=weighting, precision="bf16" if dev.type == "cuda" else "fp32")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    tokens, seconds = 0, 0.0
+    for step in range(steps + 1):  # the first step is warm-up
+        micro = {k: v.to(dev) for k, v in collate(rows[step * batch : (step + 1) * batch]).items()}
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        batches, _ = trainer.get_batch_samples(iter([micro]), 1, dev)
+        model.train()
+        with trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(model, batches[0])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            seconds += time.perf_counter() - t0
+            tokens += int((micro["labels"] != -100).sum())
+    return {"method": method, "packed": pack, "tokens_per_s": tokens / seconds, "mean_length": sum(lengths) / len(lengths)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--lengths", default="2048,8192,16384")
+    parser.add_argument("--max-full-T", type=int, default=None, help="skip full-logit runs above this T (default: 4096 on CPU)")
+    parser.add_argument("--length-scale", type=float, default=None, help="scale of the paper's lengths (default 1/16 on CPU)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--out", default="bench_memory.json")
+    parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    model_kw = GPU_MODEL if args.gpu else CPU_MODEL
+    if args.single:
+        kind, length = args.single.split(":")
+        print(json.dumps(loss_memory(kind, int(length), model_kw["hidden_size"])))
+        return 0
+    cuda = torch.cuda.is_available()
+    max_full = args.max_full_T or (10**9 if cuda else 4096)
+    rows = []
+    for length in [int(x) for x in args.lengths.split(",")]:
+        for kind in ("full", "chunked"):
+            if kind == "full" and length > max_full:
+                rows.append({"kind": kind, "T": length, "peak_bytes": None, "note": f"skipped (> --max-full-T={max_full})"})
+                continue
+            rows.append(loss_memory(kind, length, model_kw["hidden_size"]) if cuda else run_isolated([__file__, f"--single={kind}:{length}"]))
+            print(f"  loss {kind} T={length}: {rows[-1]['peak_bytes'] / 2**20:.0f} MiB", file=sys.stderr)
+    thr = []
+    if not args.skip_throughput:
+        scale = args.length_scale or (1.0 if cuda else 1 / 16)
+        for method in ("sft", "vcore"):
+            for pack in (False, True):
+                thr.append(throughput(method, pack, model_kw, scale, args.steps, args.batch))
+                print(f"  {method} packed={pack}: {thr[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
+    dev = device_name()
+    Path(args.out).write_text(json.dumps({"device": dev, "model": model_kw, "loss_memory": rows, "throughput": thr}, indent=2))
+    print(render(rows, thr, dev))
+    return 0
+
+
+def render(rows: list[dict], thr: list[dict], dev: str) -> str:
+    out = [f"Per-token CE memory (forward + backward), vocab {VOCAB:,}, on {dev}\n", "| T | full logits MiB | chunked MiB | chunked / full |", "|---|---|---|---|"]
+    by_t: dict[int, dict[str, dict]] = {}
+    for r in rows:
+        by_t.setdefault(r["T"], {})[r["kind"]] = r
+    for t, kinds in by_t.items():
+        full, ch = kinds.get("full", {}).get("peak_bytes"), kinds.get("chunked", {}).get("peak_bytes")
+        if full is None:  # full-logit memory is linear in T: extrapolate from the largest measured T
+            measured = [(tt, k["full"]["peak_bytes"]) for tt, k in by_t.items() if k.get("full", {}).get("peak_bytes")]
+            if measured:
+                t0, b0 = max(measured)
+                full_txt = f"~{b0 * t / t0 / 2**20:.0f} (extrapolated)"
+                ratio = f"~{ch / (b0 * t / t0):.3f}" if ch else "-"
+            else:
+                full_txt, ratio = "-", "-"
+        else:
+            full_txt, ratio = f"{full / 2**20:.0f}", f"{ch / full:.3f}" if ch else "-"
+        out.append(f"| {t} | {full_txt} | {ch / 2**20:.0f} | {ratio} |" if ch else f"| {t} | {full_txt} | - | - |")
+    if thr:
+        out += ["", f"Throughput on traces with the paper's length spread (mean {thr[0]['mean_length']:.0f} tokens here)\n",
+                "| method | padded tok/s | packed tok/s | packed / padded |", "|---|---|---|---|"]
+        for method in dict.fromkeys(r["method"] for r in thr):
+            pad = next(r for r in thr if r["method"] == method and not r["packed"])["tokens_per_s"]
+            pk = next(r for r in thr if r["method"] == method and r["packed"])["tokens_per_s"]
+            out.append(f"| {method} | {pad:.0f} | {pk:.0f} | {pk / pad:.2f}x |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Shared pieces of the benchmark scripts: peak-memory sampling on CPU, isolated runs, device names."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+
+class RssSampler:
+    """Peak resident memory above the level at construction, sampled every 0.5 ms from /proc/self/statm.
+
+    The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors go back to the OS and RSS follows
+    live memory; the sampled peak is approximate (a peak shorter than the sampling period can be missed).
+    """
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.0005)
+
+    def stop(self) -> int:
+        self.running = False
+        self.thread.join()
+        return self.peak - self.base
+
+
+def run_isolated(argv: list[str]) -> dict:
+    """Run ``python argv...`` in a fresh process (clean peak memory) and parse the JSON of its last output line.
+
+    ``MALLOC_MMAP_THRESHOLD_`` makes glibc return freed tensors to the OS, so resident memory follows live memory.
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed: {' '.join(argv)}\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"

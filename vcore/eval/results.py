@@ -1,0 +1,103 @@
+"""Writing results: per-sample JSONL, per-benchmark metrics, and a summary in the paper's Table 1 layout.
+
+Table 1 (per training domain): the in-domain columns (math: AIME, Olympiad; code: LCB, OJBench), then the
+out-of-domain ones (RBench, SGPQA-1k), then "ID avg" and "OOD avg", plain means of the columns, in percent.
+Which benchmark fills which column comes from its config (``domain``, ``role``, ``table1_column``). Averages
+over an incomplete set of columns are marked partial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from vcore.eval.config import BenchmarkConfig, Domain, Role
+
+
+def jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(jsonable(rec), ensure_ascii=False) + "\n")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(jsonable(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def table1(configs: list[BenchmarkConfig], accuracy: dict[str, float | None]) -> dict[str, dict]:
+    """Rows of Table 1, one per training domain that has an in-domain benchmark in this run."""
+    rows = {}
+    ood = [c for c in configs if c.role == Role.ood]
+    for domain in (Domain.math, Domain.code):
+        in_domain = [c for c in configs if c.role == Role.id and c.domain == domain]
+        if not in_domain:
+            continue
+        cols = {c.table1_column: accuracy.get(c.name) for c in in_domain + ood}
+        id_vals = [accuracy.get(c.name) for c in in_domain]
+        ood_vals = [accuracy.get(c.name) for c in ood]
+        expected_id = {"math": {"AIME", "Olympiad"}, "code": {"LCB", "OJBench"}}[domain.value]
+        rows[domain.value] = {
+            "columns": cols,
+            "id_avg": _mean(id_vals),
+            "ood_avg": _mean(ood_vals),
+            "partial": {c.table1_column for c in in_domain} != expected_id or {c.table1_column for c in ood} != {"RBench", "SGPQA-1k"},
+        }
+    return rows
+
+
+def _mean(vals: list[float | None]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summary_markdown(summary: dict) -> str:
+    dec = summary["decoding"]
+    lines = [
+        f"# Evaluation of `{summary['model']}`",
+        "",
+        f"- harness {summary['harness_version']}, backend `{summary['backend']}`, {summary['created']}",
+        f"- decoding `{dec['name']}`: temperature {dec['temperature']}, top_p {dec['top_p']}, top_k {dec['top_k']}, "
+        f"n {dec['n']}, max_new_tokens {dec['max_new_tokens']}, seed {dec['seed']}, thinking {dec['enable_thinking']}",
+        f"- code sandbox isolation: `{summary['grading']['sandbox']['level']}`",
+        "",
+    ]
+    for domain, row in summary["table1"].items():
+        cols = list(row["columns"])
+        lines += [f"## Table 1 layout ({domain})" + (" — partial: some columns missing" if row["partial"] else ""), ""]
+        lines.append("| " + " | ".join(cols + ["ID avg", "OOD avg"]) + " |")
+        lines.append("|" + "---|" * (len(cols) + 2))
+        lines.append("| " + " | ".join([_pct(v) for v in row["columns"].values()] + [_pct(row["id_avg"]), _pct(row["ood_avg"])]) + " |")
+        lines.append("")
+    lines += ["## All benchmarks", "", "| benchmark | items | expected | accuracy (avg@n) | pass@k | truncated | mean tokens |", "|---|---|---|---|---|---|---|"]
+    for name, b in summary["benchmarks"].items():
+        m = b["metrics"]
+        pk = ", ".join(f"@{k} {_pct(v)}" for k, v in (m.get("pass@k") or {}).items()) or "–"
+        lines.append(
+            f"| {name} | {m['n_items']} | {b.get('expected_size') or '–'} | {_pct(m['accuracy'])} | {pk} | "
+            f"{_pct(m['truncation_rate'])} | {m.get('mean_tokens', 0):.0f} |"
+        )
+    notes = [f"- {name}: {n}" for name, b in summary["benchmarks"].items() for n in b.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"
