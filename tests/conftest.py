@@ -32,6 +32,8 @@ TINY_TEST = [
     "trainer.logging_steps=1",
     "method.probe.batch_size=2",
     "method.probe.accumulation=1",
+    "decoding.max_new_tokens=48",
+    "eval.num_workers=1",
     "logger=none",
 ]
 

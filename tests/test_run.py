@@ -27,8 +27,12 @@ def test_run_py_end_to_end(tmp_path):
     assert metrics["method"]["name"] == "vcore" and metrics["method"]["tau"] == 0.5
     for key in ("nll", "weighted_loss", "tokens_per_s", "final/weights/mean", "final/weights/ess_frac", "final/vcore/alpha"):
         assert key in metrics["train"], key
-    assert set(metrics["eval"]) >= {"id/nll", "ood/nll"}
-    assert all(v == v and v > 0 for v in metrics["eval"].values())
+    assert set(metrics["eval"]) >= {"id/nll", "ood/nll", "synthetic_test/accuracy", "synthetic_ood/accuracy"}
+    assert metrics["eval"]["id/nll"] > 0 and metrics["eval"]["ood/nll"] > 0
+    assert 0 <= metrics["eval"]["synthetic_test/accuracy"] <= 1 and 0 <= metrics["eval"]["synthetic_ood/accuracy"] <= 1
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["decoding"]["max_new_tokens"] == 48 and "prompt_templates" in summary
+    assert len((out / "eval" / "synthetic_ood.jsonl").read_text().splitlines()) == 8
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "tokenizer_config.json").exists()
     assert (out / ".hydra" / "config.yaml").exists() and (out / "config.yaml").exists()
 
@@ -47,3 +51,24 @@ def test_multirun_gives_separate_runs_and_wandb_runs(tmp_path):
         meta = (runs[0] / "files")
         assert meta.exists() or any(runs[0].iterdir())
     assert names == ["sft", "vcore"] and len(ids) == 2
+
+
+def test_task_eval_on_a_finished_run_full_and_lora(make_cfg, tmp_path):
+    from vcore.train import run as run_job
+
+    for lora in (False, True):
+        train_dir = tmp_path / f"train_{lora}"
+        run_job(make_cfg(f"output_dir={train_dir}", f"model.lora.enabled={lora}", "eval.after_train=false", method="sft"))
+        eval_dir = tmp_path / f"eval_{lora}"
+        metrics = run_job(make_cfg(f"output_dir={eval_dir}", "task=eval", f"eval.model={train_dir}", method="sft"))
+        assert set(metrics["eval"]) == {"synthetic_test/accuracy", "synthetic_test/truncation_rate", "synthetic_ood/accuracy", "synthetic_ood/truncation_rate"}
+        assert (eval_dir / "eval" / "summary.md").exists() and (eval_dir / "metrics.json").exists()
+
+
+def test_task_eval_needs_a_model(make_cfg):
+    import pytest
+
+    from vcore.config import ConfigError, to_object
+
+    with pytest.raises(ConfigError, match="eval.model"):
+        to_object(make_cfg("task=eval"))
