@@ -90,7 +90,7 @@ class Job:
 def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     """Model, data, method and Trainer for a validated config ``c`` (see :func:`vcore.config.to_object`)."""
     tokenizer, model = prepare_model(c)
-    data = build_data(c.dataset, tokenizer)
+    data = build_data(c.dataset, tokenizer, out_dir=out)
     log.info("data: %s", data.stats)
     t = c.trainer
     collator = Collator(tokenizer.pad_token_id, pack=t.packing)
@@ -170,11 +170,16 @@ def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger) -> dict[s
         return {}
     from vcore.eval import GradingConfig, evaluate
 
+    benchmarks = [b for b in c.benchmark.values() if not (b.synthetic and b.synthetic.kwargs.get("num_examples") == 0)]
+    if len(benchmarks) < len(c.benchmark):  # the synthetic preset follows dataset.eval_examples; real data sets 0
+        log.info("skipping synthetic benchmarks with 0 examples (dataset.eval_examples=0); choose others with benchmark=...")
+    if not benchmarks:
+        return {}
     was_training = model.training
     model.eval()
     try:
         summary = evaluate(
-            model, tokenizer, list(c.benchmark.values()), c.decoding, out, c.eval.backend, logger,
+            model, tokenizer, benchmarks, c.decoding, out, c.eval.backend, logger,
             grading=GradingConfig(num_workers=c.eval.num_workers),
         )
     finally:
