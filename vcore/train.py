@@ -144,6 +144,10 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
     if rank() == 0:  # the probe generator's state: the inspector weighs examples exactly as the next step would
         torch.save(trainer.weighting.state_dict(), out / "final" / METHOD_STATE)
 
+    if rank() == 0:  # every logged step, for loss curves in reports without W&B
+        with (out / "history.jsonl").open("w") as f:
+            for line in trainer.state.log_history:
+                f.write(json.dumps(line) + "\n")
     metrics: dict[str, Any] = {
         "train": summarize_train(trainer.state.log_history, result.metrics),
         "method": resolved["method"],
