@@ -56,3 +56,10 @@ def test_logger_receives_step_metrics_and_summary(make_cfg, monkeypatch):
     assert steps == [1, 2] and spy.finished == [0]
     assert any("data/train/examples" in m for _, m in logged)
     assert "eval/id/nll" in summaries[0] and "method/tau" in summaries[0]
+
+
+def test_config_hash_ignores_paths_inside_the_output_dir():
+    a = {"output_dir": "/runs/a", "model": {"name_or_path": "/runs/a/init_model"}, "seed": 1}
+    b = {"output_dir": "/runs/b", "model": {"name_or_path": "/runs/b/init_model"}, "seed": 1}
+    c = {"output_dir": "/runs/b", "model": {"name_or_path": "/elsewhere/init_model"}, "seed": 1}
+    assert config_hash(a) == config_hash(b) != config_hash(c)

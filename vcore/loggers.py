@@ -1,5 +1,8 @@
 """Experiment loggers: W&B or nothing, behind one small interface so the training code never branches on it.
 
+Under data parallelism only rank 0 logs. A requeued job (same config, same output dir, ``trainer.resume=auto``)
+gets the same run id (a hash of the resolved config) and continues that W&B run.
+
 W&B runs are offline by default (files under ``<run dir>/wandb``; ``wandb sync`` uploads them later), named after
 the job's Hydra overrides, grouped by sweep, carry the resolved config, and are always finished, also when
 training raises (jobs of one multirun share a process and would otherwise log into each other's runs).
@@ -17,6 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from vcore.distributed import rank
+from vcore.preemption import PREEMPTED_EXIT_CODE
 
 # Overrides that identify a job's place, not its experiment: left out of run names and config hashes.
 NAME_EXCLUDED = ("seed", "output_dir", "hydra.", "logger.", "trainer.use_cpu", "task")
@@ -68,6 +72,8 @@ class WandbLogger(NullLogger):
         self.run.summary.update(metrics)
 
     def finish(self, exit_code: int = 0) -> None:
+        if exit_code == PREEMPTED_EXIT_CODE:
+            self.run.mark_preempting()  # shown as preempted, not failed; the requeued job resumes this run id
         self.run.finish(exit_code=exit_code)
 
 
@@ -88,8 +94,20 @@ def run_name(overrides: list[str]) -> str:
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
-    """Stable id of a resolved config, paths excluded: a requeued job gets the same W&B run id."""
-    cleaned = {k: v for k, v in resolved.items() if k not in ("output_dir", "logger")}
+    """Stable id of a resolved config, paths excluded: a requeued job gets the same W&B run id.
+
+    Values derived from the run's own output dir (e.g. the tiny model built inside it) are made relative to it.
+    """
+    out = str(resolved.get("output_dir", "")) or None
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v.replace(out, "<output_dir>") if out and isinstance(v, str) else v
+
+    cleaned = {k: clean(v) for k, v in resolved.items() if k not in ("output_dir", "logger")}
     return hashlib.sha256(json.dumps(cleaned, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

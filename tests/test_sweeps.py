@@ -1,0 +1,62 @@
+"""Every study's sweep runs as a two-job multirun in a tiny setting; a rerun resumes its W&B run id."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
+# Shrink any study to the tiny model on the synthetic task; the grid is overridden to two jobs below.
+TINY = [
+    "model=tiny", "dataset=synthetic", "benchmark=synthetic", "decoding=tiny", "trainer=tiny",
+    "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_attention_heads=2",
+    "model.tiny.num_key_value_heads=1", "dataset.num_examples=16", "dataset.eval_examples=4", "trainer.max_steps=1",
+    "trainer.per_device_train_batch_size=4", "decoding.max_new_tokens=8", "eval.num_workers=1",
+]
+TWO_JOBS = {
+    "main_table_qwen3_4b_math": ["method=sft,dft"],
+    "main_table_qwen3_4b_code": ["method=random,iw_sft"],
+    "data_scaling": ["method=dft", "dataset.num_examples=8,16"],
+    "tau_eps": ["method=vcore", "method.probe.epsilon=1e-3", "method.tau=0.5,2"],
+    "variance_control": ["method=vcore", "method.probe.epsilon=1e-3", "method.variance_control=none,paper"],
+    "synthetic_study": ["method=sft,vcore", "seed=1"],
+}
+
+
+def multirun(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [sys.executable, str(REPO / "run.py"), "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", name,
+            *TINY, *TWO_JOBS[name], f"hydra.sweep.dir={out}", *extra]
+    proc = subprocess.run(args, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_every_sweep_has_a_two_job_shape():
+    assert set(SWEEPS) == set(TWO_JOBS), "add the new sweep's two-job shape to TWO_JOBS"
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_runs_two_separate_jobs(tmp_path, name):
+    out = tmp_path / "sweep"
+    multirun(name, out, "logger.mode=disabled")
+    jobs = sorted(p for p in out.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    configs = [(j / "config.yaml").read_text() for j in jobs]
+    assert configs[0] != configs[1] and all((j / "metrics.json").exists() for j in jobs)
+    assert f"group: {name}" in configs[0]
+
+
+def test_rerun_resumes_the_same_wandb_run(tmp_path):
+    """A requeued job (same resolved config, new output dir) gets the same W&B run id; another config does not."""
+    ids = []
+    for attempt, tau in (("a", "0.5"), ("b", "0.5"), ("c", "2")):
+        out = tmp_path / attempt
+        multirun("variance_control", out, f"method.tau={tau}", "method.variance_control=none")
+        (run,) = (out / "0" / "wandb").glob("offline-run-*")
+        ids.append(run.name.rsplit("-", 1)[-1])
+    assert ids[0] == ids[1] != ids[2]

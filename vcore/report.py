@@ -1,0 +1,356 @@
+"""Report: the paper's tables and figures from a sweep's runs (local files, or a W&B group when online).
+
+    python -m vcore.report multirun/2026-11-26/12-00-00            # a sweep dir (or any dir holding runs)
+    python -m vcore.report wandb:entity/project/group_name          # a W&B group (needs network + login)
+    python -m vcore.report RUNS --weights outputs/.../token_weights.jsonl   # also draw the token-weight heatmap
+
+Writes into ``--out`` (default ``<runs>/report``): ``report.md`` with Table 1 (per domain: ID benchmarks, OOD
+benchmarks, ID/OOD averages; mean ± std over seeds), a synthetic-task table, and PNG figures: accuracy vs data
+size, accuracy over lg τ per ε, loss curves with and without variance control, and the token-weight heatmap of a
+few inspector examples (also ``token_weights.html``, a self-contained page).
+
+A run is a directory with ``config.yaml`` and ``metrics.json`` (written by ``train``), optionally
+``history.jsonl`` (one logged step per line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Table 1 columns (EVAL.md): benchmark config name -> column; ID per domain, OOD shared.
+COLUMNS = {"aime": "AIME", "olympiad": "Olympiad", "lcb": "LCB", "ojbench": "OJBench", "rbench": "RBench", "sgpqa_1k": "SGPQA-1k"}
+LAYOUT = {
+    "math": (["AIME", "Olympiad"], ["RBench", "SGPQA-1k"]),
+    "code": (["LCB", "OJBench"], ["RBench", "SGPQA-1k"]),
+}
+DOMAIN_OF_DATASET = {"openmath": "math", "opencode": "code", "vcore_data": "math", "synthetic": "synthetic"}
+
+
+@dataclass
+class Run:
+    name: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def get(self, dotted: str, default=None):
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @property
+    def method(self) -> str:
+        return str(self.get("method.name", "?"))
+
+    @property
+    def model(self) -> str:
+        return str(self.get("model.name_or_path", "?")).rstrip("/").split("/")[-1]
+
+    @property
+    def domain(self) -> str:
+        return DOMAIN_OF_DATASET.get(str(self.get("dataset.name", "")), str(self.get("dataset.name", "?")))
+
+    def accuracy(self, bench: str) -> float | None:
+        value = self.metrics.get("eval", {}).get(f"{bench}/accuracy")
+        return None if value is None else 100.0 * float(value)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def load_local(root: Path) -> list[Run]:
+    """Every run under ``root`` (a run dir itself, a sweep dir, or any tree of them)."""
+    runs = []
+    for metrics_file in sorted(root.rglob("metrics.json")):
+        run_dir = metrics_file.parent
+        cfg_file = run_dir / "config.yaml"
+        if not cfg_file.exists():
+            continue
+        history_file = run_dir / "history.jsonl"
+        history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] if history_file.exists() else []
+        runs.append(Run(str(run_dir.relative_to(root)) or ".", yaml.safe_load(cfg_file.read_text()), json.loads(metrics_file.read_text()), history))
+    return runs
+
+
+def load_wandb(path: str) -> list[Run]:
+    """``entity/project/group``: runs of a W&B group through the public API (network and login needed)."""
+    import wandb
+
+    entity, project, group = path.split("/", 2)
+    runs = []
+    for r in wandb.Api().runs(f"{entity}/{project}", filters={"group": group}):
+        summary = dict(r.summary)
+        evals = {k[len("eval/"):]: v for k, v in summary.items() if k.startswith("eval/")}
+        history = [row for row in r.scan_history(keys=["train/nll", "train/weighted_loss", "_step"])]
+        runs.append(Run(r.name, dict(r.config), {"eval": evals}, [{**h, "step": h.get("_step")} for h in history]))
+    return runs
+
+
+# --------------------------------------------------------------------------------------------------- tables
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table1(runs: list[Run]) -> str:
+    """Paper Table 1 layout per domain: one row per (model, method), mean ± std over seeds."""
+    out = []
+    for domain, (id_cols, ood_cols) in LAYOUT.items():
+        rows = [r for r in runs if r.domain == domain]
+        if not rows:
+            continue
+        cols = id_cols + ood_cols
+        out += [f"### {domain}", "", "| model | method | seeds | " + " | ".join(cols) + " | ID avg | OOD avg |", "|---" * (len(cols) + 5) + "|"]
+        groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for r in rows:
+            groups[(r.model, r.method)].append(r)
+        for (model, method), group in sorted(groups.items()):
+            cells, id_avgs, ood_avgs = [], [], []
+            for col in cols:
+                bench = next(k for k, v in COLUMNS.items() if v == col)
+                cells.append(mean_std([a for r in group if (a := r.accuracy(bench)) is not None]))
+            for r in group:
+                ids = [r.accuracy(next(k for k, v in COLUMNS.items() if v == c)) for c in id_cols]
+                oods = [r.accuracy(next(k for k, v in COLUMNS.items() if v == c)) for c in ood_cols]
+                if all(x is not None for x in ids):
+                    id_avgs.append(sum(ids) / len(ids))
+                if all(x is not None for x in oods):
+                    ood_avgs.append(sum(oods) / len(oods))
+            out.append(f"| {model} | {method} | {len(group)} | " + " | ".join(cells) + f" | {mean_std(id_avgs)} | {mean_std(ood_avgs)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def synthetic_table(runs: list[Run]) -> str:
+    """The synthetic task: ID / OOD accuracy (%) and held-out NLL per method, mean ± std over seeds."""
+    rows = [r for r in runs if r.domain == "synthetic"]
+    if not rows:
+        return ""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in rows:
+        groups[r.method].append(r)
+    order = ["sft", "dft", "random", "iw_sft", "vcore"]
+    out = ["| method | seeds | ID acc (%) | OOD acc (%) | ID NLL | OOD NLL |", "|---|---|---|---|---|---|"]
+    for method in sorted(groups, key=lambda m: order.index(m) if m in order else 99):
+        g = groups[method]
+        ev = [r.metrics.get("eval", {}) for r in g]
+        acc = lambda key: [100 * e[key] for e in ev if e.get(key) is not None]  # noqa: E731
+        nll = lambda key: [e[key] for e in ev if e.get(key) is not None]  # noqa: E731
+        out.append(
+            f"| {method} | {len(g)} | {mean_std(acc('synthetic_test/accuracy'))} | {mean_std(acc('synthetic_ood/accuracy'))} "
+            f"| {mean_std(nll('id/nll'))} | {mean_std(nll('ood/nll'))} |"
+        )
+    return "\n".join(out)
+
+
+def headline(r: Run) -> float | None:
+    """The number a figure plots for a run: ID average of its domain, or synthetic ID accuracy."""
+    if r.domain == "synthetic":
+        return r.accuracy("synthetic_test")
+    ids = [r.accuracy(next(k for k, v in COLUMNS.items() if v == c)) for c in LAYOUT.get(r.domain, ([], []))[0]]
+    return sum(ids) / len(ids) if ids and all(x is not None for x in ids) else None
+
+
+# --------------------------------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fig_data_scaling(runs: list[Run], path: Path) -> Path | None:
+    points: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        n, y = r.get("dataset.num_examples"), headline(r)
+        if n and y is not None:
+            points[r.method][int(n)].append(y)
+    if not any(len(v) > 1 for v in points.values()):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, by_n in sorted(points.items()):
+        xs = sorted(by_n)
+        ax.errorbar(xs, [statistics.mean(by_n[x]) for x in xs], yerr=[statistics.pstdev(by_n[x]) for x in xs], marker="o", capsize=3, label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("ID accuracy (%)")
+    ax.set_title("Data scaling")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_tau_eps(runs: list[Run], path: Path) -> Path | None:
+    points: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if r.method != "vcore" or (y := headline(r)) is None:
+            continue
+        tau, eps = r.get("method.tau"), r.get("method.probe.epsilon")
+        if tau and eps:
+            points[float(eps)][math.log10(float(tau))].append(y)
+    if not any(len(v) > 1 for v in points.values()):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for eps, by_tau in sorted(points.items(), reverse=True):
+        xs = sorted(by_tau)
+        ax.plot(xs, [statistics.mean(by_tau[x]) for x in xs], marker="o", label=f"ε={eps:g}")
+    ax.set_xlabel("lg τ")
+    ax.set_ylabel("ID accuracy (%)")
+    ax.set_title("Sensitivity to τ and ε")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_variance_control(runs: list[Run], path: Path, key: str = "train/weighted_loss") -> Path | None:
+    curves = {}
+    for r in runs:
+        if r.method == "vcore" and r.history:
+            label = f"{r.get('method.variance_control')} ({r.name})"
+            pts = [(h["step"], h[key]) for h in r.history if key in h and h.get("step") is not None]
+            if pts:
+                curves[label] = pts
+    if not curves:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, pts in sorted(curves.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (weighted)")
+    ax.set_title("Variance control")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _examples(weights_jsonl: Path, k: int) -> list[dict]:
+    return [json.loads(line) for line in weights_jsonl.read_text().splitlines()[:k] if line.strip()]
+
+
+def fig_token_heatmap(weights_jsonl: Path, path: Path, k: int = 3, width: int = 18) -> Path:
+    """Supervised tokens of ``k`` examples in reading order, each cell coloured by its weight ``w_t``."""
+    import numpy as np
+
+    plt = _plt()
+    examples = _examples(weights_jsonl, k)
+    fig, axes = plt.subplots(len(examples), 1, figsize=(12, 2.2 * len(examples)), squeeze=False)
+    for ax, ex in zip(axes[:, 0], examples):
+        toks = [(t, w) for t, w, s in zip(ex["tokens"], ex["weight"], ex["supervised"]) if s]
+        rows = math.ceil(len(toks) / width)
+        grid = np.full((rows, width), np.nan)
+        for i, (_, w) in enumerate(toks):
+            grid[i // width, i % width] = w
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        for i, (t, _) in enumerate(toks):
+            ax.text(i % width, i // width, t.replace("\n", "⏎")[:6], ha="center", va="center", fontsize=6, color="white")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        alpha = ex.get("batch_alpha")
+        ax.set_title(f"example {ex['example']} ({ex['method']})" + (f", α={alpha:.3f}" if alpha is not None else ""), fontsize=9)
+        fig.colorbar(im, ax=ax, label="weight w_t")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def html_heatmap(weights_jsonl: Path, path: Path, k: int = 8) -> Path:
+    """A self-contained page: every token of each example, supervised ones shaded by weight (hover: values)."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>token weights</title>",
+             "<style>body{font-family:monospace;max-width:70em;margin:2em auto}span.t{white-space:pre-wrap}"
+             "span.p{color:#888}.ex{border-top:1px solid #ccc;padding:.5em 0}</style></head><body>",
+             "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> (darker = larger); hover for loss, score, q, weight.</p>"]
+    for ex in _examples(weights_jsonl, k):
+        ws = [w for w, s in zip(ex["weight"], ex["supervised"]) if s]
+        top = max(ws) if ws else 1.0
+        alpha = ex.get("batch_alpha")
+        parts.append(f"<div class='ex'><h3>example {ex['example']} ({html.escape(ex['method'])})" + (f", α = {alpha:.4f}" if alpha is not None else "") + "</h3>")
+        for i, (tok, sup) in enumerate(zip(ex["tokens"], ex["supervised"])):
+            text = html.escape(tok)
+            if not sup:
+                parts.append(f"<span class='t p'>{text}</span>")
+                continue
+            w = ex["weight"][i]
+            shade = 0.1 + 0.9 * (w / top if top > 0 else 0)
+            info = f"loss={ex['loss'][i]:.3f} weight={w:.3f}"
+            if ex.get("score"):
+                info += f" score={ex['score'][i]:.4g} q={ex['q'][i]:.4g}"
+            parts.append(f"<span class='t' style='background:rgba(255,120,0,{shade:.3f})' title='{info}'>{text}</span>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- main
+def write_report(runs: list[Run], out: Path, weights: Path | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# Report ({len(runs)} runs)", ""]
+    t1 = table1(runs)
+    if t1:
+        md += ["## Table 1 (accuracy, %)", "", t1]
+    syn = synthetic_table(runs)
+    if syn:
+        md += ["## Synthetic task", "", syn, ""]
+    figures = [
+        fig_data_scaling(runs, out / "data_scaling.png"),
+        fig_tau_eps(runs, out / "tau_eps.png"),
+        fig_variance_control(runs, out / "variance_control.png"),
+    ]
+    if weights is not None:
+        figures.append(fig_token_heatmap(weights, out / "token_weights.png"))
+        html_heatmap(weights, out / "token_weights.html")
+    md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures if p is not None]
+    report = out / "report.md"
+    report.write_text("\n".join(md) + "\n", encoding="utf-8")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vcore.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", help="a sweep/run directory, or wandb:entity/project/group")
+    parser.add_argument("--out", default=None, help="output dir (default <runs>/report)")
+    parser.add_argument("--weights", default=None, help="inspector JSONL for the token-weight heatmap")
+    args = parser.parse_args(argv)
+    if args.runs.startswith("wandb:"):
+        runs, out = load_wandb(args.runs[len("wandb:"):]), Path(args.out or "report")
+    else:
+        root = Path(args.runs)
+        runs, out = load_local(root), Path(args.out) if args.out else root / "report"
+    if not runs:
+        print(f"no runs (config.yaml + metrics.json) found under {args.runs}", file=sys.stderr)
+        return 1
+    report = write_report(runs, out, Path(args.weights) if args.weights else None)
+    print(report.read_text())
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
