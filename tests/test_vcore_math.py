@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import random_lm_batch, tiny_causal_lm
-from vcore.config import ConfigError, ProbeConfig, VCOREConfig, VarianceControl
+from vcore.config import ConfigError, ProbeConfig, ProbeMode, VCOREConfig, VarianceControl
 from vcore.forward import model_token_loss
 from vcore.losses import supervised_mask
 from vcore.methods import gibbs_weights, loss_ratio_alpha, paper_alpha
@@ -150,7 +150,14 @@ def test_precision_guard_names_the_fix(tmp_path):
         check_finite_difference_precision(model, allow_low_precision=False)
     check_finite_difference_precision(model, allow_low_precision=True)  # forced on purpose: allowed
     with pytest.raises(ConfigError, match="allow_low_precision"):
-        VCORE(VCOREConfig(), model, [1], lambda rows: rows)
+        VCORE(VCOREConfig(probe=ProbeConfig(mode=ProbeMode.finite_difference)), model, [1], lambda rows: rows)
+
+
+def test_auto_probe_mode_is_the_faithful_one_for_the_weights(tmp_path):
+    bf16 = tiny_causal_lm(tmp_path / "b", dtype=torch.bfloat16)
+    fp32 = tiny_causal_lm(tmp_path / "f", dtype=torch.float32)
+    assert VCORE(VCOREConfig(), bf16, [1], lambda rows: rows).mode == ProbeMode.jvp
+    assert VCORE(VCOREConfig(), fp32, [1], lambda rows: rows).mode == ProbeMode.finite_difference
 
 
 def test_variance_control_choices_change_only_alpha(tmp_path):

@@ -115,6 +115,7 @@ class IwSFTConfig(MethodConfig):
 
 
 class ProbeMode(str, Enum):
+    auto = "auto"  # finite_difference for float32 weights, jvp for bf16/fp16 weights (see README, "Choosing the probe")
     finite_difference = "finite_difference"  # (l_t(θ) - l_t(θ - εg)) / ε, two exact-float32 forwards
     jvp = "jvp"  # exact directional derivative by forward-mode AD, one pass, any precision
 
@@ -127,7 +128,7 @@ class VarianceControl(str, Enum):
 
 @dataclass
 class ProbeConfig:
-    mode: ProbeMode = ProbeMode.finite_difference
+    mode: ProbeMode = ProbeMode.auto
     epsilon: float = 1e-4  # finite-difference step along -g
     batch_size: int = 4  # examples per probe micro-batch
     accumulation: int = 2  # probe micro-batches per probe gradient
@@ -184,9 +185,14 @@ class TrainerConfig:
     dataloader_num_workers: int = 0
     use_cpu: bool = False  # force CPU even when a GPU is visible
     eval_at_end: bool = True  # held-out NLL on every eval split after training
+    # auto: continue from the newest complete checkpoint in <output_dir>/checkpoints (a requeued job with the same
+    # output dir resumes exactly: weights, optimizer, scheduler, RNGs, data position, probe stream); never: start
+    # fresh; or a checkpoint dir. Checkpoints come from save_steps and from SIGTERM (docs/distributed.md).
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.precision in ("fp32", "bf16"), "trainer.precision", f"{self.precision!r} is not fp32|bf16")
+        _check(bool(self.resume), "trainer.resume", "must be auto, never or a checkpoint dir")
         _check(self.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size", "must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
 

@@ -103,11 +103,22 @@ def q_entropy_ratio(q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     return (h[keep] / torch.log(n[keep].double()).to(h.dtype)).sum(), keep.sum()
 
 
+def resolve_probe_mode(mode: ProbeMode, model: nn.Module) -> ProbeMode:
+    """``auto``: the cheapest faithful probe (fidelity ≥ 0.99) for the model's weights. Float32 weights: finite
+    differences in exact float32 (Pearson 1.000 at ε ≥ 2e-5, SPEC §6); bf16/fp16 weights: jvp (finite differences
+    there are rounding noise, and the exact-float32 forwards would need a float32 copy of the weights)."""
+    if mode != ProbeMode.auto:
+        return mode
+    low = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+    return ProbeMode.jvp if low else ProbeMode.finite_difference
+
+
 class VCORE(TokenWeighting):
     name = "vcore"
 
     def __init__(self, cfg: VCOREConfig, model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
-        if cfg.probe.mode == ProbeMode.finite_difference:
+        self.mode = resolve_probe_mode(cfg.probe.mode, model)
+        if self.mode == ProbeMode.finite_difference:
             check_finite_difference_precision(model, cfg.probe.allow_low_precision)
         self.cfg = cfg
         self.probe = Probe(cfg.probe, dataset, collate)
@@ -126,10 +137,10 @@ class VCORE(TokenWeighting):
         try:
             params = trainable_parameters(model)
             g = self.probe.gradient(model, params)
-            losses, scores = self.scores(model, params, g, batches, self.cfg.probe.mode)
+            losses, scores = self.scores(model, params, g, batches, self.mode)
             every = self.cfg.probe.fidelity_every
             if every and self.steps % every == 0:
-                other = ProbeMode.jvp if self.cfg.probe.mode == ProbeMode.finite_difference else ProbeMode.finite_difference
+                other = ProbeMode.jvp if self.mode == ProbeMode.finite_difference else ProbeMode.finite_difference
                 _, other_scores = self.scores(model, params, g, batches, other)
                 fd, exact = (scores, other_scores) if other == ProbeMode.jvp else (other_scores, scores)
                 fidelity = score_agreement(fd, exact, [supervised_mask(b["labels"]) for b in batches])
