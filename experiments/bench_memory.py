@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
-from benchlib import RssSampler, device_name, run_isolated  # noqa: E402
+from benchlib import RssSampler, device_name, one_step, random_qwen3, run_isolated  # noqa: E402
 
 VOCAB = 151_936
 CPU_MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
@@ -76,7 +76,7 @@ def paper_lengths(n: int, scale: float, seed: int = 0) -> list[int]:
 
 
 def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int, batch: int) -> dict:
-    from transformers import AutoModelForCausalLM, Qwen3Config, TrainingArguments
+    from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
     from vcore.data.collate import Collator
@@ -86,12 +86,7 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
 
     dev = device()
     lengths = paper_lengths(batch * (steps + 1), scale)
-    config = Qwen3Config(**model_kw, vocab_size=VOCAB, max_position_embeddings=max(lengths) + 1, tie_word_embeddings=True)
-    with tempfile.TemporaryDirectory() as d:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            AutoModelForCausalLM.from_config(config).save_pretrained(d)
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").to(dev)
+    model = random_qwen3({**model_kw, "vocab_size": VOCAB}, max(lengths) + 1, dev)
     set_loss_chunk_size(model, 1024)
     g = torch.Generator().manual_seed(1)
     rows = []
@@ -110,13 +105,7 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        batches, _ = trainer.get_batch_samples(iter([micro]), 1, dev)
-        model.train()
-        with trainer.compute_loss_context_manager():
-            loss = trainer.compute_loss(model, batches[0])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        one_step(trainer, model, opt, micro)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if step:

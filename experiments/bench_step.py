@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
-from benchlib import RssSampler, device_name, run_isolated  # noqa: E402
+from benchlib import RssSampler, device_name, one_step, random_qwen3, run_isolated  # noqa: E402
 
 VARIANTS = ("sft", "vcore_fd", "vcore_jvp", "vcore_jvp_eager", "vcore_jvp_every4")
 CPU_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4096)
@@ -41,18 +41,13 @@ GPU_MODEL = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
 
 
 def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16: bool):
-    from transformers import AutoModelForCausalLM, Qwen3Config, TrainingArguments
+    from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
     from vcore.methods import build_method
     from vcore.trainer import WeightedTrainer
 
-    config = Qwen3Config(**model_kw, max_position_embeddings=max(length, 1024), tie_word_embeddings=True)
-    with tempfile.TemporaryDirectory() as d:  # through from_pretrained, as every model in this project
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            AutoModelForCausalLM.from_config(config).save_pretrained(d)
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").to(device)
+    model = random_qwen3(model_kw, max(length, 1024), device)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(model_kw["vocab_size"], (length,), generator=g).tolist()
     row = {"input_ids": ids, "labels": [-100] * 16 + ids[16:], "answer_mask": [False] * length, "example_id": 0}
@@ -76,16 +71,6 @@ def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = {k: v.to(device) for k, v in collate([row]).items()}
     return trainer, model, optimizer, batch
-
-
-def one_step(trainer, model, optimizer, batch) -> None:
-    batches, _ = trainer.get_batch_samples(iter([dict(batch)]), 1, batch["input_ids"].device)
-    model.train()
-    with trainer.compute_loss_context_manager():
-        loss = trainer.compute_loss(model, batches[0])
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int, bf16: bool) -> dict:

@@ -55,3 +55,27 @@ def run_isolated(argv: list[str]) -> dict:
 
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+
+
+def random_qwen3(config_kwargs: dict, max_positions: int, device: torch.device):
+    """A randomly initialised Qwen3-shaped model, saved and loaded back through ``from_pretrained``."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    config = Qwen3Config(**config_kwargs, max_position_embeddings=max_positions, tie_word_embeddings=True)
+    with tempfile.TemporaryDirectory() as d:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            AutoModelForCausalLM.from_config(config).save_pretrained(d)
+        return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").to(device)
+
+
+def one_step(trainer, model, optimizer, batch) -> None:
+    batches, _ = trainer.get_batch_samples(iter([dict(batch)]), 1, batch["input_ids"].device)
+    model.train()
+    with trainer.compute_loss_context_manager():
+        loss = trainer.compute_loss(model, batches[0])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

@@ -42,3 +42,19 @@ def test_step_benchmark_smoke(tmp_path):
 def test_step_benchmark_cpu_preset(tmp_path):
     stdout, data = bench(tmp_path)
     assert {r["T"] for r in data["rows"]} == {256, 1024, 2048}
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    out = tmp_path / "m.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "bench_memory.py"), f"--out={out}", "--lengths=256",
+         "--steps=1", "--batch=2", "--length-scale=0.02"],
+        capture_output=True, text=True, timeout=900, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    full, chunked = data["loss_memory"]
+    assert full["kind"] == "full" and chunked["kind"] == "chunked"
+    assert abs(full["loss_sum"] - chunked["loss_sum"]) < 1e-3 * abs(full["loss_sum"])  # same values
+    assert {(r["method"], r["packed"]) for r in data["throughput"]} == {("sft", False), ("sft", True), ("vcore", False), ("vcore", True)}
+    assert "| 256 |" in proc.stdout and "packed / padded" in proc.stdout
