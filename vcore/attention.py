@@ -49,6 +49,10 @@ def _masked_scores(q_blk, k, key_mask, start: int, scale: float, segments=None) 
     return s.masked_fill(~allowed, torch.finfo(acc).min)
 
 
+def _no_autocast(t: torch.Tensor):
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _grouped(q: torch.Tensor, num_kv: int) -> torch.Tensor:
     b, h, t, d = q.shape
     return q.view(b, num_kv, h // num_kv, t, d)
@@ -59,6 +63,11 @@ class BlockedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(q, k, v, key_mask, scale, block, segments=None):
+        with _no_autocast(q):  # accumulation dtypes are chosen here, explicitly
+            return BlockedAttention._forward(q, k, v, key_mask, scale, block, segments)
+
+    @staticmethod
+    def _forward(q, k, v, key_mask, scale, block, segments):
         num_kv = k.shape[1]
         qg = _grouped(q, num_kv)
         out = torch.empty_like(qg)
@@ -75,6 +84,11 @@ class BlockedAttention(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, dq, dk, dv, *_):
+        with _no_autocast(ctx.saved_tensors[0]):
+            return BlockedAttention._jvp(ctx, dq, dk, dv)
+
+    @staticmethod
+    def _jvp(ctx, dq, dk, dv):
         q, k, v = ctx.saved_tensors
         num_kv = k.shape[1]
         qg = _grouped(q, num_kv)
