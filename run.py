@@ -1,9 +1,16 @@
-"""Entry point: ``python run.py [overrides]`` (see README). Hydra composes ``conf/train.yaml``; ``train`` does the rest."""
+"""Entry point: ``python run.py [overrides]`` (see README). Hydra composes ``conf/train.yaml``; ``train`` does the rest.
+
+Multi-GPU: ``torchrun --nproc_per_node=N run.py [overrides]`` (docs/distributed.md); all ranks share one output dir.
+"""
+
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from vcore.config import register_configs
+from vcore.launch import hydra_argv
 from vcore.train import run
 
 register_configs()
@@ -15,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = hydra_argv(sys.argv[1:], Path(__file__).parent / "conf")
     main()

@@ -1,9 +1,23 @@
-"""Tiny wrappers so single-process code and data-parallel code are the same lines."""
+"""Tiny wrappers so single-process code and data-parallel code are the same lines.
+
+Launched by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1 in the environment) or by ``srun`` with one
+task per GPU (:func:`torch_env_from_slurm` fills in what torchrun would have set), the process group is
+created by :func:`init_distributed` (``run.py`` does it before Hydra, so that every rank shares one output dir;
+see :mod:`vcore.launch`); accelerate then reuses it. Outside a launcher every helper is the identity.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 import torch
 import torch.distributed as dist
+
+from vcore.checks import ConfigError
 
 
 def world_size() -> int:
@@ -14,8 +28,151 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def torch_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables torchrun would set, for ranks started by ``srun`` itself (one task per GPU: an sbatch script's
+    ``srun python run.py``, or hydra-submitit-launcher with ``tasks_per_node`` > 1). Empty when a launcher already
+    set ``RANK`` or when this is not a multi-task job step (a plain ``python`` inside an allocation stays alone).
+    """
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "RANK" in env or tasks <= 1 or "SLURM_PROCID" not in env:
+        return {}
+    out = {
+        "RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "WORLD_SIZE": str(tasks),
+        # A requeued job keeps its id, hence its port.
+        "MASTER_PORT": env.get("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)),
+    }
+    if "MASTER_ADDR" in env or int(env.get("SLURM_STEP_NUM_NODES", "1")) == 1:
+        out["MASTER_ADDR"] = env.get("MASTER_ADDR", "127.0.0.1")
+    else:
+        nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_STEP_NODELIST"]], capture_output=True, text=True, check=True)
+        out["MASTER_ADDR"] = nodes.stdout.split()[0]
+    return out
+
+
+def launched_world_size() -> int:
+    """World size announced by the launcher's environment (before any process group exists); under ``srun``,
+    torchrun's variables are first filled in from SLURM's (:func:`torch_env_from_slurm`)."""
+    os.environ.update(torch_env_from_slurm(os.environ))
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> None:
+    """Create the default process group when a launcher started us and nobody has yet (idempotent).
+
+    ``cuda:nccl,cpu:gloo`` is what accelerate itself picks when CPU collectives are needed next to GPU ones: our
+    object broadcasts and the CPU test path go through gloo, gradients through NCCL.
+    """
+    if launched_world_size() <= 1 or not dist.is_available() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        # Bind this rank's GPU before the first collective (a barrier, say), as accelerate would later: otherwise
+        # NCCL puts every rank on cuda:0.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="cuda:nccl,cpu:gloo" if torch.cuda.is_available() else "gloo")
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place, returned); identity in a single process."""
     if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (through gloo on CPU, so it works before any GPU is bound)."""
+    if world_size() <= 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    return box[0]
+
+
+def same_on_all_ranks(obj: Any) -> bool:
+    """True on every rank iff every rank holds an ``obj`` equal to rank 0's (all ranks get the same answer)."""
+    if world_size() <= 1:
+        return True
+    differs = torch.tensor([float(broadcast_object(obj) != obj)])  # a CPU tensor: gloo, whatever GPU is bound
+    return all_reduce_max(differs).item() == 0
+
+
+def launcher_backends() -> dict[str, Any]:
+    """What ``accelerate launch`` was configured with, readable before any model is loaded."""
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "false").lower() == "true"
+
+    return {
+        "fsdp": flag("ACCELERATE_USE_FSDP"),
+        "deepspeed": flag("ACCELERATE_USE_DEEPSPEED"),
+        "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+    }
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the body first (builds files, caches), the other ranks afterwards (and find them ready)."""
+    if rank() != 0:
+        barrier()
+    try:
+        yield
+    finally:
+        if rank() == 0:
+            barrier()
+
+
+def check_parallel_backend(
+    method: str, *, fsdp: bool, deepspeed: bool, mixed_precision: str = "no", generates_after_training: bool = False
+) -> None:
+    """Refuse at start, naming the alternative, every backend × method pair that is not supported (no silent
+    fallback: a probe that silently reads zero gradients would turn VCORE into SFT at 2-3x the cost)."""
+    if mixed_precision != "no":
+        raise ConfigError(
+            f"accelerate's mixed precision ({mixed_precision}) is not supported: it patches the model's forward with "
+            "autocast, so the finite-difference probe could no longer run in exact float32 (SPEC §6: its scores "
+            "become rounding noise). Launch without --mixed_precision (or set mixed_precision: 'no' in the "
+            "accelerate config) and use trainer.precision=bf16, which autocasts the training step only."
+        )
+    if deepspeed:
+        raise ConfigError(
+            "DeepSpeed (ZeRO-2/3) is not supported: ZeRO partitions gradients and parameters behind hooks that the "
+            "VCORE probe and our step-level token count do not go through. Launch with DDP instead (torchrun or "
+            "`accelerate launch` without a DeepSpeed config; add model.lora.enabled=true if the model does not fit "
+            "one GPU), or with FSDP for sft/dft/random (docs/distributed.md)."
+        )
+    if fsdp and method == "vcore":
+        raise ConfigError(
+            "method=vcore under FSDP is not supported: the probe gradient is torch.autograd.grad with respect to "
+            "the module's parameters, which FSDP replaces by shards outside the autograd graph (every gradient comes "
+            "back None: VCORE would silently become SFT), and the jvp probe's functional_call cannot substitute "
+            "sharded parameters. Use DDP (torchrun / "
+            "`accelerate launch` without an FSDP config), with model.lora.enabled=true for models that do not fit "
+            "one GPU (docs/distributed.md)."
+        )
+    if fsdp and method == "iw_sft":
+        raise ConfigError(
+            "method=iw_sft under FSDP is not supported: its reference model is an unsharded copy of the starting "
+            "weights on every rank (full fine-tuning) or an adapter toggle that FSDP wrapping does not expose. Use "
+            "DDP (torchrun), with model.lora.enabled=true for large models (docs/distributed.md)."
+        )
+    if fsdp and generates_after_training:
+        raise ConfigError(
+            "eval.after_train=true under FSDP: generation runs on rank 0 only, and a sharded model needs every rank in "
+            "each forward. Set eval.after_train=false and evaluate the saved model with task=eval eval.model=<run dir> "
+            "on one GPU (docs/distributed.md)."
+        )

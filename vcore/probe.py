@@ -38,13 +38,14 @@ def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Se
     """
     num_tokens = sum(supervised_count(b) for b in batches)
     num_tokens = all_reduce_sum(torch.tensor(float(num_tokens), device=params[0].device)).clamp(min=1)
-    grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    # float32 accumulators (bf16 weights get an exact-enough sum), float64 for float64 weights (exact tests).
+    grads = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
     for batch in batches:
         token_loss, mask = model_token_loss(model, batch)
         loss = (token_loss * mask).sum() / num_tokens
         for acc, gr in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
             if gr is not None:
-                acc.add_(gr.float())
+                acc.add_(gr.to(acc.dtype))
     for gr in grads:  # data parallel: g is the all-reduced gradient of the global probe batch
         all_reduce_sum(gr)
     return grads
@@ -134,23 +135,35 @@ class Probe:
     """Owns the probe-batch generator and the stored direction ``g`` (reused for ``probe.every`` steps).
 
     ``sample`` draws probe micro-batches uniformly (with replacement) from the training set with a dedicated
-    generator seeded from ``probe.seed`` and the rank, so it is independent of the step batch and of any global
-    RNG.
+    generator seeded from ``probe.seed``: independent of the step batch and of any global RNG (SPEC §4.1).
+
+    Data parallelism: every rank draws the same *global* index stream (``batch_size × accumulation ×
+    world_size`` indices per refresh) and keeps its own contiguous slice, so each rank's examples are its own
+    independent uniform draws from one stream. Why one stream rather than a generator per rank: the global probe
+    batch (the union over ranks, whose all-reduced gradient is ``g``) then depends only on the seed and its global
+    size, not on how it is split: 2 ranks × ``batch_size`` b draw exactly what 1 rank × 2b draws, so a run's
+    VCORE weights do not change with the GPU count (tests/test_distributed.py). The generator state is also the
+    same on every rank: rank 0's checkpoint restores all of them, on any world size.
+
+    Exact resume (:meth:`state_dict`): the generator state, and with ``probe.every > 1`` the stored direction
+    itself (a copy of the trainable parameters' size, on CPU), since recomputing it would need the parameters of
+    the step that drew it.
     """
 
     def __init__(self, cfg: ProbeConfig, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
         if len(dataset) == 0:
             raise ValueError("VCORE probe: the training set is empty")
         self.cfg, self.dataset, self.collate = cfg, dataset, collate
-        # Per-rank streams: under data parallelism each rank draws its own probe micro-batches (SPEC §4.2).
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank())
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.direction: list[torch.Tensor] | None = None
         self.steps_since_refresh = 0
         self.last_norm = torch.tensor(0.0)
 
     def sample(self, device: torch.device) -> list[Batch]:
+        """This rank's probe micro-batches: its slice of the global draw (see the class docstring)."""
         n = self.cfg.batch_size * self.cfg.accumulation
-        idx = torch.randint(len(self.dataset), (n,), generator=self.generator).tolist()
+        idx = torch.randint(len(self.dataset), (n * world_size(),), generator=self.generator)
+        idx = idx[rank() * n : (rank() + 1) * n].tolist()
         batches = []
         for i in range(0, n, self.cfg.batch_size):
             batch = self.collate([self.dataset[j] for j in idx[i : i + self.cfg.batch_size]])
@@ -159,18 +172,33 @@ class Probe:
 
     def gradient(self, model: nn.Module, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """``g`` for this step: recomputed every ``probe.every`` steps, reused in between."""
+        values = list(params.values())
         if self.direction is None or self.steps_since_refresh >= self.cfg.every:
-            values = list(params.values())
             g = probe_gradient(model, values, self.sample(values[0].device))
             self.last_norm = clip_(g, self.cfg.clip_norm)
             self.direction, self.steps_since_refresh = g, 0
+        elif self.direction[0].device != values[0].device:  # restored from a checkpoint onto CPU
+            self.direction = [d.to(values[0].device) for d in self.direction]
         self.steps_since_refresh += 1
         return self.direction
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "steps_since_refresh": self.steps_since_refresh, "world_size": world_size()}
+        state: dict[str, Any] = {
+            "generator": self.generator.get_state(),
+            "steps_since_refresh": self.steps_since_refresh,
+            "world_size": world_size(),
+        }
+        if self.cfg.every > 1 and self.direction is not None:  # with every=1 the next step recomputes g anyway
+            state["direction"] = [d.detach().cpu() for d in self.direction]
+            state["last_norm"] = self.last_norm.detach().cpu()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        # The stored direction is not checkpointed: force a refresh so a resumed run never uses a stale g.
-        self.direction, self.steps_since_refresh = None, 0
+        if state.get("direction") is not None:
+            self.direction, self.steps_since_refresh = list(state["direction"]), state["steps_since_refresh"]
+            self.last_norm = state["last_norm"]
+        else:
+            # No stored direction (probe.every=1, or an older checkpoint): refresh at the next step, never reuse a
+            # stale g. With every=1 that is exactly what the uninterrupted run does.
+            self.direction, self.steps_since_refresh = None, 0

@@ -2,7 +2,11 @@
 
     python run.py                                  # the default: tiny model, synthetic task, VCORE
     python run.py method=dft trainer.max_steps=50  # any override
+    torchrun --nproc_per_node=4 run.py ...         # data parallel (docs/distributed.md)
 Tests and sweepers call :func:`train` directly with a config from ``hydra.compose``.
+
+Long runs: ``trainer.resume=auto`` (default) continues from the newest complete checkpoint in
+``<output_dir>/checkpoints``; SIGTERM writes one and exits with status 75 (:mod:`vcore.preemption`).
 """
 
 from __future__ import annotations
@@ -17,16 +21,27 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
+from vcore.checks import ConfigError
 from vcore.config import to_object
 from vcore.data.build import DataBundle, build_data
 from vcore.data.collate import Collator
-from vcore.distributed import rank
+from vcore.distributed import (
+    broadcast_object,
+    check_parallel_backend,
+    init_distributed,
+    launcher_backends,
+    rank,
+    rank_zero_first,
+    same_on_all_ranks,
+)
 from vcore.forward import model_token_loss
 from vcore.loggers import LoggerCallback, NullLogger, build_logger
 from vcore.methods import build_method
 from vcore.modeling import load_model, load_tokenizer
+from vcore.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCallback
+from vcore.resume import resolve_resume
 from vcore.trainer import METHOD_STATE, WeightedTrainer
 
 log = logging.getLogger(__name__)
@@ -51,7 +66,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or, with ``task=eval``, evaluate) as configured; metrics also go to ``<output_dir>/metrics.json``."""
     c = to_object(cfg)  # every schema check runs here, before anything is loaded
+    if c.task == "train":  # refuse unsupported backends before anything is loaded
+        generates = bool(c.eval.after_train and c.benchmark)
+        check_parallel_backend(c.method.name, generates_after_training=generates, **launcher_backends())
+    init_distributed()  # under torchrun: the group run.py made, or a new one when train() is called directly
     out = Path(c.output_dir)
+    if not same_on_all_ranks(str(out.resolve())):
+        raise ConfigError(
+            f"output_dir differs between ranks (this rank: {out}); launch through run.py, which gives every rank "
+            "rank 0's Hydra dir, or set hydra.run.dir / output_dir explicitly (docs/distributed.md)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if rank() == 0:
@@ -60,6 +84,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger = build_logger(c.logger, resolved, out, overrides, sweep)
     try:
         metrics = _train(c, resolved, out, logger) if c.task == "train" else _evaluate_only(c, out, logger)
+    except Preempted:
+        logger.finish(exit_code=PREEMPTED_EXIT_CODE)
+        raise
     except BaseException:
         logger.finish(exit_code=1)
         raise
@@ -72,7 +99,8 @@ def prepare_model(c):
     if c.model.tiny is not None:
         from vcore.tiny import build_tiny, tiny_corpus
 
-        build_tiny(c.model.name_or_path, c.model.tiny, tiny_corpus())
+        with rank_zero_first():  # one writer; the other ranks then find an identical build and skip it
+            build_tiny(c.model.name_or_path, c.model.tiny, tiny_corpus())
     tokenizer = load_tokenizer(c.model)
     return tokenizer, load_model(c.model)
 
@@ -89,8 +117,12 @@ class Job:
 
 def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     """Model, data, method and Trainer for a validated config ``c`` (see :func:`vcore.config.to_object`)."""
+    # LoRA adapters are initialised from the global RNG, which the Trainer only seeds after the model exists: seed
+    # it first, so two runs of one config (and every DDP rank) start from the same adapters.
+    set_seed(c.seed)
     tokenizer, model = prepare_model(c)
-    data = build_data(c.dataset, tokenizer, out_dir=out)
+    with rank_zero_first():  # dataset caches are written once, by rank 0
+        data = build_data(c.dataset, tokenizer, out_dir=out)
     log.info("data: %s", data.stats)
     t = c.trainer
     collator = Collator(tokenizer.pad_token_id, pack=t.packing)
@@ -139,7 +171,15 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
     job = build_job(c, out, logger)
     logger.log({f"data/{k}": v for k, v in job.data.stats.items()}, step=0)
     trainer = job.trainer
-    result = trainer.train()
+    checkpoint = broadcast_object(resolve_resume(c.trainer.resume, out / "checkpoints"))  # rank 0's view decides
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    preemption = PreemptionCallback()
+    trainer.add_callback(preemption)
+    with preemption.handle_sigterm():
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    if preemption.stopped:
+        raise Preempted(trainer.state.global_step)
     trainer.save_model(str(out / "final"))
     if rank() == 0:  # the probe generator's state: the inspector weighs examples exactly as the next step would
         torch.save(trainer.weighting.state_dict(), out / "final" / METHOD_STATE)
@@ -216,7 +256,8 @@ def _evaluate_only(c, out: Path, logger: NullLogger) -> dict[str, Any]:
     metrics = {"eval": run_benchmarks(c, model, tokenizer, out / "eval", logger), "model": str(c.eval.model)}
     metrics["runtime_s"] = time.perf_counter() - t_start
     logger.summary(flatten(metrics))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    if rank() == 0:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
 
 

@@ -5,22 +5,39 @@
   weights (VCORE's probe and α, iw-SFT's reference losses).
 - :meth:`WeightedTrainer.compute_loss` computes per-token losses itself (the model never sees ``labels``, so no
   model-specific loss scaling applies) and returns this micro-batch's share of the step loss.
+- :meth:`WeightedTrainer.train` restores the method's state (VCORE's probe stream) next to what the Trainer restores
+  from a checkpoint (weights, optimizer, scheduler, RNGs, data position), so a resumed run is the uninterrupted one.
+
+Backends: DDP for every method; FSDP only for methods without a probe or reference model; DeepSpeed refused
+(:func:`vcore.distributed.check_parallel_backend`, docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
-from vcore.distributed import all_reduce_sum, world_size
+from vcore.distributed import (
+    all_reduce_max,
+    all_reduce_min,
+    all_reduce_sum,
+    barrier,
+    check_parallel_backend,
+    world_size,
+)
 from vcore.forward import model_token_loss
 from vcore.losses import supervised_mask, weighted_loss
 from vcore.methods.base import TokenWeighting
 from vcore.stats import StepStats
+
+log = logging.getLogger(__name__)
 
 METHOD_STATE = "vcore_method_state.pt"
 
@@ -39,6 +56,10 @@ class WeightedTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # accelerate sets these from its launch config too (`accelerate launch --use_fsdp ...`), not only from args.
+        check_parallel_backend(
+            weighting.name, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled, mixed_precision=self.args.mixed_precision
+        )
         self.weighting = weighting
         self.loss_normalization = loss_normalization
         self.precision = precision
@@ -47,6 +68,20 @@ class WeightedTrainer(Trainer):
         self.step_stats = StepStats(eos_token_id=eos)
         self.add_callback(_MethodStateCallback(self))
         self._last_log_step = 0
+
+    # ----------------------------------------------------------------------------------------- resume
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """``Trainer.train`` plus the method's state from ``resume_from_checkpoint`` (a checkpoint dir)."""
+        if isinstance(resume_from_checkpoint, bool):  # Trainer's "the last checkpoint in output_dir"
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint else None
+        if resume_from_checkpoint is not None:
+            state = Path(resume_from_checkpoint) / METHOD_STATE
+            if state.is_file():
+                # Written by rank 0; method states are rank-independent (the probe draws one global stream).
+                self.weighting.load_state_dict(torch.load(state, weights_only=False))
+            else:
+                log.warning("%s has no %s: the method's state (VCORE's probe stream) starts afresh", resume_from_checkpoint, METHOD_STATE)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
     # ----------------------------------------------------------------------------------------- step batch
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -111,17 +146,41 @@ class WeightedTrainer(Trainer):
         if "loss" in logs:  # a training log line: add what the method did since the previous one
             steps = self.state.global_step - self._last_log_step
             self._last_log_step = self.state.global_step
+            _reduce_over_ranks(self.step_stats)
             logs.update(self.step_stats.flush(steps))
         super().log(logs, start_time)
 
 
+def _reduce_over_ranks(stats: StepStats) -> None:
+    """Make rank 0's log line describe the whole step batch (every rank calls ``log`` at the same step)."""
+    if world_size() == 1 or not stats.sums:
+        return
+    for key in sorted(stats.sums):  # the same keys on every rank: each micro-batch adds all of them
+        stats.sums[key] = all_reduce_sum(stats.sums[key].clone())  # a sum may still share storage with a loss
+    device = next(iter(stats.sums.values())).device
+    for extremes, reduce, empty in ((stats.mins, all_reduce_min, math.inf), (stats.maxs, all_reduce_max, -math.inf)):
+        # A rank without supervised tokens has no extreme yet; it still has to join the collective.
+        value = reduce(extremes.get("w", torch.tensor(empty, dtype=torch.float64, device=device)).clone())
+        if math.isfinite(float(value)):
+            extremes["w"] = value
+
+
 class _MethodStateCallback(TrainerCallback):
-    """Saves the method's generator state next to each checkpoint (the probe stream must resume exactly)."""
+    """Saves the method's state (VCORE's probe generator and stored direction) into each checkpoint.
+
+    Rank 0 writes it after a barrier, i.e. after every rank has written its share of the checkpoint: its presence
+    marks a complete checkpoint (:func:`vcore.resume.latest_checkpoint`).
+    """
 
     def __init__(self, trainer: WeightedTrainer) -> None:
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._last_log_step = state.global_step  # a resumed run's first log line covers only its own steps
+        return control
+
     def on_save(self, args, state, control, **kwargs):
+        barrier()
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
