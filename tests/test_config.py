@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from tests.conftest import CONF
-from vcore.config import ConfigError, to_object
+from vcore.config import ConfigError, compose_config, to_object
 
 GROUPS = ["model", "dataset", "method", "trainer", "logger"]
 
@@ -25,10 +25,10 @@ def test_every_option_composes_and_instantiates(make_cfg, group, option):
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_composes_and_instantiates(make_cfg, experiment):
+def test_every_experiment_composes_and_instantiates(tmp_path, experiment):
     first = (CONF / "experiment" / f"{experiment}.yaml").read_text().splitlines()[:3]
     assert any(line.startswith("# Run:") for line in first), "experiments start with the command that runs them"
-    to_object(make_cfg(f"experiment={experiment}"))
+    to_object(compose_config([f"experiment={experiment}", f"output_dir={tmp_path}"]))
 
 
 def test_unknown_key_fails_at_compose_time_naming_the_key(make_cfg):

@@ -56,6 +56,9 @@ class IwSFT(TokenWeighting):
     @torch.no_grad()
     def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
         ref = model if self.uses_adapters else self.reference
+        device = batches[0]["input_ids"].device
+        if not self.uses_adapters and next(ref.parameters()).device != device:
+            ref.to(device)  # the Trainer moves the policy to the GPU after this method was built
         was_training = ref.training
         ref.eval()
         try:
