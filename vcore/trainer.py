@@ -88,7 +88,8 @@ class WeightedTrainer(Trainer):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batches:
             return batches, None
-        batches = [self._prepare_inputs(b) for b in batches]
+        # The method's step-level work runs before training_step moves inputs, so place them here.
+        batches = [{k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
         masks = [supervised_mask(b["labels"]) for b in batches]
         counts = torch.tensor(
             [float(sum(int(m.sum()) for m in masks)), float(sum(int((m.sum(1) > 0).sum()) for m in masks))],
