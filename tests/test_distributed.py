@@ -84,13 +84,7 @@ def worker(out: Path) -> None:
             torch.save(params, out / f"ddp-{method}.pt")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~10x faster on one thread than on two here (the torchrun ranks use one each too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

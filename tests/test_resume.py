@@ -26,13 +26,7 @@ from vcore.trainer import METHOD_STATE
 
 STEPS = 40  # long enough that SIGTERM, sent after 3 logged steps, lands mid-training with a wide margin
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~10x faster on one thread than on two here (and the subprocesses use one too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = {
