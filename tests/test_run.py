@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 from tests.conftest import REPO, TINY_TEST
+from vcore.loggers import run_name
 
 
 def run(args, cwd, timeout=300):
@@ -47,9 +50,12 @@ def test_multirun_gives_separate_runs_and_wandb_runs(tmp_path):
         names.append(metrics["method"]["name"])
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, runs
-        ids.add(runs[0].name.rsplit("-", 1)[-1])
-        meta = (runs[0] / "files")
-        assert meta.exists() or any(runs[0].iterdir())
+        run_id = runs[0].name.rsplit("-", 1)[-1]
+        ids.add(run_id)
+        # The run is named after this job's own overrides (seeds and paths left out).
+        record = (runs[0] / f"run-{run_id}.wandb").read_bytes()
+        name = run_name(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        assert name.startswith(f"method={metrics['method']['name']},") and name.encode() in record
     assert names == ["sft", "vcore"] and len(ids) == 2
 
 

@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-from vcore.methods.vcore import pearson
+from vcore.losses import supervised_mask
+from vcore.methods.vcore import score_agreement
 from vcore.probe import clip_, finite_difference_scores, jvp_scores, probe_gradient, trainable_parameters
 
 PRECISIONS = ("fp32", "tf32", "bf16_autocast", "bf16_weights")
@@ -46,10 +47,7 @@ def fidelity_table(model, probe_batches, batches, epsilons, precisions=PRECISION
     g = probe_gradient(model, list(params.values()), probe_batches)
     clip_(g, 1.0)
     _, exact = jvp_scores(model, params, g, batches)
-    masks = [b["labels"].ne(-100) for b in batches]
-    for m in masks:
-        m[:, 0] = False
-    ref = torch.cat([s[m] for s, m in zip(exact, masks)])
+    masks = [supervised_mask(b["labels"]) for b in batches]
     table: dict[str, dict[float, float]] = {}
     device = next(model.parameters()).device
     for prec in precisions:
@@ -62,7 +60,7 @@ def fidelity_table(model, probe_batches, batches, epsilons, precisions=PRECISION
         for eps in epsilons:
             with precision_context(prec, device):
                 _, fd = finite_difference_scores(m, p, gg, batches, eps, exact=False)
-            row[eps] = float(pearson(torch.cat([s[mm] for s, mm in zip(fd, masks)]).float(), ref))
+            row[eps] = float(score_agreement([s.float() for s in fd], exact, masks)["vcore/fidelity_pearson"])
         table[prec] = row
     return table
 

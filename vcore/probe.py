@@ -18,6 +18,7 @@ from torch import nn
 from vcore.config import ProbeConfig
 from vcore.distributed import all_reduce_sum, rank, world_size
 from vcore.forward import model_token_loss
+from vcore.losses import supervised_mask
 from vcore.precision import exact_float32
 
 Batch = dict[str, Any]
@@ -52,8 +53,7 @@ def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Se
 
 
 def supervised_count(batch: Batch) -> int:
-    labels = batch["labels"]
-    return int(labels[:, 1:].ne(-100).sum())
+    return int(supervised_mask(batch["labels"]).sum())
 
 
 def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

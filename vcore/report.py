@@ -176,6 +176,21 @@ def _plt():
     return plt
 
 
+def _line_figure(path: Path, xlabel: str, ylabel: str, title: str, draw, legend_size: int | None = None) -> Path:
+    """One axes, ``draw(ax)`` plots the lines; labelled, saved as PNG, closed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    draw(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def fig_data_scaling(runs: list[Run], path: Path) -> Path | None:
     points: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
@@ -184,20 +199,13 @@ def fig_data_scaling(runs: list[Run], path: Path) -> Path | None:
             points[r.method][int(n)].append(y)
     if not any(len(v) > 1 for v in points.values()):
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, by_n in sorted(points.items()):
-        xs = sorted(by_n)
-        ax.errorbar(xs, [statistics.mean(by_n[x]) for x in xs], yerr=[statistics.pstdev(by_n[x]) for x in xs], marker="o", capsize=3, label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("training examples")
-    ax.set_ylabel("ID accuracy (%)")
-    ax.set_title("Data scaling")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    def draw(ax):
+        for method, by_n in sorted(points.items()):
+            xs = sorted(by_n)
+            ax.errorbar(xs, [statistics.mean(by_n[x]) for x in xs], yerr=[statistics.pstdev(by_n[x]) for x in xs], marker="o", capsize=3, label=method)
+        ax.set_xscale("log", base=2)
+
+    return _line_figure(path, "training examples", "ID accuracy (%)", "Data scaling", draw)
 
 
 def fig_tau_eps(runs: list[Run], path: Path) -> Path | None:
@@ -210,19 +218,12 @@ def fig_tau_eps(runs: list[Run], path: Path) -> Path | None:
             points[float(eps)][math.log10(float(tau))].append(y)
     if not any(len(v) > 1 for v in points.values()):
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for eps, by_tau in sorted(points.items(), reverse=True):
-        xs = sorted(by_tau)
-        ax.plot(xs, [statistics.mean(by_tau[x]) for x in xs], marker="o", label=f"ε={eps:g}")
-    ax.set_xlabel("lg τ")
-    ax.set_ylabel("ID accuracy (%)")
-    ax.set_title("Sensitivity to τ and ε")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    def draw(ax):
+        for eps, by_tau in sorted(points.items(), reverse=True):
+            xs = sorted(by_tau)
+            ax.plot(xs, [statistics.mean(by_tau[x]) for x in xs], marker="o", label=f"ε={eps:g}")
+
+    return _line_figure(path, "lg τ", "ID accuracy (%)", "Sensitivity to τ and ε", draw, legend_size=8)
 
 
 def fig_variance_control(runs: list[Run], path: Path, key: str = "train/weighted_loss") -> Path | None:
@@ -235,18 +236,11 @@ def fig_variance_control(runs: list[Run], path: Path, key: str = "train/weighted
                 curves[label] = pts
     if not curves:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, pts in sorted(curves.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (weighted)")
-    ax.set_title("Variance control")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    def draw(ax):
+        for label, pts in sorted(curves.items()):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+
+    return _line_figure(path, "step", "training loss (weighted)", "Variance control", draw, legend_size=7)
 
 
 def _examples(weights_jsonl: Path, k: int) -> list[dict]:

@@ -240,7 +240,10 @@ def _evaluate_only(c, out: Path, logger: NullLogger) -> dict[str, Any]:
     """``task=eval``: a run dir or checkpoint of ours (LoRA adapters included), or any hub id / model dir."""
     t_start = time.perf_counter()
     source = Path(c.eval.model)
-    if source.exists() and not (source / "config.json").exists() or (source / "adapter_config.json").exists():
+    # Ours: a run dir (model in final/) or a LoRA checkpoint (adapters only) need the run's config to load;
+    # a full model dir (config.json) or a hub id loads by itself.
+    ours = source.exists() and ((source / "adapter_config.json").exists() or not (source / "config.json").exists())
+    if ours:
         from vcore.config import load_run_config
         from vcore.inspect import find_run, load_checkpoint
 
