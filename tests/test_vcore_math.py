@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import random_lm_batch, tiny_causal_lm
-from vcore.config import ConfigError, ProbeConfig, ProbeMode, VCOREConfig, VarianceControl
+from vcore.config import ConfigError, ProbeConfig, ProbeMode, VarianceControl, VCOREConfig
 from vcore.forward import model_token_loss
 from vcore.losses import supervised_mask
 from vcore.methods import gibbs_weights, loss_ratio_alpha, paper_alpha

@@ -18,7 +18,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from vcore.checks import ConfigError, check as _check
+from vcore.checks import ConfigError
+from vcore.checks import check as _check
 from vcore.data.config import DATASET_SCHEMAS, DatasetConfig, SyntheticDatasetConfig  # noqa: F401 (re-exported)
 
 
