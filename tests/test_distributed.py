@@ -46,8 +46,10 @@ def rows(n: int = 32, vocab: int = 37, seed: int = 0) -> list[dict]:
     return out
 
 
-def train_tiny(out: Path, method: str, per_device: int, probe_batch: int) -> dict[str, torch.Tensor]:
-    """A few optimizer steps of the real Trainer on a float64 model; returns the final parameters."""
+def train_tiny(
+    out: Path, method: str, per_device: int, probe_batch: int, every: int = 1, resume: str | None = None, **training_args
+) -> dict[str, torch.Tensor]:
+    """A few optimizer steps of the real Trainer on a float64 model; returns the final (full) parameters."""
     from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, VCOREConfig
@@ -61,17 +63,22 @@ def train_tiny(out: Path, method: str, per_device: int, probe_batch: int) -> dic
     data = rows()
     collate = Collator(pad_token_id=0)
     # ε = 1e-3: rounding in l_t(θ) - l_t(θ - εg) is divided by ε, and the paper-α variances then amplify it.
-    probe = ProbeConfig(epsilon=1e-3, batch_size=probe_batch, accumulation=2, seed=1, mode="jvp" if method == "vcore_jvp" else "finite_difference")
+    probe = ProbeConfig(
+        epsilon=1e-3, batch_size=probe_batch, accumulation=2, seed=1, every=every,
+        mode="jvp" if method == "vcore_jvp" else "finite_difference",
+    )
     cfg = VCOREConfig(tau=3.0, probe=probe) if method.startswith("vcore") else type("C", (), {"name": method})()
     args = TrainingArguments(
-        output_dir=str(out / f"ckpt-{method}"), per_device_train_batch_size=per_device, gradient_accumulation_steps=K,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=K,
         max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        save_strategy="no", logging_steps=1, seed=0, use_cpu=True, report_to="none", remove_unused_columns=False,
+        logging_steps=1, seed=0, use_cpu=True, report_to="none", remove_unused_columns=False,
+        **{"output_dir": str(out / f"ckpt-{method}"), "save_strategy": "no", **training_args},
     )
     trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate,
                               weighting=build_method(cfg, model, data, collate))
-    trainer.train()
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train(resume_from_checkpoint=resume)
+    # Under FSDP the parameters are shards (DTensors): gather the whole tensors.
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}
 
 
 def worker(out: Path) -> None:
@@ -127,23 +134,30 @@ def test_run_py_under_torchrun_writes_one_run_dir_from_rank_zero(tmp_path):
 
 
 def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeypatch):
-    """What `accelerate launch` puts in the environment: DeepSpeed, FSDP with a probe or reference model, FSDP with
-    rank-0 generation, accelerate's own autocast (it would reach the probe's forwards)."""
+    """What `accelerate launch` puts in the environment: DeepSpeed, FSDP1 or the jvp probe with VCORE, iw-SFT's
+    reference model, full-state-dict checkpoints, rank-0 generation, accelerate's own autocast (it would reach the
+    probe's forwards)."""
     from vcore.config import ConfigError
     from vcore.train import train
 
-    refused = {
-        ("ACCELERATE_USE_DEEPSPEED", "true", "sft"): "DeepSpeed.*DDP",
-        ("ACCELERATE_USE_FSDP", "true", "vcore"): "method=vcore under FSDP.*DDP",
-        ("ACCELERATE_USE_FSDP", "true", "iw_sft"): "method=iw_sft under FSDP.*DDP",
-        ("ACCELERATE_USE_FSDP", "true", "sft"): "eval.after_train=false",
-        ("ACCELERATE_MIXED_PRECISION", "bf16", "vcore"): "trainer.precision=bf16",
-    }
-    for (var, value, method), message in refused.items():
+    fsdp2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    after = "eval.after_train=false"
+    refused = [
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "sft", [], "DeepSpeed.*DDP"),
+        ({"ACCELERATE_USE_FSDP": "true"}, "vcore", [], "FSDP1.*fsdp_version: 2"),  # accelerate launch's default
+        (fsdp2, "vcore", ["method.probe.mode=jvp"], "probe.mode=jvp under FSDP.*finite_difference"),
+        (fsdp2, "vcore", ["method.probe.fidelity_every=2"], "fidelity_every=0"),
+        (fsdp2, "iw_sft", [], "method=iw_sft under FSDP.*DDP"),
+        ({**fsdp2, "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}, "vcore", [after], "SHARDED_STATE_DICT"),
+        (fsdp2, "sft", [], after),
+        ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "vcore", [], "trainer.precision=bf16"),
+    ]
+    for env, method, overrides, message in refused:
         with monkeypatch.context() as m:
-            m.setenv(var, value)
+            for var, value in env.items():
+                m.setenv(var, value)
             with pytest.raises(ConfigError, match=message):
-                train(make_cfg(method=method))
+                train(make_cfg(*overrides, method=method))
 
 
 def test_the_shared_hydra_dir_follows_the_configured_pattern(tmp_path):

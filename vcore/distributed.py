@@ -121,7 +121,22 @@ def launcher_backends() -> dict[str, Any]:
         "fsdp": flag("ACCELERATE_USE_FSDP"),
         "deepspeed": flag("ACCELERATE_USE_DEEPSPEED"),
         "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+        # accelerate launch's default is FSDP1 (it writes "1" unless --fsdp_version 2 / fsdp_version: 2 is given)
+        "fsdp_version": int(os.environ.get("FSDP_VERSION", "1")),
+        "fsdp_state_dict_type": os.environ.get(
+            "FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT" if os.environ.get("FSDP_VERSION") == "2" else "FULL_STATE_DICT"
+        ),
     }
+
+
+def probe_settings(method: Any) -> dict[str, Any]:
+    """VCORE's probe mode and fidelity schedule for :func:`check_parallel_backend`, from a method config or a built
+    method (whose ``mode`` is resolved: ``auto`` became ``finite_difference`` or ``jvp``); empty for other methods."""
+    probe = getattr(getattr(method, "cfg", method), "probe", None)
+    if probe is None:
+        return {}
+    mode = getattr(method, "mode", probe.mode)
+    return {"probe_mode": str(getattr(mode, "value", mode)), "fidelity_every": probe.fidelity_every}
 
 
 @contextlib.contextmanager
@@ -137,10 +152,23 @@ def rank_zero_first() -> Iterator[None]:
 
 
 def check_parallel_backend(
-    method: str, *, fsdp: bool, deepspeed: bool, mixed_precision: str = "no", generates_after_training: bool = False
+    method: str,
+    *,
+    fsdp: bool,
+    deepspeed: bool,
+    mixed_precision: str = "no",
+    generates_after_training: bool = False,
+    fsdp_version: int = 2,
+    fsdp_state_dict_type: str = "SHARDED_STATE_DICT",
+    probe_mode: str | None = None,
+    fidelity_every: int = 0,
 ) -> None:
     """Refuse at start, naming the alternative, every backend × method pair that is not supported (no silent
-    fallback: a probe that silently reads zero gradients would turn VCORE into SFT at 2-3x the cost)."""
+    fallback: a probe that silently reads zero gradients would turn VCORE into SFT at 2-3x the cost).
+
+    ``probe_mode``: VCORE's probe mode, resolved (``finite_difference``/``jvp``) once the model is loaded, or as
+    configured (``auto`` passes) before.
+    """
     if mixed_precision != "no":
         raise ConfigError(
             f"accelerate's mixed precision ({mixed_precision}) is not supported: it patches the model's forward with "
@@ -153,26 +181,48 @@ def check_parallel_backend(
             "DeepSpeed (ZeRO-2/3) is not supported: ZeRO partitions gradients and parameters behind hooks that the "
             "VCORE probe and our step-level token count do not go through. Launch with DDP instead (torchrun or "
             "`accelerate launch` without a DeepSpeed config; add model.lora.enabled=true if the model does not fit "
-            "one GPU), or with FSDP for sft/dft/random (docs/distributed.md)."
+            "one GPU), or with FSDP2 (every method but iw_sft; docs/distributed.md)."
         )
     if fsdp and method == "vcore":
-        raise ConfigError(
-            "method=vcore under FSDP is not supported: the probe gradient is torch.autograd.grad with respect to "
-            "the module's parameters, which FSDP replaces by shards outside the autograd graph (every gradient comes "
-            "back None: VCORE would silently become SFT), and the jvp probe's functional_call cannot substitute "
-            "sharded parameters. Use DDP (torchrun / "
-            "`accelerate launch` without an FSDP config), with model.lora.enabled=true for models that do not fit "
-            "one GPU (docs/distributed.md)."
-        )
+        _check_vcore_under_fsdp(fsdp_version, probe_mode, fidelity_every)
     if fsdp and method == "iw_sft":
         raise ConfigError(
             "method=iw_sft under FSDP is not supported: its reference model is an unsharded copy of the starting "
             "weights on every rank (full fine-tuning) or an adapter toggle that FSDP wrapping does not expose. Use "
             "DDP (torchrun), with model.lora.enabled=true for large models (docs/distributed.md)."
         )
+    if fsdp and "FULL_STATE_DICT" in fsdp_state_dict_type:
+        raise ConfigError(
+            "FSDP with state_dict_type FULL_STATE_DICT is not supported: the Trainer's checkpoint save then runs a "
+            "collective on rank 0 alone inside save_pretrained (FSDP2, tied embeddings: the ranks deadlock or abort). "
+            "Set `fsdp_state_dict_type: SHARDED_STATE_DICT` in the accelerate config (the FSDP2 default); the final "
+            "model is still written as one from_pretrained directory (docs/distributed.md)."
+        )
     if fsdp and generates_after_training:
         raise ConfigError(
             "eval.after_train=true under FSDP: generation runs on rank 0 only, and a sharded model needs every rank in "
             "each forward. Set eval.after_train=false and evaluate the saved model with task=eval eval.model=<run dir> "
             "on one GPU (docs/distributed.md)."
+        )
+
+
+def _check_vcore_under_fsdp(fsdp_version: int, probe_mode: str | None, fidelity_every: int) -> None:
+    if fsdp_version != 2:
+        raise ConfigError(
+            "method=vcore under FSDP1 is not supported: the probe works on FSDP2's per-parameter shards (DTensors), "
+            "and FSDP1 keeps parameters in flat buffers. Use FSDP2: `fsdp_version: 2` in the accelerate config (or "
+            "`accelerate launch --fsdp_version 2`), or DDP (docs/distributed.md)."
+        )
+    if probe_mode == "jvp":
+        raise ConfigError(
+            "method.probe.mode=jvp under FSDP is not supported: the forward-mode probe substitutes whole parameters "
+            "through functional_call, which FSDP's all-gathered shards do not allow. Set method.probe.mode="
+            "finite_difference with model.dtype=float32 (auto picks jvp for bf16 weights), or use DDP for the jvp probe "
+            "(docs/distributed.md)."
+        )
+    if fidelity_every:
+        raise ConfigError(
+            "method.probe.fidelity_every > 0 under FSDP: the fidelity check compares against the jvp probe, which FSDP "
+            "does not support. Set method.probe.fidelity_every=0, or measure fidelity on one GPU (python -m "
+            "vcore.fidelity)."
         )

@@ -4,6 +4,12 @@
 ``probe.mode: finite_difference``: ``s_t = (l_t(θ) - l_t(θ - εg)) / ε`` from two no-grad forwards in exact
 float32 (eval mode, so no dropout mask differs between them). The parameters are restored from a copy, bit for
 bit (``x - εg + εg`` is not ``x`` in floating point).
+
+Sharded parameters (FSDP2, ``torch.distributed.tensor.DTensor``): ``torch.autograd.grad`` cannot reach them (the
+forward runs on all-gathered copies), so ``g`` comes from FSDP's own backward (reduce-scatter) into ``.grad``, which
+is emptied again before the training micro-batches; the finite-difference shift and restore act on each rank's
+shard, and every forward all-gathers the shifted weights. The jvp probe needs ``functional_call`` on whole
+parameters and is not available there.
 """
 
 from __future__ import annotations
@@ -32,13 +38,23 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
+def is_sharded(params: Sequence[torch.Tensor]) -> bool:
+    """True when the parameters are FSDP2 shards (DTensors) rather than whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in params)
+
+
 def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch]) -> list[torch.Tensor]:
     """``g = ∇θ L_{B'}(θ; w = 1)`` over ``params``, token-normalised over all probe micro-batches and ranks.
 
-    Uses ``torch.autograd.grad`` so the ``.grad`` buffers of the main step are never touched.
+    Uses ``torch.autograd.grad`` so the ``.grad`` buffers of the main step are never touched (sharded parameters:
+    :func:`sharded_probe_gradient`).
     """
     num_tokens = sum(supervised_count(b) for b in batches)
     num_tokens = all_reduce_sum(torch.tensor(float(num_tokens), device=params[0].device)).clamp(min=1)
+    if is_sharded(params):
+        return sharded_probe_gradient(model, params, batches, num_tokens)
     # float32 accumulators (bf16 weights get an exact-enough sum), float64 for float64 weights (exact tests).
     grads = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
     for batch in batches:
@@ -52,12 +68,41 @@ def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Se
     return grads
 
 
+def sharded_probe_gradient(
+    model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch], num_tokens: torch.Tensor
+) -> list[torch.Tensor]:
+    """FSDP2: ``g`` through FSDP's backward, sharded like ``params``; ``.grad`` is left empty as it was found.
+
+    Runs at the start of the optimizer step (before any training backward), where the Trainer has zeroed the
+    gradients; anything already there would be mixed into ``g``, hence the check.
+    """
+    if any(p.grad is not None and bool(p.grad.to_local().any()) for p in params):
+        raise RuntimeError(
+            "VCORE probe under FSDP: the parameters already hold gradients at the start of the optimizer step, so the "
+            "probe gradient (computed through FSDP's backward into .grad) would be mixed with them"
+        )
+    for p in params:
+        p.grad = None
+    for batch in batches:
+        token_loss, mask = model_token_loss(model, batch)
+        # FSDP averages the reduce-scattered gradient over ranks while num_tokens already counts every rank's.
+        ((token_loss * mask).sum() / num_tokens * world_size()).backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
 def supervised_count(batch: Batch) -> int:
     return int(supervised_mask(batch["labels"]).sum())
 
 
 def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+    """The norm of all ``tensors`` as one vector (for DTensor shards: of the whole tensors, the same on every rank)."""
+    wide = [t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]  # bf16 -> float32, float64 stays
+    if is_sharded(tensors):  # each rank holds part of the sum of squares until DTensor reduces it
+        return sum(torch.linalg.vector_norm(t) ** 2 for t in wide).full_tensor().sqrt()
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in wide]))
 
 
 def clip_(tensors: Sequence[torch.Tensor], max_norm: float | None) -> torch.Tensor:
@@ -88,15 +133,27 @@ def finite_difference_scores(
     params = list(params.values()) if isinstance(params, dict) else list(params)
     with exact_float32() if exact else contextlib.nullcontext():
         base = [model_token_loss(model, b)[0] for b in batches]
-        saved = [p.detach().clone() for p in params]
+        saved = [p.detach().clone() for p in params]  # under FSDP: this rank's shards only
         try:
+            _reshard(model)
             for p, d in zip(params, g):
                 p.sub_(epsilon * d.to(p.dtype))
             shifted = [model_token_loss(model, b)[0] for b in batches]
         finally:
+            _reshard(model)
             for p, s in zip(params, saved):
                 p.copy_(s)
     return base, [(l0 - l1) / epsilon for l0, l1 in zip(base, shifted)]
+
+
+def _reshard(model: nn.Module) -> None:
+    """FSDP2: drop any all-gathered copy, so the next forward gathers the shards as they are now (the root module
+    keeps its parameters gathered after a forward; a shift of the shards alone would not reach them)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 @torch.no_grad()
@@ -147,7 +204,7 @@ class Probe:
 
     Exact resume (:meth:`state_dict`): the generator state, and with ``probe.every > 1`` the stored direction
     itself (a copy of the trainable parameters' size, on CPU), since recomputing it would need the parameters of
-    the step that drew it.
+    the step that drew it. Under FSDP that direction is sharded: each rank saves its shards (:meth:`rank_state_dict`).
     """
 
     def __init__(self, cfg: ProbeConfig, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
@@ -156,6 +213,7 @@ class Probe:
         self.cfg, self.dataset, self.collate = cfg, dataset, collate
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.direction: list[torch.Tensor] | None = None
+        self._shards: list[torch.Tensor] | None = None  # this rank's direction shards from a checkpoint (FSDP)
         self.steps_since_refresh = 0
         self.last_norm = torch.tensor(0.0)
 
@@ -177,10 +235,21 @@ class Probe:
             g = probe_gradient(model, values, self.sample(values[0].device))
             self.last_norm = clip_(g, self.cfg.clip_norm)
             self.direction, self.steps_since_refresh = g, 0
+        elif self._shards is not None:  # restored from this rank's checkpoint file: rebuild the DTensors
+            from torch.distributed.tensor import DTensor
+
+            self.direction = [
+                DTensor.from_local(d.to(p.device), p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+                for d, p in zip(self._shards, values)
+            ]
         elif self.direction[0].device != values[0].device:  # restored from a checkpoint onto CPU
             self.direction = [d.to(values[0].device) for d in self.direction]
+        self._shards = None
         self.steps_since_refresh += 1
         return self.direction
+
+    def _stores_direction(self) -> bool:
+        return self.cfg.every > 1 and self.direction is not None  # with every=1 the next step recomputes g anyway
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -188,13 +257,14 @@ class Probe:
             "steps_since_refresh": self.steps_since_refresh,
             "world_size": world_size(),
         }
-        if self.cfg.every > 1 and self.direction is not None:  # with every=1 the next step recomputes g anyway
+        if self._stores_direction() and not is_sharded(self.direction):
             state["direction"] = [d.detach().cpu() for d in self.direction]
             state["last_norm"] = self.last_norm.detach().cpu()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self._shards = None
         if state.get("direction") is not None:
             self.direction, self.steps_since_refresh = list(state["direction"]), state["steps_since_refresh"]
             self.last_norm = state["last_norm"]
@@ -202,3 +272,24 @@ class Probe:
             # No stored direction (probe.every=1, or an older checkpoint): refresh at the next step, never reuse a
             # stale g. With every=1 that is exactly what the uninterrupted run does.
             self.direction, self.steps_since_refresh = None, 0
+
+    def rank_state_dict(self) -> dict[str, Any] | None:
+        """Under FSDP, the stored direction is sharded like the parameters: each rank saves its own shards."""
+        if not (self._stores_direction() and is_sharded(self.direction)):
+            return None
+        return {
+            "shards": [d.to_local().detach().cpu() for d in self.direction],
+            "last_norm": self.last_norm.detach().cpu(),
+            "steps_since_refresh": self.steps_since_refresh,
+            "world_size": world_size(),
+        }
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != world_size():
+            raise RuntimeError(
+                f"this checkpoint's stored VCORE probe direction is sharded over {state['world_size']} ranks, and this "
+                f"run has {world_size()}: resume with the same number of GPUs (or from a checkpoint taken at a probe "
+                "refresh)"
+            )
+        self._shards, self.last_norm = state["shards"], state["last_norm"]
+        self.direction, self.steps_since_refresh = [], state["steps_since_refresh"]  # rebuilt by the next gradient()

@@ -28,10 +28,12 @@ from vcore.config import to_object
 from vcore.data.build import DataBundle, build_data
 from vcore.data.collate import Collator
 from vcore.distributed import (
+    barrier,
     broadcast_object,
     check_parallel_backend,
     init_distributed,
     launcher_backends,
+    probe_settings,
     rank,
     rank_zero_first,
     same_on_all_ranks,
@@ -68,7 +70,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     c = to_object(cfg)  # every schema check runs here, before anything is loaded
     if c.task == "train":  # refuse unsupported backends before anything is loaded
         generates = bool(c.eval.after_train and c.benchmark)
-        check_parallel_backend(c.method.name, generates_after_training=generates, **launcher_backends())
+        check_parallel_backend(
+            c.method.name, generates_after_training=generates, **probe_settings(c.method), **launcher_backends()
+        )
     init_distributed()  # under torchrun: the group run.py made, or a new one when train() is called directly
     out = Path(c.output_dir)
     if not same_on_all_ranks(str(out.resolve())):
@@ -180,7 +184,7 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if preemption.stopped:
         raise Preempted(trainer.state.global_step)
-    trainer.save_model(str(out / "final"))
+    save_final_model(trainer, out / "final")
     if rank() == 0:  # the probe generator's state: the inspector weighs examples exactly as the next step would
         torch.save(trainer.weighting.state_dict(), out / "final" / METHOD_STATE)
 
@@ -206,6 +210,25 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
     if rank() == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def save_final_model(trainer: WeightedTrainer, path: Path) -> None:
+    """The trained model as a ``from_pretrained`` directory (with the tokenizer), from rank 0.
+
+    Under FSDP the Trainer writes ``from_pretrained`` weights only with FULL_STATE_DICT, whose checkpoints we do not
+    use (docs/distributed.md); here every rank joins one gather of the whole weights onto rank 0's CPU instead.
+    """
+    if not trainer.is_fsdp_enabled:
+        trainer.save_model(str(path))
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank() == 0:
+        trainer.model.save_pretrained(path, state_dict=state)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(path)
+    barrier()
 
 
 def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger) -> dict[str, float]:
@@ -283,6 +306,7 @@ def summarize_train(history: list[dict[str, Any]], run_metrics: dict[str, Any]) 
     return summary
 
 
+@torch.no_grad()
 @torch.no_grad()
 def heldout_nll(model, dataset, collator, batch_size: int) -> float:
     """Mean per-token NLL of the supervised tokens of ``dataset`` (eval mode)."""

@@ -8,7 +8,8 @@
 - :meth:`WeightedTrainer.train` restores the method's state (VCORE's probe stream) next to what the Trainer restores
   from a checkpoint (weights, optimizer, scheduler, RNGs, data position), so a resumed run is the uninterrupted one.
 
-Backends: DDP for every method; FSDP only for methods without a probe or reference model; DeepSpeed refused
+Backends: DDP for every method; FSDP2 for every method but iw-SFT (VCORE with the finite-difference probe);
+DeepSpeed refused
 (:func:`vcore.distributed.check_parallel_backend`, docs/distributed.md).
 """
 
@@ -30,6 +31,8 @@ from vcore.distributed import (
     all_reduce_sum,
     barrier,
     check_parallel_backend,
+    probe_settings,
+    rank,
     world_size,
 )
 from vcore.forward import model_token_loss
@@ -57,8 +60,15 @@ class WeightedTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         # accelerate sets these from its launch config too (`accelerate launch --use_fsdp ...`), not only from args.
+        fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)
         check_parallel_backend(
-            weighting.name, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled, mixed_precision=self.args.mixed_precision
+            weighting.name,
+            fsdp=self.is_fsdp_enabled,
+            deepspeed=self.is_deepspeed_enabled,
+            mixed_precision=self.args.mixed_precision,
+            fsdp_version=getattr(fsdp, "fsdp_version", 2),
+            fsdp_state_dict_type=str(getattr(fsdp, "state_dict_type", "SHARDED_STATE_DICT")),
+            **probe_settings(weighting),
         )
         self.weighting = weighting
         self.loss_normalization = loss_normalization
@@ -77,8 +87,12 @@ class WeightedTrainer(Trainer):
         if resume_from_checkpoint is not None:
             state = Path(resume_from_checkpoint) / METHOD_STATE
             if state.is_file():
-                # Written by rank 0; method states are rank-independent (the probe draws one global stream).
+                # Written by rank 0: the rank-independent part (the probe draws one global stream); under FSDP each
+                # rank also wrote its own part (its shards of a stored probe direction).
                 self.weighting.load_state_dict(torch.load(state, weights_only=False))
+                shard = Path(resume_from_checkpoint) / rank_state_file(rank())
+                if shard.is_file():
+                    self.weighting.load_rank_state_dict(torch.load(shard, weights_only=False))
             else:
                 log.warning("%s has no %s: the method's state (VCORE's probe stream) starts afresh", resume_from_checkpoint, METHOD_STATE)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
@@ -181,9 +195,15 @@ class _MethodStateCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        own = self.trainer.weighting.rank_state_dict()
+        if own is not None and ckpt.is_dir():
+            torch.save(own, ckpt / rank_state_file(rank()))
         barrier()
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)
+        if state.is_world_process_zero and ckpt.is_dir():
+            torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)
         return control
+
+
+def rank_state_file(r: int) -> str:
+    return f"vcore_method_state_rank{r}.pt"

@@ -37,9 +37,16 @@ class TokenWeighting:
         """Detached factor applied to the micro-batch's loss (VCORE's α); 1 for most methods."""
         return 1.0
 
-    # Checkpointed state (generators); empty for stateless methods.
+    # Checkpointed state (generators); empty for stateless methods. ``rank_state_dict``: the part that differs
+    # between ranks (VCORE's stored probe direction under FSDP: this rank's shards), None when nothing does.
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def rank_state_dict(self) -> dict[str, Any] | None:
+        return None
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
         pass

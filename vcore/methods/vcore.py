@@ -196,7 +196,14 @@ class VCORE(TokenWeighting):
         return batch["weighting"]["alpha"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probe": self.probe.state_dict()}
+        return {"probe": self.probe.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.probe.load_state_dict(state["probe"])
+        self.steps = state.get("steps", 0)  # the fidelity schedule's counter (absent in older checkpoints)
+
+    def rank_state_dict(self) -> dict[str, Any] | None:
+        return self.probe.rank_state_dict()
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+        self.probe.load_rank_state_dict(state)
