@@ -47,19 +47,34 @@ def rows(n: int = 32, vocab: int = 37, seed: int = 0) -> list[dict]:
 
 
 def train_tiny(
-    out: Path, method: str, per_device: int, probe_batch: int, every: int = 1, resume: str | None = None, **training_args
+    out: Path,
+    method: str,
+    per_device: int,
+    probe_batch: int,
+    every: int = 1,
+    resume: str | None = None,
+    loss_chunk: int = 0,
+    checkpointing: bool = False,
+    **training_args,
 ) -> dict[str, torch.Tensor]:
-    """A few optimizer steps of the real Trainer on a float64 model; returns the final (full) parameters."""
+    """A few optimizer steps of the real Trainer on a float64 model; returns the final (full) parameters.
+
+    ``loss_chunk``/``checkpointing``: chunked cross-entropy and gradient checkpointing, as ``model.loss_chunk_size``
+    and ``model.gradient_checkpointing`` set them up."""
     from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, VCOREConfig
     from vcore.data.collate import Collator
     from vcore.distributed import rank_zero_first
+    from vcore.forward import set_loss_chunk_size
     from vcore.methods import build_method
     from vcore.trainer import WeightedTrainer
 
     with rank_zero_first():  # save_pretrained writes on rank 0 only; the others load what it wrote
         model = tiny_causal_lm(out / f"model-{method}", arch="gpt2")
+    set_loss_chunk_size(model, loss_chunk)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = rows()
     collate = Collator(pad_token_id=0)
     # ε = 1e-3: rounding in l_t(θ) - l_t(θ - εg) is divided by ε, and the paper-α variances then amplify it.

@@ -26,11 +26,13 @@ FSDP = {
     "fsdp": True,
     "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"], "state_dict_type": "SHARDED_STATE_DICT"},
 }
-RUNS = {  # name: (method, probe.every)
-    "sft": ("sft", 1),
-    "dft": ("dft", 1),
-    "vcore": ("vcore", 1),
-    "vcore_every2": ("vcore", 2),  # steps 2 and 4 reuse the sharded direction drawn at steps 1 and 3
+RUNS = {  # name: (method, train_tiny options)
+    "sft": ("sft", {}),
+    "dft": ("dft", {}),
+    "vcore": ("vcore", {}),
+    "vcore_every2": ("vcore", {"every": 2}),  # steps 2 and 4 reuse the sharded direction drawn at steps 1 and 3
+    # chunked CE reads the lm-head weight outside the model's forward; checkpointing recomputes under FSDP's hooks
+    "vcore_chunked_ce_checkpointing": ("vcore", {"loss_chunk": 5, "checkpointing": True}),
 }
 
 
@@ -54,8 +56,8 @@ def worker(out: Path) -> None:
 
     allow_fsdp_on_cpu()
     init_distributed()
-    for name, (method, every) in RUNS.items():
-        params = train_tiny(out / name, method, per_device=B, probe_batch=B, every=every, **FSDP)
+    for name, (method, options) in RUNS.items():
+        params = train_tiny(out / name, method, per_device=B, probe_batch=B, **options, **FSDP)
         if rank() == 0:
             torch.save(params, out / f"fsdp-{name}.pt")
     # Kill-free resume: checkpoint-2 falls between two refreshes (every=3), so its direction is stored, in shards.
@@ -80,9 +82,10 @@ def fsdp_params(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_fsdp_two_ranks_equal_one_rank_with_twice_the_batch(fsdp_params, tmp_path, name):
-    method, every = RUNS[name]
+    method, options = RUNS[name]
     sharded = torch.load(fsdp_params / f"fsdp-{name}.pt")
-    single = train_tiny(tmp_path, method, per_device=2 * B, probe_batch=2 * B, every=every)
+    # The reference: one process, whole parameters, full logits, no checkpointing.
+    single = train_tiny(tmp_path, method, per_device=2 * B, probe_batch=2 * B, every=options.get("every", 1))
     start = tiny_causal_lm(tmp_path / "start", arch="gpt2").state_dict()
     assert sharded.keys() == single.keys()
     for key, p in single.items():
