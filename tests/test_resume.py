@@ -110,10 +110,11 @@ def test_two_ranks_sigterm_then_resume_ends_bit_identical(tmp_path):
 
 
 def test_resume_with_a_live_stored_probe_direction(make_cfg, tmp_path):
-    """probe.every=3, resumed after step 2: step 3 must reuse step 1's direction, step 4 draw the next probe batch."""
+    """probe.every=3, resumed after step 2: step 3 must reuse step 1's direction, step 4 draw the next probe batch;
+    the fidelity check (steps 1 and 4) keeps its schedule across the resume."""
     from vcore.train import train
 
-    base = ["method.probe.every=3", "trainer.max_steps=5", "trainer.save_steps=2", "trainer.save_total_limit=null", "eval.after_train=false", "trainer.eval_at_end=false"]
+    base = ["method.probe.every=3", "method.probe.fidelity_every=3", "trainer.max_steps=5", "trainer.save_steps=2", "trainer.save_total_limit=null", "eval.after_train=false", "trainer.eval_at_end=false"]
     train(make_cfg(*base, f"output_dir={tmp_path / 'a'}", "trainer.resume=never"))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is installed only while training
     checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint-2"
@@ -122,6 +123,12 @@ def test_resume_with_a_live_stored_probe_direction(make_cfg, tmp_path):
     train(make_cfg(*base, f"output_dir={tmp_path / 'b'}", f"trainer.resume={checkpoint}"))
     expected, got = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+    def fidelity_steps(run: Path) -> list[int]:
+        lines = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+        return [x["step"] for x in lines if "vcore/fidelity_pearson" in x and x["step"] > 2]
+
+    assert fidelity_steps(tmp_path / "a") == fidelity_steps(tmp_path / "b") == [4]
 
 
 def test_auto_resume_picks_the_newest_complete_checkpoint(tmp_path):

@@ -191,9 +191,9 @@ def check_parallel_backend(
             "weights on every rank (full fine-tuning) or an adapter toggle that FSDP wrapping does not expose. Use "
             "DDP (torchrun), with model.lora.enabled=true for large models (docs/distributed.md)."
         )
-    if fsdp and "FULL_STATE_DICT" in fsdp_state_dict_type:
+    if fsdp and fsdp_version == 2 and "FULL_STATE_DICT" in fsdp_state_dict_type:
         raise ConfigError(
-            "FSDP with state_dict_type FULL_STATE_DICT is not supported: the Trainer's checkpoint save then runs a "
+            "FSDP2 with state_dict_type FULL_STATE_DICT is not supported: the Trainer's checkpoint save then runs a "
             "collective on rank 0 alone inside save_pretrained (FSDP2, tied embeddings: the ranks deadlock or abort). "
             "Set `fsdp_state_dict_type: SHARDED_STATE_DICT` in the accelerate config (the FSDP2 default); the final "
             "model is still written as one from_pretrained directory (docs/distributed.md)."
