@@ -76,7 +76,8 @@ def sharded_probe_gradient(
     Runs at the start of the optimizer step (before any training backward), where the Trainer has zeroed the
     gradients; anything already there would be mixed into ``g``, hence the check.
     """
-    if any(p.grad is not None and bool(p.grad.to_local().any()) for p in params):
+    held = [p.grad.to_local().any() for p in params if p.grad is not None]
+    if held and bool(torch.stack(held).any()):  # one device sync, not one per parameter
         raise RuntimeError(
             "VCORE probe under FSDP: the parameters already hold gradients at the start of the optimizer step, so the "
             "probe gradient (computed through FSDP's backward into .grad) would be mixed with them"
