@@ -307,7 +307,6 @@ def summarize_train(history: list[dict[str, Any]], run_metrics: dict[str, Any]) 
 
 
 @torch.no_grad()
-@torch.no_grad()
 def heldout_nll(model, dataset, collator, batch_size: int) -> float:
     """Mean per-token NLL of the supervised tokens of ``dataset`` (eval mode)."""
     if len(dataset) == 0:
