@@ -63,7 +63,7 @@ def train_tiny(
     and ``model.gradient_checkpointing`` set them up."""
     from transformers import TrainingArguments
 
-    from vcore.config import ProbeConfig, VCOREConfig
+    from vcore.config import IwSFTConfig, ProbeConfig, VCOREConfig
     from vcore.data.collate import Collator
     from vcore.distributed import rank_zero_first
     from vcore.forward import set_loss_chunk_size
@@ -82,7 +82,10 @@ def train_tiny(
         epsilon=1e-3, batch_size=probe_batch, accumulation=2, seed=1, every=every,
         mode="jvp" if method == "vcore_jvp" else "finite_difference",
     )
-    cfg = VCOREConfig(tau=3.0, probe=probe) if method.startswith("vcore") else type("C", (), {"name": method})()
+    if method.startswith("vcore"):
+        cfg = VCOREConfig(tau=3.0, probe=probe)
+    else:
+        cfg = IwSFTConfig() if method == "iw_sft" else type("C", (), {"name": method})()
     args = TrainingArguments(
         per_device_train_batch_size=per_device, gradient_accumulation_steps=K,
         max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
@@ -149,9 +152,8 @@ def test_run_py_under_torchrun_writes_one_run_dir_from_rank_zero(tmp_path):
 
 
 def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeypatch):
-    """What `accelerate launch` puts in the environment: DeepSpeed, FSDP1 or the jvp probe with VCORE, iw-SFT's
-    reference model, full-state-dict checkpoints, rank-0 generation, accelerate's own autocast (it would reach the
-    probe's forwards)."""
+    """What `accelerate launch` puts in the environment: DeepSpeed, FSDP1 or the jvp probe with VCORE, full-state-dict
+    checkpoints, rank-0 generation, accelerate's own autocast (it would reach the probe's forwards)."""
     from vcore.config import ConfigError
     from vcore.train import train
 
@@ -162,7 +164,6 @@ def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeyp
         ({"ACCELERATE_USE_FSDP": "true"}, "vcore", [], "FSDP1.*fsdp_version: 2"),  # accelerate launch's default
         (fsdp2, "vcore", ["method.probe.mode=jvp"], "probe.mode=jvp under FSDP.*finite_difference"),
         (fsdp2, "vcore", ["method.probe.fidelity_every=2"], "fidelity_every=0"),
-        (fsdp2, "iw_sft", [], "method=iw_sft under FSDP.*DDP"),
         ({**fsdp2, "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}, "vcore", [after], "SHARDED_STATE_DICT"),
         (fsdp2, "sft", [], after),
         ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "vcore", [], "trainer.precision=bf16"),

@@ -1,6 +1,7 @@
 """FSDP2 on CPU with gloo, through the real Trainer and accelerate: 2 ranks × b with sharded parameters train
-exactly as 1 rank × 2b (sft, dft, VCORE's finite-difference probe on sharded parameters, a stored probe direction),
-and a resumed FSDP run, whose stored direction is saved shard by shard, ends as the uninterrupted one.
+exactly as 1 rank × 2b (sft, dft, iw-SFT with a sharded reference copy, VCORE's finite-difference probe on sharded
+parameters, a stored probe direction, chunked CE with gradient checkpointing), and a resumed FSDP run, whose stored
+direction is saved shard by shard, ends as the uninterrupted one; run.py runs under the shipped FSDP2 config.
 
 accelerate only turns FSDP on for accelerator devices (on CPU it silently keeps plain data parallelism), so the worker
 lifts that one policy check (:func:`allow_fsdp_on_cpu`); wrapping, sharding, all-gathers, reduce-scatters, sharded
@@ -29,6 +30,7 @@ FSDP = {
 RUNS = {  # name: (method, train_tiny options)
     "sft": ("sft", {}),
     "dft": ("dft", {}),
+    "iw_sft": ("iw_sft", {}),  # the frozen reference copy is sharded like the policy
     "vcore": ("vcore", {}),
     "vcore_every2": ("vcore", {"every": 2}),  # steps 2 and 4 reuse the sharded direction drawn at steps 1 and 3
     # chunked CE reads the lm-head weight outside the model's forward; checkpointing recomputes under FSDP's hooks
@@ -54,8 +56,13 @@ def allow_fsdp_on_cpu() -> None:
 def worker(out: Path) -> None:
     from vcore.distributed import init_distributed, rank
 
+    import vcore.methods.iw_sft as iw_sft
+
     allow_fsdp_on_cpu()
     init_distributed()
+    sharded_references = []  # iw-SFT's reference copy must be sharded (once), not kept whole on every rank
+    shard_like = iw_sft.shard_like
+    iw_sft.shard_like = lambda module, like: sharded_references.append(1) or shard_like(module, like)
     for name, (method, options) in RUNS.items():
         params = train_tiny(out / name, method, per_device=B, probe_batch=B, **options, **FSDP)
         if rank() == 0:
@@ -67,6 +74,7 @@ def worker(out: Path) -> None:
     resumed = train_tiny(out / "resume", "vcore", per_device=B, probe_batch=B, every=3, resume=str(out / "resume" / "ckpt" / "checkpoint-2"), **ckpt, **FSDP)
     if rank() == 0:
         torch.save({"whole": whole, "resumed": resumed, "files": shards}, out / "fsdp-resume.pt")
+        (out / "sharded_references.txt").write_text(str(len(sharded_references)))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,8 +101,8 @@ def test_fsdp_two_ranks_equal_one_rank_with_twice_the_batch(fsdp_params, tmp_pat
         torch.testing.assert_close(sharded[key], p, rtol=1e-9, atol=1e-12, msg=lambda m, key=key: f"{name} {key}: {m}")
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_run_py_under_fsdp(tmp_path, monkeypatch, lora):
+@pytest.mark.parametrize(("method", "lora"), [("vcore", False), ("vcore", True), ("iw_sft", True)], ids=["vcore-full", "vcore-lora", "iw_sft-lora"])
+def test_run_py_under_fsdp(tmp_path, monkeypatch, method, lora):
     """The main job with VCORE under FSDP2, configured as `accelerate launch --config_file docs/accelerate_fsdp2.yaml`
     configures its ranks: one run dir, sharded checkpoints with per-rank probe-direction shards, a from_pretrained
     final model (LoRA: the adapters), held-out NLL from all ranks; then a second launch resumes from the last
@@ -104,16 +112,17 @@ def test_run_py_under_fsdp(tmp_path, monkeypatch, lora):
     for var, value in accelerate_launch_env(REPO / "docs" / "accelerate_fsdp2.yaml").items():
         monkeypatch.setenv(var, value)
     run = tmp_path / "run"
-    overrides = [o for o in TINY_TEST if "max_steps" not in o] + [
+    vcore = method == "vcore"
+    overrides = [o for o in TINY_TEST if "max_steps" not in o and (vcore or "method.probe" not in o)] + [
         f"hydra.run.dir={run}", "trainer.use_cpu=true", "eval.after_train=false", "trainer.save_steps=2",
-        "method.probe.every=3", f"model.lora.enabled={lora}",
+        f"method={method}", f"model.lora.enabled={lora}", *(["method.probe.every=3"] if vcore else []),
     ]
     weights = run / "final" / ("adapter_model.safetensors" if lora else "model.safetensors")
     proc = torchrun([__file__, "--run-py", *overrides, "trainer.max_steps=2"], cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-6000:]
     ckpt = run / "checkpoints" / "checkpoint-2"
     assert sorted(p.name for p in ckpt.glob("vcore_method_state*")) == [
-        "vcore_method_state.pt", "vcore_method_state_rank0.pt", "vcore_method_state_rank1.pt",
+        "vcore_method_state.pt", *(["vcore_method_state_rank0.pt", "vcore_method_state_rank1.pt"] if vcore else []),
     ]
     assert (ckpt / "pytorch_model_fsdp_0").is_dir()  # sharded model checkpoint (torch.distributed.checkpoint)
     assert (run / "final" / "tokenizer_config.json").exists()
@@ -127,6 +136,10 @@ def test_run_py_under_fsdp(tmp_path, monkeypatch, lora):
     resumed = load_file(weights)
     assert resumed.keys() == first.keys()
     assert any(not torch.equal(v, first[k]) for k, v in resumed.items()), "the resumed run did not train"
+
+
+def test_fsdp_shards_the_iw_sft_reference_once(fsdp_params):
+    assert (fsdp_params / "sharded_references.txt").read_text() == "1"
 
 
 def test_fsdp_resume_restores_the_sharded_probe_direction(fsdp_params):

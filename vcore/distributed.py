@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +26,13 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_sharded(tensors: Sequence[torch.Tensor]) -> bool:
+    """True when the tensors are FSDP2 shards (DTensors) rather than whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(t, DTensor) for t in tensors)
 
 
 def torch_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
@@ -181,16 +188,10 @@ def check_parallel_backend(
             "DeepSpeed (ZeRO-2/3) is not supported: ZeRO partitions gradients and parameters behind hooks that the "
             "VCORE probe and our step-level token count do not go through. Launch with DDP instead (torchrun or "
             "`accelerate launch` without a DeepSpeed config; add model.lora.enabled=true if the model does not fit "
-            "one GPU), or with FSDP2 (every method but iw_sft; docs/distributed.md)."
+            "one GPU), or with FSDP2 (docs/distributed.md)."
         )
     if fsdp and method == "vcore":
         _check_vcore_under_fsdp(fsdp_version, probe_mode, fidelity_every)
-    if fsdp and method == "iw_sft":
-        raise ConfigError(
-            "method=iw_sft under FSDP is not supported: its reference model is an unsharded copy of the starting "
-            "weights on every rank (full fine-tuning) or an adapter toggle that FSDP wrapping does not expose. Use "
-            "DDP (torchrun), with model.lora.enabled=true for large models (docs/distributed.md)."
-        )
     if fsdp and fsdp_version == 2 and "FULL_STATE_DICT" in fsdp_state_dict_type:
         raise ConfigError(
             "FSDP2 with state_dict_type FULL_STATE_DICT is not supported: the Trainer's checkpoint save then runs a "

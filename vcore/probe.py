@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vcore.config import ProbeConfig
-from vcore.distributed import all_reduce_sum, rank, world_size
+from vcore.distributed import all_reduce_sum, is_sharded, rank, world_size
 from vcore.forward import model_token_loss
 from vcore.losses import supervised_mask
 from vcore.precision import exact_float32
@@ -36,13 +36,6 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     if not params:
         raise ValueError("the model has no trainable parameter; VCORE's probe gradient would be empty")
     return params
-
-
-def is_sharded(params: Sequence[torch.Tensor]) -> bool:
-    """True when the parameters are FSDP2 shards (DTensors) rather than whole tensors."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in params)
 
 
 def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch]) -> list[torch.Tensor]:

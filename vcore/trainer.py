@@ -8,8 +8,7 @@
 - :meth:`WeightedTrainer.train` restores the method's state (VCORE's probe stream) next to what the Trainer restores
   from a checkpoint (weights, optimizer, scheduler, RNGs, data position), so a resumed run is the uninterrupted one.
 
-Backends: DDP for every method; FSDP2 for every method but iw-SFT (VCORE with the finite-difference probe);
-DeepSpeed refused
+Backends: DDP and FSDP2 for every method (under FSDP2, VCORE with the finite-difference probe); DeepSpeed refused
 (:func:`vcore.distributed.check_parallel_backend`, docs/distributed.md).
 """
 

@@ -6,7 +6,8 @@ One weight per example on every one of its tokens:
 Form and bounds follow the authors' code (github emmyqin/iw_sft, ``bounding_trainers.py``, per-sequence branch
 used by ``iw_sft.sh``: mean over response tokens, ``temp = 1``, ``clamp(iw, 0, 16)``, computed under no_grad,
 loss divided by the token count). ``p_ref`` is the frozen starting model; under LoRA it is the same model with
-its adapters disabled, so no second copy of the weights exists. At step 0 every weight is exactly 1.
+its adapters disabled, so no second copy of the weights exists. At step 0 every weight is exactly 1. Under FSDP2
+the full-fine-tuning copy is sharded like the policy at the first step.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from vcore.distributed import is_sharded
 from vcore.forward import model_token_loss
 from vcore.methods.base import Batch, TokenWeighting
 
@@ -41,6 +43,22 @@ def iw_sft_weights(
     return (w[:, None] * mask).to(torch.float32)
 
 
+def shard_like(module: nn.Module, sharded: nn.Module) -> None:
+    """Apply FSDP2 to ``module`` (a copy of ``sharded`` taken before it was sharded) with the same groups of
+    submodules on the same device mesh: innermost first, the root last, as FSDP2 requires. Modules sharded as one
+    group (accelerate groups tied embeddings: ``fully_shard([wte, lm_head])``) stay one group."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    mesh = next(p.device_mesh for p in sharded.parameters() if hasattr(p, "device_mesh"))
+    groups: dict[int, list[str]] = {}
+    for name, m in sharded.named_modules():
+        if isinstance(m, FSDPModule):
+            groups.setdefault(id(m._get_fsdp_state()), []).append(name)
+    for names in sorted(groups.values(), key=lambda g: ("" in g, -min(n.count(".") for n in g))):
+        targets = [module.get_submodule(n) for n in names]
+        fully_shard(targets if len(targets) > 1 else targets[0], mesh=mesh)
+
+
 class IwSFT(TokenWeighting):
     name = "iw_sft"
 
@@ -57,7 +75,9 @@ class IwSFT(TokenWeighting):
     def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
         ref = model if self.uses_adapters else self.reference
         device = batches[0]["input_ids"].device
-        if not self.uses_adapters and next(ref.parameters()).device != device:
+        if not self.uses_adapters and is_sharded(list(model.parameters())) and not is_sharded(list(ref.parameters())):
+            shard_like(ref, model)  # FSDP: the copy is sharded as the policy is (a whole copy per rank would not fit)
+        elif not self.uses_adapters and next(ref.parameters()).device != device:
             ref.to(device)  # the Trainer moves the policy to the GPU after this method was built
         was_training = ref.training
         ref.eval()
