@@ -54,9 +54,8 @@ def allow_fsdp_on_cpu() -> None:
 
 
 def worker(out: Path) -> None:
-    from vcore.distributed import init_distributed, rank
-
     import vcore.methods.iw_sft as iw_sft
+    from vcore.distributed import init_distributed, rank
 
     allow_fsdp_on_cpu()
     init_distributed()
