@@ -162,9 +162,11 @@ def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeyp
     refused = [
         ({"ACCELERATE_USE_DEEPSPEED": "true"}, "sft", [], "DeepSpeed.*DDP"),
         ({"ACCELERATE_USE_FSDP": "true"}, "vcore", [], "FSDP1.*fsdp_version: 2"),  # accelerate launch's default
+        ({"ACCELERATE_USE_FSDP": "true"}, "iw_sft", [], "iw_sft under FSDP1.*fsdp_version: 2"),
         (fsdp2, "vcore", ["method.probe.mode=jvp"], "probe.mode=jvp under FSDP.*finite_difference"),
         (fsdp2, "vcore", ["method.probe.fidelity_every=2"], "fidelity_every=0"),
-        ({**fsdp2, "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}, "vcore", [after], "SHARDED_STATE_DICT"),
+        ({**fsdp2, "FSDP_STATE_DICT_TYPE": "full_state_dict"}, "vcore", [after], "SHARDED_STATE_DICT"),
+        ({**fsdp2, "FSDP_STATE_DICT_TYPE": "1"}, "sft", [after], "SHARDED_STATE_DICT"),  # torch's enum number
         (fsdp2, "sft", [], after),
         ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "vcore", [], "trainer.precision=bf16"),
     ]
@@ -174,6 +176,22 @@ def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeyp
                 m.setenv(var, value)
             with pytest.raises(ConfigError, match=message):
                 train(make_cfg(*overrides, method=method))
+
+
+def test_auto_probe_mode_resolving_to_jvp_is_refused_under_fsdp(tmp_path):
+    """``auto`` passes the pre-load check; with bf16 weights it becomes jvp, which the Trainer's check refuses."""
+    from vcore.config import ConfigError, VCOREConfig
+    from vcore.data.collate import Collator
+    from vcore.distributed import check_parallel_backend, probe_settings
+    from vcore.methods import build_method
+
+    cfg = VCOREConfig()
+    check_parallel_backend("vcore", fsdp=True, deepspeed=False, **probe_settings(cfg))  # as configured: auto
+    model = tiny_causal_lm(tmp_path / "bf16", dtype=torch.bfloat16)
+    method = build_method(cfg, model, rows(4), Collator(pad_token_id=0))
+    assert probe_settings(method) == {"probe_mode": "jvp", "fidelity_every": 0}
+    with pytest.raises(ConfigError, match="probe.mode=jvp under FSDP"):
+        check_parallel_backend("vcore", fsdp=True, deepspeed=False, **probe_settings(method))
 
 
 def test_the_shared_hydra_dir_follows_the_configured_pattern(tmp_path):

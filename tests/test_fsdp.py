@@ -167,6 +167,30 @@ def run_py_worker(argv: list[str]) -> None:
     runpy.run_path(str(REPO / "run.py"), run_name="__main__")
 
 
+def test_pending_direction_shards_survive_a_save_before_any_step_and_missing_files_are_refused():
+    """Restored shards are only turned back into DTensors at the next step; a checkpoint written before that (a run
+    resumed at max_steps saves final/ at once) must still carry them, and a rank without its file must stop."""
+    from vcore.config import ProbeConfig
+    from vcore.probe import Probe
+
+    probe = Probe(ProbeConfig(every=3), [0], lambda rows: {})
+    main = {"generator": probe.generator.get_state(), "steps_since_refresh": 0, "world_size": 1, "direction_shards": 1}
+    shards = {"shards": [torch.ones(2)], "last_norm": torch.tensor(1.0), "steps_since_refresh": 1, "world_size": 1}
+
+    probe.load_state_dict(main)
+    probe.load_rank_state_dict(shards)
+    again = probe.state_dict()
+    assert "direction" not in again and again["direction_shards"] == 1
+    assert torch.equal(probe.rank_state_dict()["shards"][0], torch.ones(2))
+
+    probe.load_state_dict(main)
+    with pytest.raises(RuntimeError, match="vcore_method_state_rank0.pt.*missing"):
+        probe.load_rank_state_dict(None)
+    probe.load_state_dict(main)
+    with pytest.raises(RuntimeError, match="sharded over 4 ranks.*resume with 4 GPUs"):
+        probe.load_rank_state_dict({**shards, "world_size": 4})
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--run-py":
         run_py_worker(sys.argv[2:])

@@ -130,10 +130,16 @@ def launcher_backends() -> dict[str, Any]:
         "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
         # accelerate launch's default is FSDP1 (it writes "1" unless --fsdp_version 2 / fsdp_version: 2 is given)
         "fsdp_version": int(os.environ.get("FSDP_VERSION", "1")),
-        "fsdp_state_dict_type": os.environ.get(
-            "FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT" if os.environ.get("FSDP_VERSION") == "2" else "FULL_STATE_DICT"
+        "fsdp_state_dict_type": _state_dict_type(
+            os.environ.get("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT" if os.environ.get("FSDP_VERSION") == "2" else "FULL_STATE_DICT")
         ),
     }
+
+
+def _state_dict_type(value: str) -> str:
+    """accelerate's spellings (``full_state_dict``, or torch's enum number ``1``) as the enum name."""
+    numbered = {"1": "FULL_STATE_DICT", "2": "LOCAL_STATE_DICT", "3": "SHARDED_STATE_DICT"}
+    return numbered.get(value.strip(), value.strip().upper())
 
 
 def probe_settings(method: Any) -> dict[str, Any]:
@@ -192,6 +198,11 @@ def check_parallel_backend(
         )
     if fsdp and method == "vcore":
         _check_vcore_under_fsdp(fsdp_version, probe_mode, fidelity_every)
+    if fsdp and method == "iw_sft" and fsdp_version != 2:
+        raise ConfigError(
+            "method=iw_sft under FSDP1 is not supported: its reference copy is sharded the way FSDP2 sharded the "
+            "policy. Use FSDP2 (`fsdp_version: 2` in the accelerate config) or DDP (docs/distributed.md)."
+        )
     if fsdp and fsdp_version == 2 and "FULL_STATE_DICT" in fsdp_state_dict_type:
         raise ConfigError(
             "FSDP2 with state_dict_type FULL_STATE_DICT is not supported: the Trainer's checkpoint save then runs a "

@@ -81,7 +81,13 @@ def sharded_probe_gradient(
         token_loss, mask = model_token_loss(model, batch)
         # FSDP averages the reduce-scattered gradient over ranks while num_tokens already counts every rank's.
         ((token_loss * mask).sum() / num_tokens * world_size()).backward()
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    if all(p.grad is None for p in params):
+        # FSDP left the gradient unsharded and unreduced (gradient sync turned off): zeros would make VCORE SFT.
+        raise RuntimeError(
+            "VCORE probe under FSDP: the probe backward reduced no gradient into the sharded parameters (is gradient "
+            "sync disabled, e.g. inside no_sync / set_requires_gradient_sync(False)?)"
+        )
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]  # a parameter the loss does not use
     for p in params:
         p.grad = None
     return grads
@@ -94,9 +100,25 @@ def supervised_count(batch: Batch) -> int:
 def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The norm of all ``tensors`` as one vector (for DTensor shards: of the whole tensors, the same on every rank)."""
     wide = [t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]  # bf16 -> float32, float64 stays
-    if is_sharded(tensors):  # each rank holds part of the sum of squares until DTensor reduces it
-        return sum(torch.linalg.vector_norm(t) ** 2 for t in wide).full_tensor().sqrt()
+    if is_sharded(tensors):
+        return _sharded_norm(wide)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in wide]))
+
+
+def _sharded_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Norm of DTensors laid out alike (FSDP2: one mesh, one placement): local sums of squares, then one
+    all-reduce per sharded mesh dimension (replicas, as in HSDP, are not summed twice). Otherwise DTensor's own
+    reduction, one collective per tensor."""
+    import torch.distributed as dist
+
+    first = tensors[0]
+    if any(t.device_mesh != first.device_mesh or t.placements != first.placements for t in tensors):
+        return sum(torch.linalg.vector_norm(t) ** 2 for t in tensors).full_tensor().sqrt()
+    squares = torch.stack([t.to_local().pow(2).sum() for t in tensors]).sum()
+    for dim, placement in enumerate(first.placements):
+        if placement.is_shard():
+            dist.all_reduce(squares, group=first.device_mesh.get_group(dim))
+    return squares.sqrt()
 
 
 def clip_(tensors: Sequence[torch.Tensor], max_norm: float | None) -> torch.Tensor:
@@ -208,6 +230,7 @@ class Probe:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.direction: list[torch.Tensor] | None = None
         self._shards: list[torch.Tensor] | None = None  # this rank's direction shards from a checkpoint (FSDP)
+        self._expected_shards: int | None = None  # the checkpoint said its direction is in per-rank files
         self.steps_since_refresh = 0
         self.last_norm = torch.tensor(0.0)
 
@@ -222,28 +245,28 @@ class Probe:
             batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
         return batches
 
-    def gradient(self, model: nn.Module, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """``g`` for this step: recomputed every ``probe.every`` steps, reused in between."""
+    def gradient(self, model: nn.Module, params: dict[str, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """``g`` for this step: recomputed every ``probe.every`` steps, reused in between. ``device``: where the
+        step's batches are (not necessarily the parameters': FSDP may keep shards on the host)."""
         values = list(params.values())
+        if self._shards is not None:  # this rank's shards of a direction restored from a checkpoint
+            self.direction, self._shards = _rebuild_shards(self._shards, values), None
         if self.direction is None or self.steps_since_refresh >= self.cfg.every:
-            g = probe_gradient(model, values, self.sample(values[0].device))
+            g = probe_gradient(model, values, self.sample(device))
             self.last_norm = clip_(g, self.cfg.clip_norm)
             self.direction, self.steps_since_refresh = g, 0
-        elif self._shards is not None:  # restored from this rank's checkpoint file: rebuild the DTensors
-            from torch.distributed.tensor import DTensor
-
-            self.direction = [
-                DTensor.from_local(d.to(p.device), p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-                for d, p in zip(self._shards, values)
-            ]
         elif self.direction[0].device != values[0].device:  # restored from a checkpoint onto CPU
             self.direction = [d.to(values[0].device) for d in self.direction]
-        self._shards = None
         self.steps_since_refresh += 1
         return self.direction
 
-    def _stores_direction(self) -> bool:
-        return self.cfg.every > 1 and self.direction is not None  # with every=1 the next step recomputes g anyway
+    def _reused(self) -> bool:
+        """Whether the next step reuses the stored direction (so a checkpoint must carry it)."""
+        pending = self.direction is not None or self._shards is not None
+        return self.cfg.every > 1 and pending and self.steps_since_refresh < self.cfg.every
+
+    def _sharded(self) -> bool:
+        return self._shards is not None or (self.direction is not None and is_sharded(self.direction))
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -251,39 +274,69 @@ class Probe:
             "steps_since_refresh": self.steps_since_refresh,
             "world_size": world_size(),
         }
-        if self._stores_direction() and not is_sharded(self.direction):
+        if self._reused() and self._sharded():
+            state["direction_shards"] = world_size()  # each rank's file holds its shards (rank_state_dict)
+        elif self._reused():
             state["direction"] = [d.detach().cpu() for d in self.direction]
             state["last_norm"] = self.last_norm.detach().cpu()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        self._shards = None
+        self._shards, self._expected_shards = None, state.get("direction_shards")
         if state.get("direction") is not None:
             self.direction, self.steps_since_refresh = list(state["direction"]), state["steps_since_refresh"]
             self.last_norm = state["last_norm"]
         else:
-            # No stored direction (probe.every=1, or an older checkpoint): refresh at the next step, never reuse a
-            # stale g. With every=1 that is exactly what the uninterrupted run does.
+            # No stored direction here (probe.every=1, a refresh is due, an older checkpoint, or FSDP shards that
+            # load_rank_state_dict brings): refresh at the next step, never reuse a stale g.
             self.direction, self.steps_since_refresh = None, 0
 
     def rank_state_dict(self) -> dict[str, Any] | None:
-        """Under FSDP, the stored direction is sharded like the parameters: each rank saves its own shards."""
-        if not (self._stores_direction() and is_sharded(self.direction)):
+        """Under FSDP, a stored direction is sharded like the parameters: each rank saves its own shards."""
+        if not (self._reused() and self._sharded()):
             return None
+        shards = self._shards if self._shards is not None else [d.to_local().detach().cpu() for d in self.direction]
         return {
-            "shards": [d.to_local().detach().cpu() for d in self.direction],
+            "shards": shards,
             "last_norm": self.last_norm.detach().cpu(),
             "steps_since_refresh": self.steps_since_refresh,
             "world_size": world_size(),
         }
 
-    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+    def load_rank_state_dict(self, state: dict[str, Any] | None) -> None:
+        """``state``: this rank's file, or None when the checkpoint has none for this rank."""
+        expected, self._expected_shards = self._expected_shards, None
+        if expected is None:
+            return
+        if state is None:
+            raise RuntimeError(
+                f"the checkpoint stores VCORE's probe direction in per-rank shards, and rank {rank()}'s file "
+                f"({RANK_STATE_FILE.format(rank=rank())}) is missing: copy the whole checkpoint directory"
+            )
         if state["world_size"] != world_size():
             raise RuntimeError(
                 f"this checkpoint's stored VCORE probe direction is sharded over {state['world_size']} ranks, and this "
-                f"run has {world_size()}: resume with the same number of GPUs (or from a checkpoint taken at a probe "
-                "refresh)"
+                f"run has {world_size()}: resume with {state['world_size']} GPUs, or from a checkpoint where a probe "
+                "refresh is due (probe.every steps after the last one)"
             )
         self._shards, self.last_norm = state["shards"], state["last_norm"]
-        self.direction, self.steps_since_refresh = [], state["steps_since_refresh"]  # rebuilt by the next gradient()
+        self.steps_since_refresh = state["steps_since_refresh"]
+
+
+RANK_STATE_FILE = "vcore_method_state_rank{rank}.pt"
+
+
+def _rebuild_shards(shards: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """DTensors sharded like ``params`` from this rank's saved local shards (checked against the current layout)."""
+    from torch.distributed.tensor import DTensor
+
+    if len(shards) != len(params) or any(d.shape != p.to_local().shape for d, p in zip(shards, params)):
+        raise RuntimeError(
+            "the stored VCORE probe direction does not match this run's sharded trainable parameters (a different "
+            "model, LoRA setting or device mesh than the checkpoint's): resume with the checkpoint's settings"
+        )
+    return [
+        DTensor.from_local(d.to(p.device), p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+        for d, p in zip(shards, params)
+    ]

@@ -185,7 +185,8 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
     if preemption.stopped:
         raise Preempted(trainer.state.global_step)
     save_final_model(trainer, out / "final")
-    if rank() == 0:  # the probe generator's state: the inspector weighs examples exactly as the next step would
+    if rank() == 0:  # the probe generator's state: the inspector weighs examples as the next step would (under FSDP
+        # with probe.every > 1 the stored direction stays in the checkpoints' per-rank files: a fresh probe instead)
         torch.save(trainer.weighting.state_dict(), out / "final" / METHOD_STATE)
 
     if rank() == 0:  # every logged step, for loss curves in reports without W&B

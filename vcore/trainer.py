@@ -37,6 +37,7 @@ from vcore.distributed import (
 from vcore.forward import model_token_loss
 from vcore.losses import supervised_mask, weighted_loss
 from vcore.methods.base import TokenWeighting
+from vcore.probe import RANK_STATE_FILE
 from vcore.stats import StepStats
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,8 @@ class WeightedTrainer(Trainer):
                 # Written by rank 0: the rank-independent part (the probe draws one global stream); under FSDP each
                 # rank also wrote its own part (its shards of a stored probe direction).
                 self.weighting.load_state_dict(torch.load(state, weights_only=False))
-                shard = Path(resume_from_checkpoint) / rank_state_file(rank())
-                if shard.is_file():
-                    self.weighting.load_rank_state_dict(torch.load(shard, weights_only=False))
+                shard = Path(resume_from_checkpoint) / RANK_STATE_FILE.format(rank=rank())
+                self.weighting.load_rank_state_dict(torch.load(shard, weights_only=False) if shard.is_file() else None)
             else:
                 log.warning("%s has no %s: the method's state (VCORE's probe stream) starts afresh", resume_from_checkpoint, METHOD_STATE)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
@@ -197,12 +197,9 @@ class _MethodStateCallback(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         own = self.trainer.weighting.rank_state_dict()
         if own is not None and ckpt.is_dir():
-            torch.save(own, ckpt / rank_state_file(rank()))
+            torch.save(own, ckpt / RANK_STATE_FILE.format(rank=rank()))
         barrier()
         if state.is_world_process_zero and ckpt.is_dir():
             torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)
         return control
 
-
-def rank_state_file(r: int) -> str:
-    return f"vcore_method_state_rank{r}.pt"

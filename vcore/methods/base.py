@@ -48,5 +48,5 @@ class TokenWeighting:
     def rank_state_dict(self) -> dict[str, Any] | None:
         return None
 
-    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def load_rank_state_dict(self, state: dict[str, Any] | None) -> None:
+        """``state``: what this rank saved, or None when the checkpoint has no file for this rank."""

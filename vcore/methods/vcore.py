@@ -136,7 +136,7 @@ class VCORE(TokenWeighting):
         fidelity: dict[str, torch.Tensor] = {}
         try:
             params = trainable_parameters(model)
-            g = self.probe.gradient(model, params)
+            g = self.probe.gradient(model, params, batches[0]["input_ids"].device)
             losses, scores = self.scores(model, params, g, batches, self.mode)
             every = self.cfg.probe.fidelity_every
             if every and self.steps % every == 0:
@@ -205,5 +205,5 @@ class VCORE(TokenWeighting):
     def rank_state_dict(self) -> dict[str, Any] | None:
         return self.probe.rank_state_dict()
 
-    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+    def load_rank_state_dict(self, state: dict[str, Any] | None) -> None:
         self.probe.load_rank_state_dict(state)
