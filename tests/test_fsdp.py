@@ -100,7 +100,15 @@ def test_fsdp_two_ranks_equal_one_rank_with_twice_the_batch(fsdp_params, tmp_pat
         torch.testing.assert_close(sharded[key], p, rtol=1e-9, atol=1e-12, msg=lambda m, key=key: f"{name} {key}: {m}")
 
 
-@pytest.mark.parametrize(("method", "lora"), [("vcore", False), ("vcore", True), ("iw_sft", True)], ids=["vcore-full", "vcore-lora", "iw_sft-lora"])
+@pytest.mark.parametrize(
+    ("method", "lora"),
+    [
+        ("vcore", False),
+        pytest.param("vcore", True, marks=pytest.mark.slow),  # smoke runs; the sharded maths is tested above
+        pytest.param("iw_sft", True, marks=pytest.mark.slow),
+    ],
+    ids=["vcore-full", "vcore-lora", "iw_sft-lora"],
+)
 def test_run_py_under_fsdp(tmp_path, monkeypatch, method, lora):
     """The main job with VCORE under FSDP2, configured as `accelerate launch --config_file docs/accelerate_fsdp2.yaml`
     configures its ranks: one run dir, sharded checkpoints with per-rank probe-direction shards, a from_pretrained
