@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def is_sharded(tensors: Sequence[torch.Tensor]) -> bool:
+def is_sharded(tensors: Iterable[torch.Tensor]) -> bool:
     """True when the tensors are FSDP2 shards (DTensors) rather than whole tensors."""
     from torch.distributed.tensor import DTensor
 

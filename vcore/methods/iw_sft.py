@@ -75,7 +75,7 @@ class IwSFT(TokenWeighting):
     def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
         ref = model if self.uses_adapters else self.reference
         device = batches[0]["input_ids"].device
-        if not self.uses_adapters and is_sharded(list(model.parameters())) and not is_sharded(list(ref.parameters())):
+        if not self.uses_adapters and is_sharded(model.parameters()) and not is_sharded(ref.parameters()):
             shard_like(ref, model)  # FSDP: the copy is sharded as the policy is (a whole copy per rank would not fit)
         elif not self.uses_adapters and next(ref.parameters()).device != device:
             ref.to(device)  # the Trainer moves the policy to the GPU after this method was built
