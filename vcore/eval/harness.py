@@ -247,6 +247,8 @@ def evaluate(
 def _log_benchmark(logger: Any, name: str, metrics: dict, records: list[dict], max_rows: int) -> None:
     flat = {f"eval/{name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
     flat.update({f"eval/{name}/pass@{k}": v for k, v in (metrics.get("pass@k") or {}).items()})
+    if metrics.get("accuracy_ci95"):
+        flat[f"eval/{name}/accuracy_ci95_low"], flat[f"eval/{name}/accuracy_ci95_high"] = metrics["accuracy_ci95"]
     logger.log(flat)
     cols = ["id", "sample", "verdict", "correct", "extracted", "gold", "n_tokens", "truncated", "output"]
     rows = [[str(r[c]) if c in ("extracted", "gold", "output") else r[c] for c in cols] for r in records[:max_rows]]

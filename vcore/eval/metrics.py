@@ -4,13 +4,16 @@
   accuracy);
 - pass@k, unbiased (Chen et al., 2021): ``1 - C(n-c, k) / C(n, k)`` per item, averaged; computed as a
   product to avoid huge binomials;
-- truncation rate: the fraction of samples stopped by the length limit.
+- truncation rate: the fraction of samples stopped by the length limit;
+- ``accuracy_ci95``: a 95% percentile bootstrap interval of the accuracy over items (:mod:`vcore.eval.intervals`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+
+from vcore.eval.intervals import bootstrap_ci
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -37,10 +40,13 @@ def benchmark_metrics(correct: Sequence[Sequence[bool]], truncated: Sequence[Seq
         raise ValueError("every item needs the same number of samples")
     flat_trunc = [t for row in truncated for t in row]
     flat_tokens = [t for row in n_tokens for t in row]
+    per_item = [sum(c) / n for c in correct]
+    ci = bootstrap_ci(per_item)
     out: dict = {
         "n_items": n_items,
         "n_samples": n,
-        "accuracy": sum(sum(c) / n for c in correct) / n_items,
+        "accuracy": sum(per_item) / n_items,
+        "accuracy_ci95": [ci.low, ci.high],
         "truncation_rate": sum(flat_trunc) / len(flat_trunc),
         "mean_tokens": sum(flat_tokens) / len(flat_tokens),
         "verdicts": dict(Counter(v for row in verdicts for v in row)),

@@ -45,6 +45,10 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _ci(ci: list[float] | None) -> str:
+    return "–" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}"
+
+
 def table1(configs: list[BenchmarkConfig], accuracy: dict[str, float | None]) -> dict[str, dict]:
     """Rows of Table 1, one per training domain that has an in-domain benchmark in this run."""
     rows = {}
@@ -89,12 +93,12 @@ def summary_markdown(summary: dict) -> str:
         lines.append("|" + "---|" * (len(cols) + 2))
         lines.append("| " + " | ".join([_pct(v) for v in row["columns"].values()] + [_pct(row["id_avg"]), _pct(row["ood_avg"])]) + " |")
         lines.append("")
-    lines += ["## All benchmarks", "", "| benchmark | items | expected | accuracy (avg@n) | pass@k | truncated | mean tokens |", "|---|---|---|---|---|---|---|"]
+    lines += ["## All benchmarks", "", "| benchmark | items | expected | accuracy (avg@n) | 95% CI | pass@k | truncated | mean tokens |", "|---|---|---|---|---|---|---|---|"]
     for name, b in summary["benchmarks"].items():
         m = b["metrics"]
         pk = ", ".join(f"@{k} {_pct(v)}" for k, v in (m.get("pass@k") or {}).items()) or "–"
         lines.append(
-            f"| {name} | {m['n_items']} | {b.get('expected_size') or '–'} | {_pct(m['accuracy'])} | {pk} | "
+            f"| {name} | {m['n_items']} | {b.get('expected_size') or '–'} | {_pct(m['accuracy'])} | {_ci(m.get('accuracy_ci95'))} | {pk} | "
             f"{_pct(m['truncation_rate'])} | {m.get('mean_tokens', 0):.0f} |"
         )
     notes = [f"- {name}: {n}" for name, b in summary["benchmarks"].items() for n in b.get("notes", [])]
