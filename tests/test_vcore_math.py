@@ -1,10 +1,12 @@
 """VCORE against references written from SPEC §4 (not from the implementation)."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.conftest import random_lm_batch, tiny_causal_lm
 from vcore.config import ConfigError, ProbeConfig, ProbeMode, VarianceControl, VCOREConfig
@@ -174,3 +176,80 @@ def test_variance_control_choices_change_only_alpha(tmp_path):
     assert torch.equal(out["none"]["weights"], out["paper"]["weights"])
     assert torch.equal(out["none"]["weights"], out["loss_ratio"]["weights"])
     assert 0 < out["loss_ratio"]["alpha"].item() <= 1.0
+
+
+@pytest.mark.parametrize("variance_control", ["paper", "loss_ratio"])
+def test_tau_zero_trains_bit_for_bit_like_sft(make_cfg, tmp_path, one_thread, variance_control):
+    """τ = 0 is SFT exactly: same losses, weights and final parameters, bit for bit (the probe still runs, so this
+    also shows it leaves no trace: parameters restored, no RNG drawn from the Trainer's streams)."""
+    from omegaconf import OmegaConf
+
+    from vcore.train import train
+
+    common = ["trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false"]
+    runs = {}
+    for name, overrides, method in (
+        ("sft", common, "sft"),
+        ("vcore", common + ["method.tau=0", f"method.variance_control={variance_control}"], "vcore"),
+    ):
+        cfg = make_cfg(*overrides, method=method)
+        OmegaConf.update(cfg, "output_dir", str(tmp_path / name))
+        train(cfg)
+        history = [json.loads(x) for x in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+        weights = load_file(tmp_path / name / "final" / "model.safetensors")
+        runs[name] = ([h for h in history if "train/nll" in h], weights)
+    (h_sft, w_sft), (h_vc, w_vc) = runs["sft"], runs["vcore"]
+    assert len(h_sft) == len(h_vc) == 3
+    for a, b in zip(h_sft, h_vc):
+        assert (a["loss"], a["train/nll"], a["grad_norm"]) == (b["loss"], b["train/nll"], b["grad_norm"])
+        assert b["weights/min"] == b["weights/max"] == 1.0 and b["vcore/alpha"] == 1.0
+    assert w_sft.keys() == w_vc.keys() and all(torch.equal(w_sft[k], w_vc[k]) for k in w_sft)
+
+
+def reference_ess(w: np.ndarray, mask: np.ndarray) -> float:
+    """Kish: (Σw)² / (N Σw²) over the supervised tokens."""
+    x = w[mask]
+    return float(x.sum() ** 2 / (x.size * (x**2).sum()))
+
+
+def test_weights_ess_matches_kish_on_the_reference_weights():
+    from vcore.methods.vcore import weights_ess
+
+    scores, mask = make_scores(seed=4)
+    taus = [0.0, 0.3, 1.0, 5.0, 40.0]
+    got = weights_ess([torch.tensor(scores)], [torch.tensor(mask)], torch.tensor(taus, dtype=torch.float64))
+    expected = [reference_ess(reference_weights(scores, mask, t)[0], mask) for t in taus]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9)
+    assert got[0] == 1.0 and all(a >= b for a, b in zip(got.tolist(), got.tolist()[1:]))  # non-increasing in τ
+    # Split over micro-batches: the same step-level value.
+    halves = weights_ess([torch.tensor(scores[:3]), torch.tensor(scores[3:])], [torch.tensor(mask[:3]), torch.tensor(mask[3:])],
+                         torch.tensor(taus, dtype=torch.float64))
+    torch.testing.assert_close(halves, got)
+
+
+@pytest.mark.parametrize("target", [0.95, 0.7, 0.3])
+def test_tau_for_ess_hits_the_target(target):
+    from vcore.methods.vcore import tau_for_ess
+
+    scores, mask = make_scores(seed=5)
+    tau = float(tau_for_ess([torch.tensor(scores)], [torch.tensor(mask)], target))
+    ess = lambda t: reference_ess(reference_weights(scores, mask, t)[0], mask)  # noqa: E731
+    assert ess(tau) >= target - 1e-9 and ess(tau * 1.01) < target + 0.01  # the largest such τ, to within ~1%
+    # Scores that carry no preference cannot be sharpened: the upper end of the range.
+    flat = torch.zeros(3, 6, dtype=torch.float64)
+    assert float(tau_for_ess([flat], [torch.ones(3, 6, dtype=torch.bool)], 0.5)) == pytest.approx(1e6)
+
+
+def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_path, one_thread):
+    from vcore.train import train
+
+    train(make_cfg("trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false", "method.target_ess=0.6"))
+    steps = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    steps = [h for h in steps if "weights/ess_frac" in h]
+    assert len(steps) == 3
+    for h in steps:  # one step per log line: the logged ESS is that step's, and τ moved to keep it at the target
+        assert h["weights/ess_frac"] == pytest.approx(0.6, abs=0.01) and h["vcore/tau"] > 0
+    with pytest.raises(ConfigError, match="method.target_ess"):
+        from vcore.config import to_object
+
+        to_object(make_cfg("method.target_ess=1.5"))

@@ -25,11 +25,29 @@ from vcore.data.config import DATASET_SCHEMAS, DatasetConfig, SyntheticDatasetCo
 
 # --------------------------------------------------------------------------------------------------- model
 @dataclass
-class TinyModelConfig:
-    """A randomly initialised Qwen3-architecture model plus a BPE tokenizer trained on the synthetic task.
+class TinyPretrainConfig:
+    """How the tiny base is pretrained: SFT through this project's own Trainer on the synthetic miniature's broad
+    corpus (``vcore.data.synthetic``, split ``corpus``: single operations and word problems with short solutions)."""
 
-    Built once into ``model.name_or_path`` (a local directory) and then loaded through ``from_pretrained``
-    like any hub model, so the main job exercises the real loading path without the network.
+    steps: int = 700  # optimizer steps; 0: no pretraining (a randomly initialised model, as the tests use)
+    batch_size: int = 32  # examples per step (one epoch over steps x batch_size fresh examples)
+    learning_rate: float = 3e-3
+    warmup_ratio: float = 0.1
+    # Packed rows of at most this many tokens (0: padded batches). The corpus mixes 30- and 250-token examples, so
+    # padding wastes ~45% of the compute; rows of 384 keep ~83% and train 1.6x faster on 2 CPU cores, with the
+    # same batches. (Length-grouped batches would save as much but measurably slow learning down.)
+    pack_length: int = 384
+    seed: int = 0  # the corpus draw and the data order
+
+
+@dataclass
+class TinyModelConfig:
+    """A Qwen3-architecture model small enough for 2 CPU cores, with a BPE tokenizer trained on the synthetic task,
+    pretrained on the synthetic miniature's broad corpus (``pretrain``) so that fine-tuning starts from a prior.
+
+    Built once and loaded back through ``from_pretrained`` like any hub model. With ``model.name_or_path`` unset it
+    is cached in ``cache_dir/<hash of this config and of the corpus>/``: a second run with the same settings reuses
+    it, a change to any setting (or to the generator) builds a new one.
     """
 
     hidden_size: int = 128
@@ -39,7 +57,15 @@ class TinyModelConfig:
     intermediate_size: int = 384
     vocab_size: int = 640  # BPE vocabulary trained on the synthetic corpus, special tokens included
     max_position_embeddings: int = 1024
-    seed: int = 0
+    seed: int = 0  # weight initialisation (fixed: seeds of fine-tuning runs share one base)
+    pretrain: TinyPretrainConfig = field(default_factory=TinyPretrainConfig)
+    cache_dir: str = "~/.cache/vcore/tiny"  # where built bases live (model.name_or_path unset)
+
+    def __post_init__(self) -> None:
+        _check(self.pretrain.steps >= 0, "model.tiny.pretrain.steps", "must be >= 0 (0: no pretraining)")
+        _check(self.pretrain.batch_size >= 1, "model.tiny.pretrain.batch_size", "must be >= 1")
+        _check(self.pretrain.learning_rate > 0, "model.tiny.pretrain.learning_rate", "must be > 0")
+        _check(self.pretrain.pack_length >= 0, "model.tiny.pretrain.pack_length", "must be >= 0 (0: padded batches)")
 
 
 @dataclass
@@ -54,7 +80,9 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = MISSING  # hub id or local directory, passed to from_pretrained
+    # hub id or local directory, passed to from_pretrained; with model.tiny set: where to build the tiny model
+    # (null: its cache, see TinyModelConfig)
+    name_or_path: Optional[str] = None
     tokenizer: Optional[str] = None  # defaults to name_or_path
     dtype: str = "float32"  # dtype of the weights: float32 | bfloat16 | float16
     attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2 | null (model default)
@@ -63,9 +91,14 @@ class ModelConfig:
     # (exact; needed for long CoT at 16k tokens with a 152k vocabulary). 0: full logits.
     loss_chunk_size: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
-    tiny: Optional[TinyModelConfig] = None  # set: build the tiny model into name_or_path if it is not there
+    tiny: Optional[TinyModelConfig] = None  # set: build (or reuse) the tiny model, see TinyModelConfig
 
     def __post_init__(self) -> None:
+        _check(
+            bool(self.name_or_path) or self.tiny is not None,
+            "model.name_or_path",
+            "set a hub id or a local model directory (or pick model=tiny, which builds its own)",
+        )
         _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
         _check(self.loss_chunk_size >= 0, "model.loss_chunk_size", "must be >= 0 (0: full logits)")
 
@@ -147,12 +180,20 @@ class ProbeConfig:
 class VCOREConfig(MethodConfig):
     name: str = "vcore"
     tau: float = 0.5  # the paper's τ, multiplies s_t; see conf/method/vcore.yaml for the paper's values
+    # Set: τ is chosen every step so that the weights' Kish effective sample size is this fraction of the step's
+    # supervised tokens (method.tau is then unused; the chosen τ is logged as vcore/tau). null: τ fixed.
+    target_ess: Optional[float] = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     variance_control: VarianceControl = VarianceControl.paper
     alpha_max: Optional[float] = 1.0  # cap on α; null: unbounded
 
     def __post_init__(self) -> None:
         _check(self.tau >= 0.0, "method.tau", f"must be >= 0 (got {self.tau}); 0 gives uniform weights")
+        _check(
+            self.target_ess is None or 0.0 < self.target_ess < 1.0,
+            "method.target_ess",
+            f"must be in (0, 1) or null (got {self.target_ess}); 1 would be uniform weights (tau=0)",
+        )
         _check(self.probe.epsilon > 0.0, "method.probe.epsilon", f"must be > 0 (got {self.probe.epsilon})")
         _check(self.probe.batch_size >= 1, "method.probe.batch_size", "must be >= 1")
         _check(self.probe.accumulation >= 1, "method.probe.accumulation", "must be >= 1")
@@ -171,6 +212,9 @@ class TrainerConfig:
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-5
+    # A per-method table for sweeps over methods at each one's tuned rate (fair comparisons): an experiment sets
+    # learning_rate: ${trainer.learning_rate_by_method.${method.name}} (see conf/experiment/synthetic_study.yaml).
+    learning_rate_by_method: dict[str, float] = field(default_factory=dict)
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     lr_floor: Optional[float] = None  # the authors' fork floors the lr at 1e-6 for every method; off unless set
@@ -178,6 +222,7 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast, weights stay in model.dtype)
     packing: bool = False  # padding-free: a micro-batch's examples in one row, attention kept inside each example
+    pack_length: int = 0  # packing: rows of at most this many tokens (0: one row; dense attention on CPU wants ~256)
     group_by_length: bool = False  # length-grouped sampling: micro-batches of similar lengths (less padding)
     per_device_eval_batch_size: int = 16
     logging_steps: int = 1
@@ -196,12 +241,19 @@ class TrainerConfig:
         _check(bool(self.resume), "trainer.resume", "must be auto, never or a checkpoint dir")
         _check(self.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size", "must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
+        _check(self.learning_rate > 0, "trainer.learning_rate", f"must be > 0 (got {self.learning_rate})")
+        _check(self.pack_length >= 0, "trainer.pack_length", "must be >= 0 (0: one packed row per micro-batch)")
 
 
 # --------------------------------------------------------------------------------------------------- logger
 @dataclass
 class LoggerConfig:
     name: str = MISSING
+    # How a run is filed; every logger accepts them (logger=none ignores them), so a sweep can set its group whatever
+    # logger the command line picks.
+    group: Optional[str] = None  # default: the multirun sweep dir name, else none
+    run_name: Optional[str] = None  # default: the job's overrides (seeds and paths excluded)
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -214,9 +266,6 @@ class WandbConfig(LoggerConfig):
     name: str = "wandb"
     project: str = "vcore"
     entity: Optional[str] = None
-    group: Optional[str] = None  # default: the multirun sweep dir name, else none
-    run_name: Optional[str] = None  # default: the job's overrides (seeds and paths excluded)
-    tags: list[str] = field(default_factory=list)
     mode: str = "offline"  # offline | online | disabled
     resume_by_config_hash: bool = True  # run id from a hash of the resolved config: a requeued job resumes its run
 
@@ -230,6 +279,8 @@ class EvalRunConfig:
     """When and what to evaluate; the benchmarks and decoding come from the ``benchmark`` and ``decoding`` groups."""
 
     after_train: bool = True  # evaluate the trained model on cfg.benchmark at the end of training
+    # also evaluate the model training starts from (metrics "eval_before"); cached in the tiny base's directory
+    before_train: bool = False
     model: Optional[str] = None  # task=eval: a run dir, a checkpoint dir, or a hub id
     backend: str = "hf"  # hf (transformers generate) | vllm (GPU; pip install -e ".[vllm]")
     num_workers: int = 2  # grading worker processes (math-verify timeouts need processes)
@@ -248,13 +299,13 @@ class TrainConfig:
     logger: Any = MISSING  # a LoggerConfig subclass
     seed: int = 42
     output_dir: str = "${hydra:runtime.output_dir}"
-    task: str = "train"  # train | eval (see eval.model)
+    task: str = "train"  # train | eval (see eval.model) | pretrain (build the tiny base and evaluate it zero-shot)
     eval: EvalRunConfig = field(default_factory=EvalRunConfig)
     benchmark: Any = None  # {name: BenchmarkConfig}, from the benchmark group (conf/benchmark/)
     decoding: Any = None  # a DecodingConfig, from the decoding group (conf/decoding/)
 
     def __post_init__(self) -> None:
-        _check(self.task in ("train", "eval"), "task", f"{self.task!r} is not train|eval")
+        _check(self.task in ("train", "eval", "pretrain"), "task", f"{self.task!r} is not train|eval|pretrain")
         _check(self.task != "eval" or bool(self.eval.model), "eval.model", "task=eval needs eval.model=<run dir | checkpoint | hub id>")
 
 

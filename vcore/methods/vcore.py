@@ -43,6 +43,42 @@ def gibbs_weights(scores: torch.Tensor, mask: torch.Tensor, tau: float) -> tuple
     return w, q
 
 
+def weights_ess(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], taus: torch.Tensor) -> torch.Tensor:
+    """Kish effective sample size of the step batch's weights, as a fraction of its tokens, for each τ in ``taus [K]``.
+
+    With ``w = n softmax(τ s)`` per example, ``Σ w = N`` exactly, so ``ESS / N = (Σ w)² / (N Σ w²) = N / Σ w²``: 1 for
+    uniform weights, 1/N when one token takes everything. Sums are all-reduced, so every rank gets the global value.
+    Non-increasing in τ ≥ 0 (a hotter Gibbs distribution is majorised by a colder one), which :func:`tau_for_ess` uses.
+    """
+    sums = torch.zeros(len(taus) + 1, dtype=torch.float64, device=taus.device)
+    for s, m in zip(scores, masks):
+        n = m.sum(dim=1).double()  # [B]
+        z = torch.where(m[None], taus.double()[:, None, None] * s.double()[None], torch.tensor(-math.inf, device=s.device))
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        q2 = torch.where(m[None], torch.exp(2 * (z - torch.where(n[None, :, None] > 0, lse, torch.zeros_like(lse)))), torch.zeros_like(z))
+        sums[:-1] += (n[None] ** 2 * q2.sum(dim=-1)).sum(dim=-1)
+        sums[-1] += n.sum()
+    sums = all_reduce_sum(sums)
+    return torch.where(sums[:-1] > 0, sums[-1] / sums[:-1].clamp(min=1e-300), torch.ones_like(sums[:-1]))
+
+
+def tau_for_ess(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], target: float, lo: float = 1e-6, hi: float = 1e6) -> torch.Tensor:
+    """The largest τ in ``[lo, hi]`` whose weights keep an ESS of at least ``target`` (a fraction of the step's tokens).
+
+    A log-spaced grid (121 points, 26% apart), then a finer one (33 points) between the bracketing neighbours: τ to
+    within 0.7%, on device, without a host sync. Scores that cannot reach the target (all equal) give ``hi``.
+    """
+    device = scores[0].device
+    grid = torch.logspace(math.log10(lo), math.log10(hi), 121, dtype=torch.float64, device=device)
+    for _ in range(2):
+        ok = weights_ess(scores, masks, grid) >= target
+        i = (ok.sum() - 1).clamp(min=0)  # ESS falls with τ: the last grid point still at the target
+        a, b = grid[i], grid[(i + 1).clamp(max=len(grid) - 1)]
+        best = torch.where(ok.all(), grid[-1], a)
+        grid = torch.exp(torch.linspace(0, 1, 33, dtype=torch.float64, device=device) * (torch.log(b) - torch.log(a)) + torch.log(a))
+    return best
+
+
 def paper_alpha(
     scores: Sequence[torch.Tensor], q: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], alpha_max: float | None
 ) -> torch.Tensor:
@@ -152,15 +188,21 @@ class VCORE(TokenWeighting):
     def weigh_step(self, batches: list[Batch], losses: list[torch.Tensor], scores: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Weights and α for the whole step batch from its float32 losses and scores; stored in each batch."""
         masks = [supervised_mask(b["labels"]) for b in batches]
-        wq = [gibbs_weights(s, m, self.cfg.tau) for s, m in zip(scores, masks)]
+        if self.cfg.target_ess is not None:  # τ chosen per step for a fixed sharpness of the weights
+            tau = tau_for_ess(scores, masks, self.cfg.target_ess).to(scores[0].dtype)
+        else:
+            tau = torch.tensor(self.cfg.tau, dtype=scores[0].dtype, device=scores[0].device)
+        wq = [gibbs_weights(s, m, tau if self.cfg.target_ess is not None else self.cfg.tau) for s, m in zip(scores, masks)]
         alpha = self._alpha(batches, losses, scores, masks, wq)
         for b, s, (w, q) in zip(batches, scores, wq):
             b.setdefault("weighting", {}).update(weights=w, alpha=alpha, scores=s, q=q)
-        return self._diagnostics(scores, masks, wq, alpha)
+        return {**self._diagnostics(scores, masks, wq, alpha), "vcore/tau": tau.detach().float()}
 
     def _alpha(self, batches, losses, scores, masks, wq) -> torch.Tensor:
         vc, device = self.cfg.variance_control.value, scores[0].device
-        if vc == "none":
+        # τ = 0: the weights are exactly uniform, so every variant's α is 1 by definition; computing it would give
+        # 1 only up to rounding (q = exp(log q) is not exactly 1/n), and τ = 0 must be SFT bit for bit.
+        if vc == "none" or (self.cfg.tau == 0 and self.cfg.target_ess is None):
             return torch.ones((), dtype=torch.float64, device=device)
         if vc == "paper":
             return paper_alpha(scores, [q for _, q in wq], masks, self.cfg.alpha_max)
