@@ -12,10 +12,10 @@ from vcore.methods import METHODS, build_method
 from vcore.trainer import WeightedTrainer
 
 
-def run_step(tmp_path, method, pack, attn="sdpa", normalization="token"):
+def run_step(tmp_path, method, pack, attn="sdpa", normalization="token", pack_length=0):
     model = tiny_causal_lm(tmp_path / f"{pack}", attn=attn)  # Qwen3, float64 weights
     data = rows()
-    collate = Collator(pad_token_id=0, pack=pack)
+    collate = Collator(pad_token_id=0, pack=pack, pack_length=pack_length)
     weighting = build_method(METHOD_CONFIGS[method](), model, data, collate)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, loss_normalization=normalization)
@@ -31,9 +31,10 @@ def run_step(tmp_path, method, pack, attn="sdpa", normalization="token"):
     return losses, weights, {n: p.grad for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("pack_length", [0, 16], ids=["one-row", "rows-of-16"])
 @pytest.mark.parametrize("method", METHODS)
-def test_packed_equals_padded(tmp_path, method):
-    padded, packed = run_step(tmp_path, method, False), run_step(tmp_path, method, True)
+def test_packed_equals_padded(tmp_path, method, pack_length):
+    padded, packed = run_step(tmp_path, method, False), run_step(tmp_path, method, True, pack_length=pack_length)
     for a, b in zip(padded[0], packed[0]):
         torch.testing.assert_close(a, b[:, : a.shape[1]], rtol=1e-6, atol=1e-7)
     for a, b in zip(padded[1], packed[1]):
@@ -54,13 +55,31 @@ def test_packed_rows_have_no_padding_and_restarting_positions():
     assert batch["labels"].shape == (3, max(lengths)) and (batch["pack_index"] >= 0).sum() == sum(lengths)
 
 
-def test_packed_jvp_probe_keeps_attention_inside_examples(tmp_path):
+def test_rows_of_bounded_length_fill_in_order_with_a_separate_padding_segment():
+    data = rows()[:4]  # lengths 5, 8, 11, 7
+    batch = Collator(9, pack=True, pack_length=16)(data)
+    # 5 + 8 fit in 16; 11 does not fit after them; 11 then 7 would be 18: three rows, padded to the widest (13).
+    assert batch["input_ids"].shape == (3, 13)
+    assert batch["position_ids"][0].tolist() == list(range(5)) + list(range(8))
+    assert batch["position_ids"][1].tolist() == list(range(11)) + [0, 1]  # the tail restarts: its own segment
+    assert batch["input_ids"][1, 11:].tolist() == [9, 9] and (batch["packed_labels"][1, 11:] == -100).all()
+    flat = batch["input_ids"].reshape(-1)
+    for i, e in enumerate(data):  # every example is found where pack_index says
+        n = len(e["input_ids"])
+        assert flat[batch["pack_index"][i, :n]].tolist() == e["input_ids"]
+        assert (batch["pack_index"][i, n:] == -1).all()
+    # An example longer than pack_length gets a row of its own rather than being cut.
+    assert Collator(0, pack=True, pack_length=4)(data[:2])["input_ids"].shape == (2, 8)
+
+
+@pytest.mark.parametrize("pack_length", [0, 16], ids=["one-row", "rows-of-16"])
+def test_packed_jvp_probe_keeps_attention_inside_examples(tmp_path, pack_length):
     from vcore.probe import jvp_scores, trainable_parameters
 
     out = {}
     for pack in (False, True):
         model = tiny_causal_lm(tmp_path / f"j{pack}").eval()
-        batch = Collator(0, pack=pack)(rows()[:4])
+        batch = Collator(0, pack=pack, pack_length=pack_length)(rows()[:4])
         params = trainable_parameters(model)
         g = [torch.ones_like(p) * 1e-2 for p in params.values()]
         _, (s,) = jvp_scores(model, params, g, [batch], block=5)
