@@ -46,3 +46,46 @@ def test_inspector_on_a_checkpoint_and_bad_path(make_cfg, tmp_path):
     assert len(out.read_text().splitlines()) == 2
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         main([str(tmp_path.parent / "nowhere"), "--out", str(out)])
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_inspector_weighs_iw_sft_against_the_start_model_as_training_does(make_cfg, tmp_path, lora):
+    """iw-SFT's weight is exp(mean log-ratio of the policy to the *starting* model): the inspector must not use the
+    trained checkpoint as its own reference (every weight would read 1.0)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from vcore.config import load_run_config
+    from vcore.data.build import build_data
+    from vcore.data.collate import Collator
+    from vcore.forward import model_token_loss
+    from vcore.modeling import load_tokenizer
+
+    train(make_cfg("trainer.max_steps=4", "trainer.learning_rate=3e-2", "trainer.warmup_ratio=0", f"model.lora.enabled={lora}",
+                   "model.lora.dropout=0.0", "eval.after_train=false", "trainer.eval_at_end=false", method="iw_sft"))
+    out = tmp_path / "w.jsonl"
+    assert main([str(tmp_path), "--num-examples", "4", "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+
+    # Reference values, computed here from the saved files: the start model is the run's model.name_or_path.
+    c = load_run_config(tmp_path / "config.yaml")
+    start = AutoModelForCausalLM.from_pretrained(c.model.name_or_path, dtype=torch.float32).eval()
+    if lora:
+        trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(c.model.name_or_path, dtype=torch.float32), tmp_path / "final").eval()
+    else:
+        trained = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).eval()
+    data = build_data(c.dataset, load_tokenizer(c.model)).train
+    collate = Collator(0)
+    weights = []
+    with torch.no_grad():
+        for i in range(4):
+            batch = collate([data[i]])
+            policy, mask = model_token_loss(trained, batch)
+            ref, _ = model_token_loss(start, batch)
+            log_ratio = float(((ref - policy) * mask).sum() / mask.sum())
+            weights.append(min(max(math.exp(log_ratio), 0.0), 16.0))
+    assert any(abs(w - 1.0) > 0.05 for w in weights)  # training moved the model: a weight of 1 would be wrong
+    for line, w in zip(lines, weights):
+        sup = [x for x, s in zip(line["weight"], line["supervised"]) if s]
+        assert sup and all(x == pytest.approx(w, rel=1e-4) for x in sup)

@@ -63,7 +63,10 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
     data = build_data(c.dataset, tokenizer)
     dataset = data.train if split == "train" else data.eval[split]
     collate = Collator(tokenizer.pad_token_id)
-    weighting = build_method(c.method, model, data.train, collate)
+    # iw-SFT under full fine-tuning weighs against the model training started from, not the checkpoint being
+    # inspected (LoRA's reference is the checkpoint's own base with adapters off, which is the same thing).
+    reference = load_model(c.model).to(device) if c.method.name == "iw_sft" and not c.model.lora.enabled else None
+    weighting = build_method(c.method, model, data.train, collate, reference=reference)
     if (checkpoint / METHOD_STATE).exists():
         weighting.load_state_dict(torch.load(checkpoint / METHOD_STATE, weights_only=False))
     autocast = (

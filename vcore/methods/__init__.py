@@ -17,8 +17,18 @@ from vcore.methods.vcore import VCORE, gibbs_weights, loss_ratio_alpha, paper_al
 METHODS = ("sft", "dft", "random", "iw_sft", "vcore")
 
 
-def build_method(cfg: Any, model: nn.Module, train_dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> TokenWeighting:
-    """Instantiate the weighting named by ``cfg.name`` (a :class:`vcore.config.MethodConfig` subclass)."""
+def build_method(
+    cfg: Any,
+    model: nn.Module,
+    train_dataset: Sequence[Any],
+    collate: Callable[[list[Any]], Batch],
+    reference: nn.Module | None = None,
+) -> TokenWeighting:
+    """Instantiate the weighting named by ``cfg.name`` (a :class:`vcore.config.MethodConfig` subclass).
+
+    ``reference``: iw-SFT's frozen starting model under full fine-tuning, when ``model`` is not it (the inspector
+    loads a trained checkpoint); by default a copy of ``model``, which is right at the start of training.
+    """
     if cfg.name == "sft":
         return SFT()
     if cfg.name == "dft":
@@ -26,7 +36,7 @@ def build_method(cfg: Any, model: nn.Module, train_dataset: Sequence[Any], colla
     if cfg.name == "random":
         return RandomTokens(cfg.keep_fraction, cfg.seed, cfg.always_keep_answer)
     if cfg.name == "iw_sft":
-        return IwSFT(model, cfg.temperature, cfg.clip_min, cfg.clip_max)
+        return IwSFT(model, cfg.temperature, cfg.clip_min, cfg.clip_max, reference=reference)
     if cfg.name == "vcore":
         return VCORE(cfg, model, train_dataset, collate)
     raise ValueError(f"method.name: unknown method {cfg.name!r}; choose one of {', '.join(METHODS)}")

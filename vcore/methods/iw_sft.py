@@ -62,11 +62,15 @@ def shard_like(module: nn.Module, sharded: nn.Module) -> None:
 class IwSFT(TokenWeighting):
     name = "iw_sft"
 
-    def __init__(self, model: nn.Module, temperature: float, clip_min: float, clip_max: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float, clip_min: float, clip_max: float, reference: nn.Module | None = None) -> None:
         self.temperature, self.clip_min, self.clip_max = temperature, clip_min, clip_max
         self.uses_adapters = hasattr(model, "disable_adapter")
-        # Full fine-tuning: a frozen copy of the starting weights. LoRA: the base model itself, adapters off.
-        self.reference = None if self.uses_adapters else copy.deepcopy(model).eval().requires_grad_(False)
+        if self.uses_adapters and reference is not None:
+            raise ValueError("iw_sft under LoRA: the reference is the model with its adapters off; pass no reference")
+        # Full fine-tuning: a frozen copy of the starting weights (``reference`` when ``model`` has already moved
+        # away from them). LoRA: the base model itself, adapters off.
+        start = reference if reference is not None else model
+        self.reference = None if self.uses_adapters else copy.deepcopy(start).eval().requires_grad_(False)
 
     def _reference_context(self, model: nn.Module):
         return model.disable_adapter() if self.uses_adapters else contextlib.nullcontext()
