@@ -16,16 +16,49 @@ QWEN3 = SHARED_DATA / "tokenizers" / "qwen3"
 RESPONSE = "<think>\nStart with 3.\n3 + 4 = 7.\n</think>\nThe answer is \\boxed{7}."
 
 
-def test_synthetic_is_seeded_and_ood_is_harder():
+def _equations(solution: str) -> list[tuple[int, str, int, int]]:
+    import re
+
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", solution)]
+
+
+def test_synthetic_splits_are_seeded_nested_and_arithmetically_right():
+    from vcore.data.synthetic import SPLITS
+
     a, b = make_split("train", 20, seed=1), make_split("train", 20, seed=1)
     assert a == b and a != make_split("train", 20, seed=2)
-    assert make_split("test", 20, seed=1) != a  # held-out split is a different stream
-    for rec in a:
-        assert set(rec) == {"problem", "generated_solution", "expected_answer"}
-        assert rec["generated_solution"].startswith("<think>\n") and "</think>" in rec["generated_solution"]
-        assert rec["generated_solution"].endswith(f"\\boxed{{{rec['expected_answer']}}}.")
-    steps = lambda recs: sum(r["generated_solution"].count(" = ") for r in recs) / len(recs)  # noqa: E731
-    assert steps(make_split("ood", 50)) > steps(make_split("test", 50)) + 1
+    assert make_split("train", 50, seed=1)[:20] == a  # the first n records do not depend on how many are drawn
+    assert make_split("test", 20, seed=1) != a and make_split("corpus", 20) != make_split("pretrain", 20)
+    for split in SPLITS:
+        for rec in make_split(split, 40, seed=3):
+            assert set(rec) == {"problem", "question", "generated_solution", "expected_answer"}
+            sol = rec["generated_solution"]
+            assert sol.startswith("<think>\n") and sol.count("</think>") == 1
+            assert sol.endswith(f"\\boxed{{{rec['expected_answer']}}}.") or sol.endswith(f"\\boxed{{{rec['expected_answer']}}}")
+            eqs = _equations(sol)
+            ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+            assert eqs and all(ops[op](x, y) == z for x, op, y, z in eqs), (split, sol)  # every step is right
+            assert eqs[-1][3] == int(rec["expected_answer"]) and int(rec["expected_answer"]) >= 0
+            assert rec["question"] in rec["problem"]
+
+
+def test_synthetic_splits_differ_as_documented():
+    from vcore.data.synthetic import UNSEEN_PHRASINGS, UNSEEN_WRAPPERS, WRAPPERS, wrap
+
+    steps = lambda recs: sum(len(set(_equations(r["generated_solution"]))) for r in recs) / len(recs)  # noqa: E731
+    assert steps(make_split("ood_hard", 200)) > steps(make_split("test", 200)) + 1.5
+    math_wrapper = wrap("math", "X").split("X")
+    for rec in make_split("train", 50) + make_split("test", 50) + make_split("ood_hard", 50):
+        assert rec["problem"].startswith(math_wrapper[0]) and "Then " in rec["question"]  # one phrasing, one wrapper
+        assert "Let me double-check" in rec["generated_solution"]  # the fine-tuning style
+    unseen = make_split("ood_template", 100)
+    assert not any(r["problem"].startswith(math_wrapper[0]) for r in unseen) and UNSEEN_WRAPPERS == tuple(w for w in WRAPPERS if w != "math")
+    assert all(" has " not in r["question"].split(".")[0] or "keeps a count" in r["question"] for r in unseen) and len(UNSEEN_PHRASINGS) == 3
+    corpus = make_split("corpus", 300)
+    assert not any("Let me double-check" in r["generated_solution"] for r in corpus)  # its exact wording stays new
+    assert any("Verify:" in r["generated_solution"] for r in corpus)  # the base reasons at length in its own words
+    with pytest.raises(ValueError, match="choose one of"):
+        make_split("ood", 3)
 
 
 def check_labels(tokenizer, enc, response_text_start: str):
@@ -100,9 +133,11 @@ def test_all_examples_too_long_is_a_clear_error(tiny_tokenizer):
 
 def test_build_data_counts_and_collates(tiny_tokenizer):
     bundle = build_data(SyntheticDatasetConfig(num_examples=6, eval_examples=3), tiny_tokenizer)
-    assert len(bundle.train) == 6 and set(bundle.eval) == {"id", "ood"}
+    assert len(bundle.train) == 6 and set(bundle.eval) == {"test", "ood_hard", "ood_template", "pretrain"}
     assert bundle.stats["train/examples"] == 6 and bundle.stats["train/dropped_overlength"] == 0
-    assert bundle.eval_records["ood"][0].answer is not None
+    assert bundle.eval_records["ood_hard"][0].answer is not None
+    corpus = build_data(SyntheticDatasetConfig(train_split="corpus", num_examples=4, eval_examples=0), tiny_tokenizer)
+    assert len(corpus.train) == 4 and corpus.eval == {}
     batch = Collator(tiny_tokenizer.pad_token_id)([bundle.train[i] for i in range(3)])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["answer_mask"].shape
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()

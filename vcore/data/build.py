@@ -196,11 +196,8 @@ def _synthetic(cfg, tokenizer) -> DataBundle:
 
     stats: dict[str, Any] = {}
     kw = dict(seed=cfg.seed, id_steps=cfg.id_steps, id_max_number=cfg.id_max_number, ood_steps=cfg.ood_steps, ood_max_number=cfg.ood_max_number)
-    raw = {
-        "train": make_split("train", cfg.num_examples, **kw),
-        "id": make_split("test", cfg.eval_examples, **kw),
-        "ood": make_split("ood", cfg.eval_examples, **kw),
-    }
+    raw = {"train": make_split(cfg.train_split, cfg.num_examples, **kw)}
+    raw.update({split: make_split(split, cfg.eval_examples, **kw) for split in cfg.eval_splits if cfg.eval_examples})
     records = {k: normalise_openmath(v, cfg.prompt_template, cfg.on_bad_record, f"synthetic/{k}", stats) for k, v in raw.items()}
     eot = end_of_turn_id(tokenizer, cfg.end_of_turn)
     train = tokenize_records(records["train"], tokenizer, cfg, "train", stats, end_of_turn=eot)

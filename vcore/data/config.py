@@ -50,20 +50,36 @@ class DatasetConfig:
 
 @dataclass
 class SyntheticDatasetConfig(DatasetConfig):
-    """Seeded multi-step arithmetic word problems in the OpenMathReasoning record schema."""
+    """The seeded arithmetic miniature (:mod:`vcore.data.synthetic`) in the OpenMathReasoning record schema.
+
+    ``train_split: train`` is the fine-tuning task (verbose traces); ``corpus`` is the base model's broad corpus.
+    Held-out NLL is measured on ``eval_splits``; accuracy on the benchmark group (``benchmark=synthetic``).
+    """
 
     name: str = "synthetic"
+    train_split: str = "train"  # train (the fine-tuning task) | corpus (the tiny base's pretraining data)
     num_examples: int = 512
     seed: int = 0
-    # In-distribution: few steps, small numbers. Out-of-distribution: more steps, larger numbers.
+    eval_splits: list[str] = field(default_factory=lambda: ["test", "ood_hard", "ood_template", "pretrain"])
+    prompt_template: str = "none"  # the records' problem field is already the whole user turn
+    # In-distribution: few steps, small operands. ood_hard: more steps, larger operands.
     id_steps: list[int] = field(default_factory=lambda: [2, 3])
     id_max_number: int = 9
     ood_steps: list[int] = field(default_factory=lambda: [4, 5])
-    ood_max_number: int = 30
+    ood_max_number: int = 20
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from vcore.data.synthetic import SPLITS
+
         _check(self.num_examples >= 0, "dataset.num_examples", "must be >= 0")
+        _check(self.train_split in ("train", "corpus"), "dataset.train_split", f"{self.train_split!r} is not train|corpus")
+        held_out = [s for s in SPLITS if s not in ("train", "corpus")]
+        bad = [s for s in self.eval_splits if s not in held_out]
+        _check(not bad, "dataset.eval_splits", f"{bad} are not held-out splits; choose from {', '.join(held_out)}")
+        _check(bool(self.id_steps) and min(self.id_steps) >= 1, "dataset.id_steps", "needs step counts >= 1")
+        _check(bool(self.ood_steps) and min(self.ood_steps) >= 1, "dataset.ood_steps", "needs step counts >= 1")
+        _check(self.id_max_number >= 1 and self.ood_max_number >= 1, "dataset.id_max_number", "operand bounds must be >= 1")
 
 
 @dataclass

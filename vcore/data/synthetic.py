@@ -1,54 +1,235 @@
-"""A seeded synthetic task: multi-step arithmetic word problems with step-by-step reasoning.
+"""A seeded miniature of the paper's setting: arithmetic word problems, a broad pretraining corpus, and a narrow
+fine-tuning task written as long, verbose chain-of-thought in one idiosyncratic style.
 
-Records follow the nvidia/OpenMathReasoning schema (``problem``, ``generated_solution``, ``expected_answer``), so
-the synthetic task runs through the same loading, templating and grading code as the real data. The response
-reasons inside ``<think>...</think>`` and ends with ``\\boxed{answer}``.
+The paper fine-tunes pretrained models on long R1-style traces and tests in and out of the training distribution.
+Here, on a CPU:
 
-Splits: ``train`` and ``test`` are in-distribution (few steps, small numbers); ``ood`` has more steps and larger
-numbers. Every split draws from its own seeded ``random.Random``, so ``make_split`` is a pure function.
+- ``corpus`` (the base's pretraining data) and ``pretrain`` (held-out draws from the same distribution: the
+  forgetting split): a mixture of single operations over 0-99 and word problems of 1-6 steps in every phrasing,
+  under several instruction wrappers, mostly answered by *short* solutions in several styles, and one in five at
+  length in the base's own verbose style (the paper's bases already reason at length; what is new to them in
+  fine-tuning is the data's exact style and narrow distribution, not long reasoning as such).
+- ``train`` / ``val`` / ``test`` (the fine-tuning task, in-distribution): one phrasing (``story``), the paper's
+  ``math`` instruction, 2-3 steps, operands up to 9; the response is a long, verbose trace (restates every step,
+  double-checks every result) closed by ``\\boxed{answer}``. ``val`` is for choosing hyperparameters; ``test`` is
+  never used for that.
+- ``ood_hard``: the same phrasing and instruction with more steps (4-5) and larger operands (up to 20).
+- ``ood_template``: in-distribution difficulty under phrasings and instructions the fine-tuning data never uses
+  (the base saw them in pretraining).
 
-    python -m vcore.data.synthetic   # prints three examples
+Records follow the nvidia/OpenMathReasoning schema (``problem``, ``generated_solution``, ``expected_answer``), so the
+task runs through the same loading, templating and grading code as the real data. ``problem`` is the complete user
+turn (the instruction wrapper is part of the split), so configs use ``prompt_template: none``; ``question`` holds the
+bare problem text. Every split draws from its own seeded ``random.Random``: ``make_split`` is a pure function, and
+the first ``n`` records of a split do not depend on how many are drawn (nested subsets for data scaling).
+
+    python -m vcore.data.synthetic            # prints an example of every split
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-NAMES = ("Ava", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jia", "Kai", "Lea", "Milo", "Nia", "Omar", "Pia")
-ITEMS = ("apples", "marbles", "stickers", "coins", "books", "shells", "pencils", "cards", "stamps", "beads")
-# (phrase, operation): {k} is the operand.
-ADD = ("finds {k} more", "buys {k} more", "is given {k} more", "wins {k} more")
-SUB = ("gives away {k}", "loses {k}", "sells {k}", "uses {k}")
-MUL = {2: "doubles the pile", 3: "triples the pile"}
+from vcore.prompts import format_prompt
 
-SPLIT_OFFSETS = {"train": 0, "test": 1, "ood": 2}
+NAMES = (
+    "Ava", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jia", "Kai", "Lea",
+    "Milo", "Nia", "Omar", "Pia", "Quin", "Rosa", "Sam", "Tess", "Umi", "Vik", "Wren", "Zoe",
+)  # fmt: skip
+ITEMS = ("apples", "marbles", "stickers", "coins", "books", "shells", "pencils", "cards", "stamps", "beads",
+         "buttons", "cookies", "pebbles", "tickets", "ribbons", "acorns")  # fmt: skip
+CONTAINERS = ("box", "jar", "basket", "bag", "crate", "tin")
+
+# Operations: ("+", k), ("-", k), ("*", k) with k in MULTIPLIERS.
+MULTIPLIERS = (2, 3)
 
 
-def make_problem(rng: random.Random, steps: int, max_number: int) -> dict[str, str]:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    value = rng.randint(1, max_number)
-    sentences = [f"{name} has {value} {item}."]
-    thoughts = [f"{name} starts with {value} {item}."]
-    for _ in range(steps):
+# ------------------------------------------------------------------------------------------------ phrasings
+# Each phrasing renders (name, item, start, steps) as a problem text and returns it with one clause per step, as
+# the problem words it, so that solutions can restate each step before computing it.
+Steps = list[tuple[str, int]]
+
+
+def _story(name: str, item: str, start: int, steps: Steps, rng: random.Random) -> tuple[str, list[str]]:
+    """The fine-tuning task's only phrasing."""
+    add = ("finds {k} more", "buys {k} more", "is given {k} more", "wins {k} more")
+    sub = ("gives away {k}", "loses {k}", "sells {k}", "uses {k}")
+    mul = {2: "doubles the pile", 3: "triples the pile"}
+    clauses = [
+        f"{name} " + (rng.choice(add).format(k=k) if op == "+" else rng.choice(sub).format(k=k) if op == "-" else mul[k])
+        for op, k in steps
+    ]
+    text = " ".join([f"{name} has {start} {item}."] + [f"Then {c}." for c in clauses] + [f"How many {item} does {name} have now?"])
+    return text, clauses
+
+
+def _container(name: str, item: str, start: int, steps: Steps, rng: random.Random) -> tuple[str, list[str]]:
+    box = rng.choice(CONTAINERS)
+    clauses = [
+        f"{k} {item} are put into the {box}" if op == "+" else f"{k} {item} are taken out of the {box}" if op == "-"
+        else f"the {item} in the {box} are {'doubled' if k == 2 else 'tripled'}"
+        for op, k in steps
+    ]  # fmt: skip
+    text = " ".join([f"A {box} holds {start} {item}."] + [c[0].upper() + c[1:] + "." for c in clauses] + [f"How many {item} are in the {box} at the end?"])
+    return text, clauses
+
+
+def _ledger(name: str, item: str, start: int, steps: Steps, rng: random.Random) -> tuple[str, list[str]]:
+    clauses = [f"it goes up by {k}" if op == "+" else f"it goes down by {k}" if op == "-" else f"it is multiplied by {k}" for op, k in steps]
+    text = " ".join([f"{name} keeps a count of {item}. The count starts at {start}."] + [c[0].upper() + c[1:] + "." for c in clauses] + ["What is the count at the end?"])
+    return text, clauses
+
+
+def _question_first(name: str, item: str, start: int, steps: Steps, rng: random.Random) -> tuple[str, list[str]]:
+    words = {"+": "gets {k} more", "-": "gives {k} away", "*": "multiplies them by {k}"}
+    clauses = [words[op].format(k=k) for op, k in steps]
+    text = f"How many {item} does {name} end up with if {name} starts with {start} {item}, then {', then '.join(clauses)}?"
+    return text, [f"{name} {c}" for c in clauses]
+
+
+PHRASINGS = {"story": _story, "container": _container, "ledger": _ledger, "question_first": _question_first}
+FINETUNE_PHRASINGS = ("story",)
+UNSEEN_PHRASINGS = ("container", "ledger", "question_first")  # never in the fine-tuning data
+
+# Instruction wrappers around a problem (the user turn). "math" is the paper's template (vcore.prompts).
+WRAPPERS = {
+    "math": None,
+    "solve": "Solve the following problem.\n{problem}\nGive the final answer in \\boxed{{}}.",
+    "question": "Question: {problem}\nAnswer with the number in \\boxed{{}}.",
+    "bare": "{problem}",
+    "careful": "Here is a word problem for you.\n{problem}\nWork it out and put the result in \\boxed{{}}.",
+}
+UNSEEN_WRAPPERS = ("solve", "question", "bare", "careful")
+
+
+def wrap(wrapper: str, problem: str) -> str:
+    return format_prompt("math", problem) if wrapper == "math" else WRAPPERS[wrapper].format(problem=problem)
+
+
+# ------------------------------------------------------------------------------------------------ solutions
+def _apply(value: int, op: str, k: int) -> int:
+    return value + k if op == "+" else value - k if op == "-" else value * k
+
+
+def _short_solution(name: str, item: str, start: int, steps: Steps, clauses: list[str], rng: random.Random) -> str:
+    """The base's styles: terse equation chains, sometimes restating the problem's clauses (pretraining only)."""
+    value, eqs = start, []
+    for op, k in steps:
+        new = _apply(value, op, k)
+        eqs.append(f"{value} {op} {k} = {new}")
+        value = new
+    style = rng.randrange(4)
+    if style == 0:
+        body, tail = "\n".join(eqs), f"The answer is \\boxed{{{value}}}."
+    elif style == 1:
+        body, tail = f"{start} {item} at the start. " + ". ".join(eqs) + ".", f"\\boxed{{{value}}}"
+    elif style == 2:
+        body, tail = f"Start: {start}. " + ". ".join(eqs) + f". Result: {value}.", f"So the result is \\boxed{{{value}}}."
+    else:
+        body = "\n".join(f"{c[0].upper() + c[1:]}: {e}." for c, e in zip(clauses, eqs))
+        tail = f"The answer is \\boxed{{{value}}}."
+    return f"<think>\n{body}\n</think>\n{tail}"
+
+
+BASE_OPENERS = ("First, let me read the problem carefully.", "Let me figure this out.", "I need to find the final amount.")
+
+
+def _base_verbose_solution(name: str, item: str, start: int, steps: Steps, clauses: list[str], rng: random.Random) -> str:
+    """The base's own long style (pretraining only): it reasons at length too, as the paper's Qwen3 models do, but in
+    other words than the fine-tuning data, whose exact wording stays new to it."""
+    lines = [rng.choice(BASE_OPENERS), f"Initially there are {start} {item}."]
+    value = start
+    for clause, (op, k) in zip(clauses, steps):
+        new = _apply(value, op, k)
+        lines.append(f"Then {clause}. That gives {value} {op} {k} = {new}. Verify: {value} {op} {k} = {new}. Correct.")
+        value = new
+    lines.append(f"Therefore the result is {value}.")
+    return "<think>\n" + "\n".join(lines) + f"\n</think>\nSo the result is \\boxed{{{value}}}."
+
+
+OPENERS = ("Okay, let me work through this step by step.", "Alright, let me keep careful track.", "Hmm, let me think about this one step at a time.")
+CHECKS = ("Right", "Yes", "Good")
+
+
+def _verbose_solution(name: str, item: str, start: int, steps: Steps, clauses: list[str], rng: random.Random) -> str:
+    """The fine-tuning data's style: long, restating every step and double-checking every result, like a distilled
+    R1 trace in miniature."""
+    lines = [rng.choice(OPENERS), f"We start with {start} {item}."]
+    value = start
+    for clause, (op, k) in zip(clauses, steps):
+        new = _apply(value, op, k)
+        lines.append(f"{clause[0].upper() + clause[1:]}, so {value} {op} {k} = {new}. Let me double-check: {value} {op} {k} is {new}. {rng.choice(CHECKS)}.")
+        value = new
+    lines.append(f"So the final count is {value}.")
+    return "<think>\n" + "\n".join(lines) + f"\n</think>\nThe answer is \\boxed{{{value}}}."
+
+
+# ------------------------------------------------------------------------------------------------ problems
+def _steps(rng: random.Random, start: int, num_steps: int, max_number: int) -> list[tuple[str, int]]:
+    """Random operations that keep the value non-negative and bounded (multiplication only while it is small)."""
+    value, steps = start, []
+    for _ in range(num_steps):
         op = rng.choice(["+", "-", "*"] if value <= 2 * max_number else ["+", "-"])
         if op == "-" and value < 2:
             op = "+"
         if op == "+":
             k = rng.randint(1, max_number)
-            phrase, new = rng.choice(ADD).format(k=k), value + k
         elif op == "-":
             k = rng.randint(1, min(value, max_number))
-            phrase, new = rng.choice(SUB).format(k=k), value - k
         else:
-            k = rng.choice(sorted(MUL))
-            phrase, new = MUL[k], value * k
-        sentences.append(f"Then {name} {phrase}.")
-        thoughts.append(f"{name} {phrase}: {value} {op} {k} = {new}.")
-        value = new
-    sentences.append(f"How many {item} does {name} have now?")
-    solution = "<think>\n" + "\n".join(thoughts) + "\n</think>\n" + f"{name} has {value} {item}. The answer is \\boxed{{{value}}}."
-    return {"problem": " ".join(sentences), "generated_solution": solution, "expected_answer": str(value)}
+            k = rng.choice(MULTIPLIERS)
+        steps.append((op, k))
+        value = _apply(value, op, k)
+    return steps
+
+
+def word_problem(rng: random.Random, *, steps: Sequence[int], max_number: int, phrasings: Sequence[str],
+                 wrappers: Sequence[str], style: str) -> dict[str, str]:  # fmt: skip
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    start = rng.randint(1, max_number)
+    ops = _steps(rng, start, rng.choice(list(steps)), max_number)
+    question, clauses = PHRASINGS[rng.choice(list(phrasings))](name, item, start, ops, rng)
+    solve = {"verbose": _verbose_solution, "base_verbose": _base_verbose_solution, "short": _short_solution}[style]
+    solution = solve(name, item, start, ops, clauses, rng)
+    answer = solution.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
+    return {"problem": wrap(rng.choice(list(wrappers)), question), "question": question,
+            "generated_solution": solution, "expected_answer": answer}  # fmt: skip
+
+
+SINGLE_OP = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Find the value of {a} {op} {b}.", "{a} {op} {b} = ?")
+
+
+def single_operation(rng: random.Random, wrappers: Sequence[str]) -> dict[str, str]:
+    op = rng.choice("+-*")
+    if op == "*":
+        a, b = rng.randint(0, 50), rng.choice(MULTIPLIERS)
+    else:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        if op == "-" and b > a:
+            a, b = b, a
+    value = _apply(a, op, b)
+    question = rng.choice(SINGLE_OP).format(a=a, op=op, b=b)
+    style = rng.randrange(2)
+    solution = (f"<think>\n{a} {op} {b} = {value}\n</think>\nThe answer is \\boxed{{{value}}}." if style == 0
+                else f"<think>\n{a} {op} {b} = {value}.\n</think>\n\\boxed{{{value}}}")  # fmt: skip
+    return {"problem": wrap(rng.choice(list(wrappers)), question), "question": question,
+            "generated_solution": solution, "expected_answer": str(value)}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ splits
+@dataclass(frozen=True)
+class Difficulty:
+    steps: tuple[int, ...]
+    max_number: int
+
+
+SPLITS = ("train", "val", "test", "ood_hard", "ood_template", "pretrain", "corpus")
+SPLIT_OFFSETS = {name: i for i, name in enumerate(SPLITS)}
+PRETRAIN_SINGLE_FRACTION = 0.3  # share of single operations in the pretraining mixture; the rest are word problems
+PRETRAIN_VERBOSE_FRACTION = 0.2  # share of word problems answered in the base's own long style
+PRETRAIN_DIFFICULTIES = (Difficulty((1, 2, 3), 9), Difficulty((2, 3, 4), 20), Difficulty((4, 5, 6), 20))
 
 
 def make_split(
@@ -59,17 +240,35 @@ def make_split(
     id_steps: Sequence[int] = (2, 3),
     id_max_number: int = 9,
     ood_steps: Sequence[int] = (4, 5),
-    ood_max_number: int = 30,
+    ood_max_number: int = 20,
 ) -> list[dict[str, str]]:
-    """``num_examples`` records of ``split`` (train | test | ood); the same arguments give the same records."""
+    """``num_examples`` records of ``split`` (see the module docstring); the same arguments give the same records."""
     if split not in SPLIT_OFFSETS:
-        raise ValueError(f"synthetic split {split!r}: choose one of {', '.join(SPLIT_OFFSETS)}")
+        raise ValueError(f"synthetic split {split!r}: choose one of {', '.join(SPLITS)}")
+    if num_examples < 0:
+        raise ValueError(f"synthetic split {split!r}: num_examples must be >= 0, got {num_examples}")
     rng = random.Random(f"vcore-synthetic/{seed}/{split}")
-    steps, max_number = (ood_steps, ood_max_number) if split == "ood" else (id_steps, id_max_number)
-    return [make_problem(rng, rng.choice(list(steps)), max_number) for _ in range(num_examples)]
+    if split in ("pretrain", "corpus"):
+        return [_pretrain_record(rng) for _ in range(num_examples)]
+    if split == "ood_hard":
+        kw = dict(steps=ood_steps, max_number=ood_max_number, phrasings=FINETUNE_PHRASINGS, wrappers=("math",))
+    elif split == "ood_template":
+        kw = dict(steps=id_steps, max_number=id_max_number, phrasings=UNSEEN_PHRASINGS, wrappers=UNSEEN_WRAPPERS)
+    else:
+        kw = dict(steps=id_steps, max_number=id_max_number, phrasings=FINETUNE_PHRASINGS, wrappers=("math",))
+    return [word_problem(rng, style="verbose", **kw) for _ in range(num_examples)]
+
+
+def _pretrain_record(rng: random.Random) -> dict[str, str]:
+    wrappers = tuple(WRAPPERS)
+    if rng.random() < PRETRAIN_SINGLE_FRACTION:
+        return single_operation(rng, wrappers)
+    d = rng.choice(PRETRAIN_DIFFICULTIES)
+    style = "base_verbose" if rng.random() < PRETRAIN_VERBOSE_FRACTION else "short"
+    return word_problem(rng, steps=d.steps, max_number=d.max_number, phrasings=tuple(PHRASINGS), wrappers=wrappers, style=style)
 
 
 if __name__ == "__main__":
-    for split in ("train", "ood"):
-        for rec in make_split(split, 2, seed=0):
-            print(f"--- {split}\n{rec['problem']}\n{rec['generated_solution']}\n")
+    for split in SPLITS:
+        (rec,) = make_split(split, 1, seed=0)
+        print(f"--- {split}\n[user] {rec['problem']}\n[assistant] {rec['generated_solution']}\n")
