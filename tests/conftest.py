@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models the tests build never land in the user's cache (~/.cache/vcore/tiny). One cache per test session:
+# worker processes that import this module (torchrun ranks) inherit the session's instead of making their own.
+if "VCORE_TEST_SESSION_CACHE" not in os.environ:
+    os.environ["VCORE_TEST_SESSION_CACHE"] = tempfile.mkdtemp(prefix="vcore-test-cache-")
+os.environ["VCORE_CACHE"] = os.environ["VCORE_TEST_SESSION_CACHE"]
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -24,6 +30,7 @@ TINY_TEST = [
     "model.tiny.intermediate_size=64",
     "model.tiny.num_attention_heads=2",
     "model.tiny.num_key_value_heads=1",
+    "model.tiny.pretrain.steps=0",  # random init: tests need the code path, not a useful model
     "dataset.num_examples=32",
     "dataset.eval_examples=8",
     "trainer.max_steps=2",
@@ -34,6 +41,7 @@ TINY_TEST = [
     "method.probe.accumulation=1",
     "decoding.max_new_tokens=48",
     "eval.num_workers=1",
+    "eval.before_train=false",
     "logger=none",
 ]
 

@@ -148,7 +148,7 @@ def test_run_py_under_torchrun_writes_one_run_dir_from_rank_zero(tmp_path):
     assert sorted(p.name for p in ckpt.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]  # per rank
     assert (ckpt / "vcore_method_state.pt").exists() and (ckpt / "trainer_state.json").exists()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train"]["nll"] > 0 and metrics["eval"]["id/nll"] > 0
+    assert metrics["train"]["nll"] > 0 and metrics["eval"]["test/nll"] > 0
 
 
 def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeypatch):

@@ -135,7 +135,7 @@ def test_run_py_under_fsdp(tmp_path, monkeypatch, method, lora):
     assert (run / "final" / "tokenizer_config.json").exists()
     first = load_file(weights)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["eval"]["id/nll"] > 0 and metrics["train"]["nll"] > 0
+    assert metrics["eval"]["test/nll"] > 0 and metrics["train"]["nll"] > 0
 
     proc = torchrun([__file__, "--run-py", *overrides, "trainer.max_steps=4"], cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-6000:]

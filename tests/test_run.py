@@ -12,7 +12,8 @@ from vcore.loggers import run_name
 
 
 def run(args, cwd, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO),
+           "VCORE_CACHE": str(cwd / "cache")}  # the tiny model is built into the test's dir, not the user's cache
     proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -23,19 +24,30 @@ def tiny(logger="none", probe=True):
     return keep + [f"logger={logger}"]
 
 
+SPLITS = ("test", "ood_hard", "ood_template", "pretrain")
+
+
 def test_run_py_end_to_end(tmp_path):
-    run([*tiny(), f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    """The main job as a user runs it: the start model and the fine-tuned one evaluated on every split, with
+    intervals, and every number in metrics.json traceable to the per-item files."""
+    overrides = [o for o in tiny() if o != "eval.before_train=false"]  # the default job evaluates the start model
+    run([*overrides, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     out = tmp_path / "run"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["method"]["name"] == "vcore" and metrics["method"]["tau"] == 0.5
-    for key in ("nll", "weighted_loss", "tokens_per_s", "final/weights/mean", "final/weights/ess_frac", "final/vcore/alpha"):
+    assert metrics["method"]["name"] == "vcore" and metrics["model"].startswith(str(tmp_path / "cache" / "tiny" / "tiny-"))
+    for key in ("nll", "weighted_loss", "tokens_per_s", "final/weights/mean", "final/weights/ess_frac", "final/vcore/alpha", "final/vcore/tau"):
         assert key in metrics["train"], key
-    assert set(metrics["eval"]) >= {"id/nll", "ood/nll", "synthetic_test/accuracy", "synthetic_ood/accuracy"}
-    assert metrics["eval"]["id/nll"] > 0 and metrics["eval"]["ood/nll"] > 0
-    assert 0 <= metrics["eval"]["synthetic_test/accuracy"] <= 1 and 0 <= metrics["eval"]["synthetic_ood/accuracy"] <= 1
+    for stage, folder in (("eval", "eval"), ("eval_before", "eval_before")):
+        for split in SPLITS:
+            name = f"synthetic_{split}"
+            items = [json.loads(x) for x in (out / folder / f"{name}.jsonl").read_text().splitlines()]
+            assert len(items) == 8
+            acc = metrics[stage][f"{name}/accuracy"]
+            assert acc == sum(i["correct"] for i in items) / 8  # the summary is the per-item file's mean
+            assert metrics[stage][f"{name}/accuracy_ci95_low"] <= acc <= metrics[stage][f"{name}/accuracy_ci95_high"]
+    assert all(metrics["eval"][f"{split}/nll"] > 0 for split in SPLITS)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["decoding"]["max_new_tokens"] == 48 and "prompt_templates" in summary
-    assert len((out / "eval" / "synthetic_ood.jsonl").read_text().splitlines()) == 8
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "tokenizer_config.json").exists()
     assert (out / ".hydra" / "config.yaml").exists() and (out / "config.yaml").exists()
 
@@ -67,7 +79,7 @@ def test_task_eval_on_a_finished_run_full_and_lora(make_cfg, tmp_path):
         run_job(make_cfg(f"output_dir={train_dir}", f"model.lora.enabled={lora}", "eval.after_train=false", method="sft"))
         eval_dir = tmp_path / f"eval_{lora}"
         metrics = run_job(make_cfg(f"output_dir={eval_dir}", "task=eval", f"eval.model={train_dir}", method="sft"))
-        assert set(metrics["eval"]) == {"synthetic_test/accuracy", "synthetic_test/truncation_rate", "synthetic_ood/accuracy", "synthetic_ood/truncation_rate"}
+        assert set(metrics["eval"]) == {f"synthetic_{s}/{k}" for s in SPLITS for k in ("accuracy", "truncation_rate", "accuracy_ci95_low", "accuracy_ci95_high")}
         assert (eval_dir / "eval" / "summary.md").exists() and (eval_dir / "metrics.json").exists()
 
 

@@ -12,7 +12,7 @@ from vcore.fidelity import main as fidelity_main
 
 def test_fidelity_table_cli(tmp_path, capsys):
     args = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_attention_heads=2",
-            "model.tiny.num_key_value_heads=1", "dataset.num_examples=8", "dataset.eval_examples=2"]
+            "model.tiny.num_key_value_heads=1", "model.tiny.pretrain.steps=0", "dataset.num_examples=8", "dataset.eval_examples=2"]
     assert fidelity_main([*args, "--eps", "1e-2,1e-4", "--output-dir", str(tmp_path), "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "| forward precision | ε=0.01 | ε=0.0001 |" in out

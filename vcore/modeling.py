@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -15,7 +16,21 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_model(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``name_or_path`` pointing at files: the tiny model (``model.tiny``) is built or found in its
+    cache first (one writer under data parallelism; see :func:`vcore.tiny.ensure_tiny`)."""
+    if cfg.tiny is None:
+        return cfg
+    from vcore.distributed import rank_zero_first
+    from vcore.tiny import ensure_tiny
+
+    with rank_zero_first():
+        path = ensure_tiny(cfg)
+    return dataclasses.replace(cfg, name_or_path=str(path))
+
+
 def load_tokenizer(cfg: ModelConfig):
+    cfg = resolve_model(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss and of attention
@@ -26,6 +41,7 @@ def load_tokenizer(cfg: ModelConfig):
 
 def load_model(cfg: ModelConfig, adapter: str | None = None):
     """Base model in ``model.dtype``; LoRA adapters (new, or loaded from ``adapter``) when ``model.lora.enabled``."""
+    cfg = resolve_model(cfg)
     kwargs = {"dtype": DTYPES[cfg.dtype]}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation

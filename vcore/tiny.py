@@ -1,21 +1,46 @@
-"""Build the default model: a tiny Qwen3-architecture network and a BPE tokenizer for the synthetic task.
+"""Build the default model: a tiny Qwen3-architecture network with a BPE tokenizer, pretrained on the synthetic
+miniature's broad corpus so that fine-tuning starts from a prior (as the paper's methods do), not from noise.
 
-Both are saved with ``save_pretrained`` into a local directory and then loaded back through
-``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``, exactly the path a hub id takes.
+    python run.py task=pretrain       # build (or find) the base and evaluate it zero-shot; any run builds it too
+
+:func:`ensure_tiny` is the one entry point: it returns a ``from_pretrained`` directory (tokenizer + model), built
+once, deterministically (one seed for the initialisation, one for the corpus and data order; bit-identical on the
+same machine and thread count), and cached by the hash of everything that shapes it (architecture, tokenizer
+corpus, pretraining settings and corpus, build recipe version). Builds go to a temporary directory and are moved in
+place when complete, under a file lock: a crash leaves no half-built base, and parallel sweep jobs wait for one
+build instead of racing. The pretraining itself is plain SFT through this project's own Trainer
+(:func:`vcore.train.build_job`), on ``vcore.data.synthetic`` split ``corpus``.
+
 The chat template mirrors Qwen3's single-turn rendering: the assistant turn opens ``<think>``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Config
 
-from vcore.config import TinyModelConfig
+from vcore.checks import ConfigError
+from vcore.config import ModelConfig, TinyModelConfig
+
+log = logging.getLogger(__name__)
+
+# Bump when the build recipe changes in a way the config does not show (cached bases are then rebuilt).
+BUILD_VERSION = 3
+STAMP = "vcore_tiny.json"
+PRETRAIN_RECORD = "pretrain.json"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -57,12 +82,8 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
 
 
 def build_tiny(path: str | Path, spec: TinyModelConfig, corpus: list[str]) -> Path:
-    """Write tokenizer + randomly initialised model into ``path`` unless an identical build is already there."""
+    """Write tokenizer + randomly initialised model into ``path`` (no pretraining; see :func:`ensure_tiny`)."""
     path = Path(path)
-    corpus_hash = hashlib.sha256("\x00".join(corpus).encode()).hexdigest()
-    stamp = json.dumps({"spec": spec.__dict__, "corpus": corpus_hash}, sort_keys=True)
-    if (path / "vcore_tiny.json").exists() and (path / "vcore_tiny.json").read_text() == stamp:
-        return path
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(corpus, spec.vocab_size)
     config = Qwen3Config(
@@ -86,18 +107,189 @@ def build_tiny(path: str | Path, spec: TinyModelConfig, corpus: list[str]) -> Pa
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "vcore_tiny.json").write_text(stamp)
     return path
 
 
+def _fingerprint(texts: list[str]) -> str:
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+
+
+def build_stamp(spec: TinyModelConfig) -> str:
+    """Everything that shapes the built model, as canonical JSON (its hash names the cache entry)."""
+    from vcore.data.synthetic import make_split
+
+    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k != "cache_dir"}
+    p = spec.pretrain
+    corpus = make_split("corpus", p.steps * p.batch_size, seed=p.seed) if p.steps else []
+    return json.dumps(
+        {
+            "build_version": BUILD_VERSION,
+            "spec": settings,
+            "tokenizer_corpus": _fingerprint(tiny_corpus()),
+            "pretrain_corpus": _fingerprint([r["problem"] + r["generated_solution"] for r in corpus]),
+        },
+        sort_keys=True,
+    )
+
+
+def tiny_path(cfg: ModelConfig, stamp: str | None = None) -> Path:
+    """Where ``cfg``'s tiny model lives: ``model.name_or_path`` if set, else its cache entry."""
+    assert cfg.tiny is not None
+    if cfg.name_or_path:
+        return Path(cfg.name_or_path)
+    digest = hashlib.sha256((stamp or build_stamp(cfg.tiny)).encode()).hexdigest()[:16]
+    return Path(cfg.tiny.cache_dir).expanduser() / f"tiny-{digest}"
+
+
+def _is_complete(path: Path, stamp: str) -> bool:
+    return (path / STAMP).is_file() and (path / STAMP).read_text() == stamp
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock next to ``path`` (released when the process dies, so a crash never leaves it held)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process building the tiny model at %s", path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_tiny(cfg: ModelConfig) -> Path:
+    """The ``from_pretrained`` directory of the tiny model ``cfg.tiny`` describes, built unless already there."""
+    from vcore.distributed import launched_world_size
+
+    assert cfg.tiny is not None, "ensure_tiny needs model.tiny"
+    stamp = build_stamp(cfg.tiny)
+    path = tiny_path(cfg, stamp)
+    if _is_complete(path, stamp):
+        return path
+    if launched_world_size() > 1:
+        if cfg.tiny.pretrain.steps:  # pretraining is a single-process job (its own Trainer)
+            raise ConfigError(
+                f"model.tiny: the tiny base is not built yet ({path}); build it once in a single process "
+                "(python run.py task=pretrain with the same model settings), then launch the distributed job"
+            )
+        if int(os.environ.get("RANK", "0")) != 0:
+            # transformers writes weights from rank 0 only once a process group exists: a build on another rank
+            # would be stamped complete without its weights. Read from the launcher's environment, not the
+            # process group, which may not exist yet.
+            return _wait_for(path, stamp)
+    with _locked(path):
+        if _is_complete(path, stamp):  # another job built it while we waited
+            return path
+        if path.exists() and any(path.iterdir()) and not (path / STAMP).is_file():
+            raise ConfigError(
+                f"model.name_or_path={path}: the directory exists and holds something other than a tiny build; "
+                "choose an empty or new directory, or unset model.name_or_path to use the cache"
+            )
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _build(tmp, cfg.tiny)
+            missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (tmp / f).is_file()]
+            if missing:  # never stamp a build that cannot be loaded
+                raise RuntimeError(f"building the tiny model at {path}: {', '.join(missing)} not written")
+            (tmp / STAMP).write_text(stamp)  # last: marks the build complete
+            if path.exists():
+                shutil.rmtree(path)  # a build of other settings at an explicit model.name_or_path
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _wait_for(path: Path, stamp: str, timeout_s: float = 1800.0) -> Path:
+    """Wait until another process (rank 0) has built ``path``."""
+    deadline = time.monotonic() + timeout_s
+    while not _is_complete(path, stamp):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to build the tiny model at {path}")
+        time.sleep(0.5)
+    return path
+
+
+def _build(path: Path, spec: TinyModelConfig) -> None:
+    """Tokenizer + initialisation, then ``spec.pretrain.steps`` of pretraining, all into ``path``."""
+    p = spec.pretrain
+    if not p.steps:
+        build_tiny(path, spec, tiny_corpus())
+        return
+    t0 = time.perf_counter()
+    work = path / "pretraining"
+    init = build_tiny(work / "init", spec, tiny_corpus())
+    log.info("pretraining the tiny base: %d steps of %d examples (a few minutes on 2 CPU cores; cached afterwards)", p.steps, p.batch_size)
+    record = pretrain(init, work, spec)
+    for f in init.iterdir():  # the tokenizer files; the weights come from the trained model below
+        if f.is_file() and not f.name.startswith(("model", "config", "generation_config")):
+            shutil.copy2(f, path / f.name)
+    trained = work / "model"
+    for f in trained.iterdir():
+        shutil.copy2(f, path / f.name)
+    shutil.copy2(work / "history.jsonl", path / "pretrain_history.jsonl")
+    record["build_s"] = time.perf_counter() - t0
+    (path / PRETRAIN_RECORD).write_text(json.dumps(record, indent=2))
+    shutil.rmtree(work)
+    log.info("tiny base built in %.0f s (final pretraining NLL %.3f)", record["build_s"], record["final_nll"])
+
+
+def pretrain(init_dir: Path, work: Path, spec: TinyModelConfig) -> dict:
+    """Train ``init_dir`` with uniform SFT on the ``corpus`` split through :func:`vcore.train.build_job`; the model
+    goes to ``work/model``. Returns a record of what was done."""
+    from vcore.config import EvalRunConfig, NoLoggerConfig, SFTConfig, TrainConfig, TrainerConfig
+    from vcore.data.config import SyntheticDatasetConfig
+    from vcore.train import build_job
+
+    p = spec.pretrain
+    c = TrainConfig(
+        model=ModelConfig(name_or_path=str(init_dir)),
+        dataset=SyntheticDatasetConfig(train_split="corpus", num_examples=p.steps * p.batch_size, seed=p.seed, eval_examples=0),
+        method=SFTConfig(),
+        trainer=TrainerConfig(
+            max_steps=p.steps,
+            per_device_train_batch_size=p.batch_size,
+            learning_rate=p.learning_rate,
+            warmup_ratio=p.warmup_ratio,
+            packing=p.pack_length > 0,
+            pack_length=p.pack_length,
+            logging_steps=max(1, min(50, p.steps // 10)),
+            save_steps=0,
+            resume="never",
+            eval_at_end=False,
+        ),
+        logger=NoLoggerConfig(),
+        eval=EvalRunConfig(after_train=False),
+        seed=p.seed,
+        output_dir=str(work),
+    )
+    job = build_job(c, work)
+    result = job.trainer.train()
+    job.trainer.save_model(str(work / "model"))
+    history = job.trainer.state.log_history
+    with (work / "history.jsonl").open("w") as f:
+        for line in history:
+            f.write(json.dumps(line) + "\n")
+    nll = [h["train/nll"] for h in history if "train/nll" in h]
+    return {
+        "steps": p.steps,
+        "examples": len(job.data.train),
+        "supervised_tokens": job.data.stats.get("train/supervised_tokens"),
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "final_nll": nll[-1] if nll else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def tiny_corpus() -> list[str]:
-    """Text the tiny tokenizer is trained on: rendered synthetic conversations (fixed seed, both difficulties)."""
-    from vcore.data.build import format_prompt
+    """Text the tiny tokenizer is trained on: prompts and responses of every synthetic split (fixed seed)."""
     from vcore.data.synthetic import make_split
 
     texts = []
-    for split in ("train", "ood"):
-        for rec in make_split(split, 1000, seed=12345):
-            texts.append(format_prompt("math", rec["problem"]))
+    for split, n in (("pretrain", 2000), ("train", 500), ("ood_hard", 200), ("ood_template", 300)):
+        for rec in make_split(split, n, seed=12345):
+            texts.append(rec["problem"])
             texts.append(rec["generated_solution"])
     return texts

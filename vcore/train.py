@@ -11,9 +11,11 @@ Long runs: ``trainer.resume=auto`` (default) continues from the newest complete 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ from vcore.distributed import (
 from vcore.forward import model_token_loss
 from vcore.loggers import LoggerCallback, NullLogger, build_logger
 from vcore.methods import build_method
-from vcore.modeling import load_model, load_tokenizer
+from vcore.modeling import load_model, load_tokenizer, resolve_model
 from vcore.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCallback
 from vcore.resume import resolve_resume
 from vcore.trainer import METHOD_STATE, WeightedTrainer
@@ -61,12 +63,13 @@ def hydra_job() -> tuple[list[str], str | None]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """``run.py``'s job: ``task=train`` (default) or ``task=eval``."""
+    """``run.py``'s job: ``task=train`` (default), ``task=eval`` or ``task=pretrain``."""
     return train(cfg)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or, with ``task=eval``, evaluate) as configured; metrics also go to ``<output_dir>/metrics.json``."""
+    """Train (or, with ``task=eval``, evaluate; with ``task=pretrain``, build the tiny base) as configured; metrics
+    also go to ``<output_dir>/metrics.json``."""
     c = to_object(cfg)  # every schema check runs here, before anything is loaded
     if c.task == "train":  # refuse unsupported backends before anything is loaded
         generates = bool(c.eval.after_train and c.benchmark)
@@ -87,7 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     overrides, sweep = hydra_job()
     logger = build_logger(c.logger, resolved, out, overrides, sweep)
     try:
-        metrics = _train(c, resolved, out, logger) if c.task == "train" else _evaluate_only(c, out, logger)
+        task = {"train": _train, "eval": _evaluate_only, "pretrain": _pretrain_only}[c.task]
+        metrics = task(c, resolved, out, logger)
     except Preempted:
         logger.finish(exit_code=PREEMPTED_EXIT_CODE)
         raise
@@ -100,13 +104,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def prepare_model(c):
     """Tokenizer and model as configured (building the tiny default first if asked)."""
-    if c.model.tiny is not None:
-        from vcore.tiny import build_tiny, tiny_corpus
-
-        with rank_zero_first():  # one writer; the other ranks then find an identical build and skip it
-            build_tiny(c.model.name_or_path, c.model.tiny, tiny_corpus())
-    tokenizer = load_tokenizer(c.model)
-    return tokenizer, load_model(c.model)
+    model_cfg = resolve_model(c.model)
+    return load_tokenizer(model_cfg), load_model(model_cfg)
 
 
 @dataclass
@@ -117,6 +116,7 @@ class Job:
     tokenizer: Any
     data: DataBundle
     collator: Collator
+    model_path: str  # where the starting weights were loaded from (the tiny base's cache entry, a hub id, a dir)
 
 
 def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
@@ -124,12 +124,13 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     # LoRA adapters are initialised from the global RNG, which the Trainer only seeds after the model exists: seed
     # it first, so two runs of one config (and every DDP rank) start from the same adapters.
     set_seed(c.seed)
-    tokenizer, model = prepare_model(c)
+    model_cfg = resolve_model(c.model)
+    tokenizer, model = load_tokenizer(model_cfg), load_model(model_cfg)
     with rank_zero_first():  # dataset caches are written once, by rank 0
         data = build_data(c.dataset, tokenizer, out_dir=out)
     log.info("data: %s", data.stats)
     t = c.trainer
-    collator = Collator(tokenizer.pad_token_id, pack=t.packing)
+    collator = Collator(tokenizer.pad_token_id, pack=t.packing, pack_length=t.pack_length)
     weighting = build_method(c.method, model, data.train, collator)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -167,13 +168,17 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
         precision=t.precision,
         lr_floor=t.lr_floor,
     )
-    return Job(trainer, tokenizer, data, collator)
+    return Job(trainer, tokenizer, data, collator, str(model_cfg.name_or_path))
 
 
 def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
     t_start = time.perf_counter()
     job = build_job(c, out, logger)
+    log.info("model: %s", job.model_path)
     logger.log({f"data/{k}": v for k, v in job.data.stats.items()}, step=0)
+    before = evaluate_start_model(c, job.trainer.model, job.tokenizer, job.model_path, out) if c.eval.before_train and c.benchmark else {}
+    if before:
+        logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
     trainer = job.trainer
     checkpoint = broadcast_object(resolve_resume(c.trainer.resume, out / "checkpoints"))  # rank 0's view decides
     if checkpoint is not None:
@@ -197,7 +202,10 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
         "train": summarize_train(trainer.state.log_history, result.metrics),
         "method": resolved["method"],
         "data": job.data.stats,
+        "model": job.model_path,
     }
+    if before:
+        metrics["eval_before"] = before
     if c.trainer.eval_at_end:
         metrics["eval"] = {
             f"{name}/nll": heldout_nll(trainer.model, ds, Collator(job.tokenizer.pad_token_id), c.trainer.per_device_eval_batch_size)
@@ -252,15 +260,75 @@ def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger) -> dict[s
         )
     finally:
         model.train(was_training)
+    return benchmark_summary(summary)
+
+
+def benchmark_summary(summary: dict) -> dict[str, float]:
+    """``{"<bench>/accuracy", "<bench>/accuracy_ci95_low|high", "<bench>/truncation_rate"}`` from an eval summary."""
     result = {}
     for name, bench in summary["benchmarks"].items():
+        m = bench["metrics"]
         for key in ("accuracy", "truncation_rate"):
-            if bench["metrics"].get(key) is not None:
-                result[f"{name}/{key}"] = bench["metrics"][key]
+            if m.get(key) is not None:
+                result[f"{name}/{key}"] = m[key]
+        if m.get("accuracy_ci95"):
+            result[f"{name}/accuracy_ci95_low"], result[f"{name}/accuracy_ci95_high"] = m["accuracy_ci95"]
     return result
 
 
-def _evaluate_only(c, out: Path, logger: NullLogger) -> dict[str, Any]:
+def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path) -> dict[str, float]:
+    """``eval.before_train``: accuracy of the model training starts from, in ``<out>/eval_before/``.
+
+    For the tiny base the results are cached in its directory, keyed by the benchmarks and decoding, so every run
+    from one base (a sweep's seeds and methods) evaluates it once. A resumed run reuses its own earlier results.
+    """
+    import shutil
+
+    from vcore.eval.harness import HARNESS_VERSION
+    from vcore.eval.results import jsonable
+
+    dest = out / "eval_before"
+    cache = None
+    if c.model.tiny is not None:
+        spec = json.dumps(jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True)
+        cache = Path(model_path) / "zero_shot" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    if not (dest / "summary.json").is_file() and rank() == 0:
+        if cache is not None and (cache / "summary.json").is_file():
+            log.info("start model's accuracy: cached in %s", cache)
+            shutil.copytree(cache, dest, dirs_exist_ok=True)
+        else:
+            log.info("evaluating the start model (eval.before_train=true)")
+            run_benchmarks(c, model, tokenizer, dest, NullLogger())
+            if cache is not None and (dest / "summary.json").is_file():
+                tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
+                shutil.copytree(dest, tmp, dirs_exist_ok=True)
+                os.replace(tmp, cache) if not cache.exists() else shutil.rmtree(tmp)
+    if rank() != 0 or not (dest / "summary.json").is_file():
+        return {}
+    return benchmark_summary(json.loads((dest / "summary.json").read_text()))
+
+
+def _pretrain_only(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
+    """``task=pretrain``: build (or find) the tiny base and evaluate it zero-shot on ``cfg.benchmark``."""
+    t_start = time.perf_counter()
+    if c.model.tiny is None:
+        raise ConfigError("task=pretrain builds the tiny base model (model=tiny); other models come pretrained")
+    model_cfg = resolve_model(c.model)
+    path = Path(str(model_cfg.name_or_path))
+    log.info("tiny base: %s", path)
+    record = json.loads((path / "pretrain.json").read_text()) if (path / "pretrain.json").is_file() else {}
+    metrics: dict[str, Any] = {"model": str(path), "pretrain": record}
+    if c.benchmark:
+        tokenizer, model = load_tokenizer(model_cfg), load_model(model_cfg)
+        metrics["eval"] = evaluate_start_model(c, model, tokenizer, str(path), out)
+    metrics["runtime_s"] = time.perf_counter() - t_start
+    logger.summary(flatten(metrics))
+    if rank() == 0:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+def _evaluate_only(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
     """``task=eval``: a run dir or checkpoint of ours (LoRA adapters included), or any hub id / model dir."""
     t_start = time.perf_counter()
     source = Path(c.eval.model)

@@ -1,0 +1,200 @@
+"""The tiny base: pretrained through the project's own Trainer, cached by its settings, deterministic, never half-built.
+
+Every build here is a miniature of the real one (a 32-wide model, a few dozen steps) so that the suite stays fast; the
+code path is the one ``python run.py`` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vcore.checks import ConfigError
+from vcore.config import ModelConfig, TinyModelConfig, TinyPretrainConfig, to_object
+from vcore.tiny import STAMP, build_stamp, ensure_tiny, tiny_path
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1)
+
+
+def spec(tmp_path, steps=30, **pretrain) -> ModelConfig:
+    p = TinyPretrainConfig(steps=steps, batch_size=8, learning_rate=1e-2, pack_length=256, **pretrain)
+    return ModelConfig(tiny=TinyModelConfig(**SMALL, pretrain=p, cache_dir=str(tmp_path / "cache")))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One small base, built through ensure_tiny into its cache."""
+    import torch as _torch
+
+    threads = _torch.get_num_threads()
+    _torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("base")
+    cfg = spec(tmp)
+    path = ensure_tiny(cfg)
+    _torch.set_num_threads(threads)
+    return tmp, cfg, path
+
+
+def test_the_base_is_a_from_pretrained_dir_that_learned_from_its_corpus(built):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, cfg, path = built
+    assert path == tiny_path(cfg) and path.parent.name == "cache" and path.name.startswith("tiny-")
+    assert (path / STAMP).read_text() == build_stamp(cfg.tiny)
+    record = json.loads((path / "pretrain.json").read_text())
+    assert record["steps"] == 30 and record["examples"] == 240
+    history = [json.loads(x) for x in (path / "pretrain_history.jsonl").read_text().splitlines()]
+    nll = [h["train/nll"] for h in history if "train/nll" in h]
+    assert nll[-1] < 0.6 * nll[0]  # the pretraining trained (random init starts near log |V| ≈ 6.5)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.hidden_size == 32 and tokenizer.chat_template
+    assert not (path / "pretraining").exists() and not list(path.parent.glob(".*tmp*"))  # no leftovers
+
+
+def test_a_second_request_reuses_the_cache_and_a_change_builds_anew(built, monkeypatch):
+    tmp, cfg, path = built
+    import vcore.tiny as tiny
+
+    monkeypatch.setattr(tiny, "_build", lambda *a, **k: pytest.fail("rebuilt a cached base"))
+    assert ensure_tiny(cfg) == path
+    other = spec(tmp, steps=31)
+    assert tiny_path(other) != path  # any setting is part of the key
+
+
+def test_builds_are_deterministic(built, tmp_path, one_thread):
+    _, cfg, path = built
+    again = ensure_tiny(spec(tmp_path))  # same settings, another cache dir, built from scratch
+    a, b = load_file(path / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failed_build_leaves_nothing_and_an_explicit_dir_is_never_clobbered(tmp_path, monkeypatch, one_thread):
+    import vcore.tiny as tiny
+
+    cfg = spec(tmp_path, steps=2)
+
+    def crash(path, spec):
+        (path / "half.bin").parent.mkdir(parents=True, exist_ok=True)
+        (path / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(tiny, "_build", crash)
+    with pytest.raises(RuntimeError, match="mid-build"):
+        ensure_tiny(cfg)
+    cache = tmp_path / "cache"
+    assert not tiny_path(cfg).exists() and [p.name for p in cache.iterdir()] == [f".{tiny_path(cfg).name}.lock"]
+
+    mine = tmp_path / "my_model"
+    mine.mkdir()
+    (mine / "weights.bin").write_bytes(b"precious")
+    explicit = ModelConfig(name_or_path=str(mine), tiny=cfg.tiny)
+    with pytest.raises(ConfigError, match="holds something other than a tiny build"):
+        ensure_tiny(explicit)
+    assert (mine / "weights.bin").read_bytes() == b"precious"
+
+
+def test_concurrent_requests_build_once(tmp_path, monkeypatch):
+    import vcore.tiny as tiny
+
+    calls = []
+    started = threading.Event()
+
+    def slow_build(path, spec):
+        calls.append(path)
+        started.set()
+        path.mkdir(parents=True)
+        threading.Event().wait(0.5)
+        for f in ("config.json", "model.safetensors", "tokenizer.json"):
+            (path / f).write_text("{}")
+
+    monkeypatch.setattr(tiny, "_build", slow_build)
+    cfg = spec(tmp_path, steps=0)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ensure_tiny(cfg))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results[0] == results[1] == tiny_path(cfg)
+
+
+def test_bad_pretraining_settings_name_their_option(make_cfg):
+    with pytest.raises(ConfigError, match="model.tiny.pretrain.steps"):
+        to_object(make_cfg("model.tiny.pretrain.steps=-1"))
+    with pytest.raises(ConfigError, match="model.name_or_path"):
+        ModelConfig()
+
+
+def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(make_cfg, tmp_path, one_thread):
+    """``task=pretrain`` evaluates the base zero-shot (intervals included) and caches the result in the base's dir; a
+    training run with eval.before_train then reports the same start-model numbers without evaluating again."""
+    from omegaconf import OmegaConf
+
+    from vcore.train import run
+
+    small = ["model.name_or_path=null", f"model.tiny.cache_dir={tmp_path / 'cache'}", "model.tiny.pretrain.steps=8",
+             "model.tiny.pretrain.batch_size=4", "decoding.max_new_tokens=16"]
+    cfg = make_cfg("task=pretrain", *small)
+    OmegaConf.update(cfg, "output_dir", str(tmp_path / "pretrain"))
+    metrics = run(cfg)
+    base = metrics["model"]
+    assert base.startswith(str(tmp_path / "cache")) and metrics["pretrain"]["steps"] == 8
+    acc = metrics["eval"]
+    for split in ("test", "ood_hard", "ood_template", "pretrain"):
+        key = f"synthetic_{split}"
+        assert acc[f"{key}/accuracy_ci95_low"] <= acc[f"{key}/accuracy"] <= acc[f"{key}/accuracy_ci95_high"]
+    cached = list((tmp_path / "cache").glob("tiny-*/zero_shot/*/summary.json"))
+    assert len(cached) == 1
+
+    import vcore.train as train_module
+
+    def no_eval(*a, **k):
+        raise AssertionError("the start model was evaluated again instead of read from the base's cache")
+
+    cfg = make_cfg(*small, "eval.before_train=true", "eval.after_train=false", "trainer.max_steps=1", method="sft")
+    OmegaConf.update(cfg, "output_dir", str(tmp_path / "train"))
+    original = train_module.run_benchmarks
+    train_module.run_benchmarks = no_eval
+    try:
+        trained = run(cfg)
+    finally:
+        train_module.run_benchmarks = original
+    assert trained["model"] == base and trained["eval_before"] == acc
+    assert (tmp_path / "train" / "eval_before" / "synthetic_test.jsonl").exists()
+
+
+def test_under_a_launcher_only_rank_zero_builds(tmp_path, monkeypatch, one_thread):
+    """transformers writes weights from rank 0 only: a build on another rank would be stamped without them."""
+    import vcore.tiny as tiny
+
+    cfg = spec(tmp_path, steps=0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(tiny, "_build", lambda *a, **k: pytest.fail("rank 1 built the model"))
+    with pytest.raises(TimeoutError, match="rank 0 to build"):
+        tiny._wait_for(tiny_path(cfg), build_stamp(cfg.tiny), timeout_s=0.2)
+    monkeypatch.setattr(tiny, "_wait_for", lambda path, stamp: path)
+    assert ensure_tiny(cfg) == tiny_path(cfg) and not tiny_path(cfg).exists()
+    monkeypatch.undo()
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    path = ensure_tiny(cfg)
+    assert all((path / f).is_file() for f in ("config.json", "model.safetensors", STAMP))
+    with pytest.raises(ConfigError, match="build it once in a single process"):
+        ensure_tiny(spec(tmp_path / "other", steps=3))
+
+
+def test_a_build_without_weights_is_never_stamped(tmp_path, monkeypatch, one_thread):
+    import vcore.tiny as tiny
+
+    cfg = spec(tmp_path, steps=0)
+    monkeypatch.setattr(tiny, "_build", lambda path, spec: path.mkdir(parents=True) or (path / "tokenizer.json").write_text("{}"))
+    with pytest.raises(RuntimeError, match="config.json, model.safetensors not written"):
+        ensure_tiny(cfg)
+    assert not tiny_path(cfg).exists()
