@@ -7,7 +7,7 @@ import matplotlib
 import pytest
 import yaml
 
-from vcore.report import load_local, main, synthetic_table, table1
+from vcore.report import load_local, main, table1
 
 matplotlib.use("Agg")
 
@@ -47,7 +47,7 @@ def runs(tmp_path):
     for m in ("sft", "vcore"):
         for seed in (1, 2):
             write_run(root, f"syn_{m}_{seed}", cfg(m, dataset="synthetic", model="/x/init_model", seed=seed),
-                      {"synthetic_test/accuracy": 0.2 + 0.1 * seed, "synthetic_ood/accuracy": 0.05, "id/nll": 0.3, "ood/nll": 1.5})
+                      {"synthetic_test/accuracy": 0.2 + 0.1 * seed, "synthetic_ood_hard/accuracy": 0.05, "test/nll": 0.3})
     return root
 
 
@@ -57,12 +57,6 @@ def test_table1_layout_with_mean_and_std(runs):
     row = next(line for line in text.splitlines() if line.startswith("| Qwen3-4B | sft |"))
     assert "| 2 |" in row and "15.00" in row and "±" in row  # AIME 0.2-0.05 -> 15.00 over two seeds
     assert "### code" not in text  # no code runs in the fixtures
-
-
-def test_synthetic_table(runs):
-    text = synthetic_table(load_local(runs))
-    assert text.splitlines()[0] == "| method | seeds | ID acc (%) | OOD acc (%) | ID NLL | OOD NLL |"
-    assert "| sft | 2 | 35.00 ± 7.07 | 5.00 ± 0.00 |" in text
 
 
 def test_report_command_writes_figures_with_axes_labels(runs, tmp_path, monkeypatch):
@@ -90,7 +84,7 @@ def test_report_command_writes_figures_with_axes_labels(runs, tmp_path, monkeypa
     assert saved["tau_eps.png"] == [("lg τ", "ID accuracy (%)")]
     assert saved["variance_control.png"] == [("step", "training loss (weighted)")]
     md = (out / "report.md").read_text()
-    assert "## Table 1" in md and "## Synthetic task" in md and "![tau_eps](tau_eps.png)" in md
+    assert "## Table 1" in md and "## Synthetic miniature" in md and "![tau_eps](tau_eps.png)" in md
 
     page = (out / "token_weights.html").read_text()
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from vcore import analysis
+
 # Table 1 columns (EVAL.md): benchmark config name -> column; ID per domain, OOD shared.
 COLUMNS = {"aime": "AIME", "olympiad": "Olympiad", "lcb": "LCB", "ojbench": "OJBench", "rbench": "RBench", "sgpqa_1k": "SGPQA-1k"}
 LAYOUT = {
@@ -43,6 +45,7 @@ class Run:
     config: dict[str, Any]
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None  # the run dir (per-item results under eval/ and eval_before/); None for W&B runs
 
     def get(self, dotted: str, default=None):
         node: Any = self.config
@@ -80,7 +83,9 @@ def load_local(root: Path) -> list[Run]:
             continue
         history_file = run_dir / "history.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] if history_file.exists() else []
-        runs.append(Run(str(run_dir.relative_to(root)) or ".", yaml.safe_load(cfg_file.read_text()), json.loads(metrics_file.read_text()), history))
+        run = Run(str(run_dir.relative_to(root)) or ".", yaml.safe_load(cfg_file.read_text()), json.loads(metrics_file.read_text()), history, run_dir)
+        if run.config.get("task", "train") == "train":  # task=eval / task=pretrain dirs hold no training run
+            runs.append(run)
     return runs
 
 
@@ -136,26 +141,19 @@ def table1(runs: list[Run]) -> str:
     return "\n".join(out)
 
 
-def synthetic_table(runs: list[Run]) -> str:
-    """The synthetic task: ID / OOD accuracy (%) and held-out NLL per method, mean ± std over seeds."""
+def synthetic_sections(runs: list[Run]) -> list[str]:
+    """The synthetic miniature's tables (:mod:`vcore.analysis`): accuracy with intervals per variant and split next to
+    the start model, each variant against SFT, VCORE over τ, and loss spikes when variance control varies."""
     rows = [r for r in runs if r.domain == "synthetic"]
     if not rows:
-        return ""
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for r in rows:
-        groups[r.method].append(r)
-    order = ["sft", "dft", "random", "iw_sft", "vcore"]
-    out = ["| method | seeds | ID acc (%) | OOD acc (%) | ID NLL | OOD NLL |", "|---|---|---|---|---|---|"]
-    for method in sorted(groups, key=lambda m: order.index(m) if m in order else 99):
-        g = groups[method]
-        ev = [r.metrics.get("eval", {}) for r in g]
-        acc = lambda key: [100 * e[key] for e in ev if e.get(key) is not None]  # noqa: E731
-        nll = lambda key: [e[key] for e in ev if e.get(key) is not None]  # noqa: E731
-        out.append(
-            f"| {method} | {len(g)} | {mean_std(acc('synthetic_test/accuracy'))} | {mean_std(acc('synthetic_ood/accuracy'))} "
-            f"| {mean_std(nll('id/nll'))} | {mean_std(nll('ood/nll'))} |"
-        )
-    return "\n".join(out)
+        return []
+    md = ["## Synthetic miniature", "", analysis.study_tables(rows), ""]
+    tau = analysis.tau_table(rows)
+    if tau:
+        md += ["### VCORE over τ", "", tau, ""]
+    if len({r.get("method.variance_control") for r in rows if r.method == "vcore"}) > 1:
+        md += ["### Variance control", "", analysis.spike_table(rows), ""]
+    return md
 
 
 def headline(r: Run) -> float | None:
@@ -227,6 +225,9 @@ def fig_tau_eps(runs: list[Run], path: Path) -> Path | None:
 
 
 def fig_variance_control(runs: list[Run], path: Path, key: str = "train/weighted_loss") -> Path | None:
+    """VCORE's loss curves per variance-control setting (only when the runs compare settings)."""
+    if len({r.get("method.variance_control") for r in runs if r.method == "vcore"}) < 2:
+        return None
     curves = {}
     for r in runs:
         if r.method == "vcore" and r.history:
@@ -241,6 +242,104 @@ def fig_variance_control(runs: list[Run], path: Path, key: str = "train/weighted
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
 
     return _line_figure(path, "step", "training loss (weighted)", "Variance control", draw, legend_size=7)
+
+
+def _color(label: str, labels: list[str]):
+    """One colour per variant in every figure: a method's own when each method appears once, else by position."""
+    import matplotlib
+
+    if label == "start model":
+        return "0.6"
+    methods = [x.split(" ")[0] for x in labels if x != "start model"]
+    key = label.split(" ")[0]
+    if len(set(methods)) == len(methods) and key in analysis.METHOD_ORDER:
+        return matplotlib.colormaps["tab10"](analysis.METHOD_ORDER.index(key))
+    return matplotlib.colormaps["tab10"]([x for x in labels if x != "start model"].index(label) % 10)
+
+
+def fig_nll_curves(runs: list[Run], path: Path) -> Path | None:
+    """Plain training NLL of every variant on one axis (mean over seeds, band: min to max): unlike the weighted
+    losses, it is on one scale for every method."""
+    curves = {}
+    for v in analysis.variants(runs):
+        per_run = [dict(analysis.nll_curve(r)) for r in v.runs]
+        steps = sorted(set.intersection(*(set(c) for c in per_run))) if per_run and all(per_run) else []
+        if steps:
+            curves[v.label] = [(s, [c[s] for c in per_run]) for s in steps]
+    if not curves:
+        return None
+
+    def draw(ax):
+        for label, pts in curves.items():
+            xs = [p[0] for p in pts]
+            color = _color(label, list(curves))
+            ax.plot(xs, [statistics.mean(p[1]) for p in pts], label=label, color=color)
+            if any(len(p[1]) > 1 for p in pts):
+                ax.fill_between(xs, [min(p[1]) for p in pts], [max(p[1]) for p in pts], alpha=0.2, color=color)
+        ax.set_yscale("log")
+
+    return _line_figure(path, "step", "training NLL (plain, per token)", "Training curves", draw, legend_size=7)
+
+
+def fig_accuracy_bars(runs: list[Run], path: Path) -> Path | None:
+    """Accuracy per variant and split with 95% interval bars, the start model first."""
+    benches = analysis.benchmarks_in(runs)
+    vs = analysis.variants(runs)
+    bars = [("start model", [analysis.start_model_accuracy(runs, b) for b in benches])]
+    bars += [(v.label, [analysis.accuracy(v, b) for b in benches]) for v in vs]
+    bars = [(label, cis) for label, cis in bars if any(cis)]
+    if not benches or not bars:
+        return None
+    import numpy as np
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(benches) + 0.3 * len(bars)), 3.8))
+    width = 0.8 / len(bars)
+    for i, (label, cis) in enumerate(bars):
+        xs = np.arange(len(benches)) + (i - (len(bars) - 1) / 2) * width
+        means = [100 * c.mean if c else np.nan for c in cis]
+        err = [[100 * (c.mean - c.low) if c else 0 for c in cis], [100 * (c.high - c.mean) if c else 0 for c in cis]]
+        ax.bar(xs, means, width, yerr=err, capsize=2, label=label, hatch="//" if label == "start model" else None,
+               color=_color(label, [b[0] for b in bars]))
+    ax.set_xticks(range(len(benches)), [analysis.SPLITS.get(b, b) for b in benches], fontsize=8)
+    ax.set_xlabel("evaluation split")
+    ax.set_ylabel("accuracy (%), 95% interval")
+    ax.set_title("Accuracy per method and split")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_tau_ess(runs: list[Run], path: Path, bench: str = "synthetic_test") -> Path | None:
+    """VCORE over τ: the weights' effective sample size (left) and accuracy with intervals (right)."""
+    points = []
+    for v in analysis.variants(runs):
+        tau, ess = v.common("method.tau"), v.mean_metric("mean/weights/ess_frac")
+        if v.method == "vcore" and tau and ess is not None:
+            points.append((float(tau), ess, analysis.accuracy(v, bench)))
+    if len({p[0] for p in points}) < 2:
+        return None
+    points.sort()
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:blue", label="ESS")
+    ax.set_xscale("log")
+    ax.set_xlabel("τ")
+    ax.set_ylabel("ESS of the weights (fraction of tokens)", color="tab:blue")
+    acc = [(p[0], p[2]) for p in points if p[2] is not None]
+    if acc:
+        ax2 = ax.twinx()
+        ax2.errorbar([a[0] for a in acc], [100 * a[1].mean for a in acc],
+                     yerr=[[100 * (a[1].mean - a[1].low) for a in acc], [100 * (a[1].high - a[1].mean) for a in acc]],
+                     fmt="s--", color="tab:red", capsize=3)
+        ax2.set_ylabel(f"{analysis.SPLITS.get(bench, bench)} accuracy (%)", color="tab:red")
+    ax.set_title("VCORE: sharpness of the weights and accuracy over τ")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _examples(weights_jsonl: Path, k: int) -> list[dict]:
@@ -309,10 +408,11 @@ def write_report(runs: list[Run], out: Path, weights: Path | None = None) -> Pat
     t1 = table1(runs)
     if t1:
         md += ["## Table 1 (accuracy, %)", "", t1]
-    syn = synthetic_table(runs)
-    if syn:
-        md += ["## Synthetic task", "", syn, ""]
+    md += synthetic_sections(runs)
     figures = [
+        fig_nll_curves(runs, out / "training_nll.png"),
+        fig_accuracy_bars([r for r in runs if r.domain == "synthetic"], out / "accuracy.png"),
+        fig_tau_ess(runs, out / "tau_ess.png"),
         fig_data_scaling(runs, out / "data_scaling.png"),
         fig_tau_eps(runs, out / "tau_eps.png"),
         fig_variance_control(runs, out / "variance_control.png"),
