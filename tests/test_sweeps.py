@@ -14,8 +14,8 @@ SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 TINY = [
     "model=tiny", "dataset=synthetic", "benchmark=synthetic", "decoding=tiny", "trainer=tiny",
     "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_attention_heads=2",
-    "model.tiny.num_key_value_heads=1", "dataset.num_examples=16", "dataset.eval_examples=4", "trainer.max_steps=1",
-    "trainer.per_device_train_batch_size=4", "decoding.max_new_tokens=8", "eval.num_workers=1",
+    "model.tiny.num_key_value_heads=1", "model.tiny.pretrain.steps=0", "dataset.num_examples=16", "dataset.eval_examples=4",
+    "trainer.max_steps=1", "trainer.per_device_train_batch_size=4", "decoding.max_new_tokens=8", "eval.num_workers=1",
 ]
 TWO_JOBS = {
     "main_table_qwen3_4b_math": ["method=sft,dft"],
@@ -24,11 +24,15 @@ TWO_JOBS = {
     "tau_eps": ["method=vcore", "method.probe.epsilon=1e-3", "method.tau=0.5,2"],
     "variance_control": ["method=vcore", "method.probe.epsilon=1e-3", "method.variance_control=none,paper"],
     "synthetic_study": ["method=sft,vcore", "seed=1"],
+    "synthetic_lr": ["method=sft", "trainer.learning_rate=1e-3,3e-3"],
+    "synthetic_variance_control": ["method.variance_control=paper,none", "seed=1"],
+    "synthetic_data_scaling": ["method=vcore", "dataset.num_examples=8,16", "seed=1"],
+    "synthetic_tau_eps": ["method.tau=0.1,0.3", "method.probe.epsilon=1e-3"],
 }
 
 
 def multirun(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "VCORE_CACHE": str(out.parent / "cache")}
     args = [sys.executable, str(REPO / "run.py"), "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", name,
             *TINY, *TWO_JOBS[name], f"hydra.sweep.dir={out}", *extra]
     proc = subprocess.run(args, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
@@ -40,7 +44,11 @@ def test_every_sweep_has_a_two_job_shape():
     assert set(SWEEPS) == set(TWO_JOBS), "add the new sweep's two-job shape to TWO_JOBS"
 
 
-@pytest.mark.parametrize("name", SWEEPS)
+# The synthetic ablations share the synthetic_study overlay that the default suite runs; their own runs are slow tests.
+SLOW = {"synthetic_lr", "synthetic_variance_control", "synthetic_data_scaling", "synthetic_tau_eps"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SWEEPS])
 def test_sweep_runs_two_separate_jobs(tmp_path, name):
     out = tmp_path / "sweep"
     multirun(name, out, "logger.mode=disabled")
