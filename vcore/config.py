@@ -235,6 +235,10 @@ class TrainerConfig:
     # output dir resumes exactly: weights, optimizer, scheduler, RNGs, data position, probe stream); never: start
     # fresh; or a checkpoint dir. Checkpoints come from save_steps and from SIGTERM (docs/distributed.md).
     resume: str = "auto"
+    # A checkpoint records the settings it was written under; resuming under others (another method, data, seed...)
+    # stops and names them (error), unless continuing on purpose (allow). Run length, saving, logging and
+    # evaluation may always change (vcore.rundir.RESUMABLE_CHANGES).
+    resume_config_change: str = "error"
 
     def __post_init__(self) -> None:
         _check(self.precision in ("fp32", "bf16"), "trainer.precision", f"{self.precision!r} is not fp32|bf16")
@@ -242,6 +246,12 @@ class TrainerConfig:
         _check(self.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size", "must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
         _check(self.learning_rate > 0, "trainer.learning_rate", f"must be > 0 (got {self.learning_rate})")
+        _check(
+            self.max_steps > 0 or self.max_steps == -1, "trainer.max_steps",
+            f"must be > 0, or -1 to train for trainer.num_train_epochs (got {self.max_steps})",
+        )
+        _check(self.max_steps > 0 or self.num_train_epochs > 0, "trainer.num_train_epochs", "must be > 0 when trainer.max_steps=-1")
+        _check(self.resume_config_change in ("error", "allow"), "trainer.resume_config_change", "must be error or allow")
         _check(self.pack_length >= 0, "trainer.pack_length", "must be >= 0 (0: one packed row per micro-batch)")
 
 
@@ -267,7 +277,7 @@ class WandbConfig(LoggerConfig):
     project: str = "vcore"
     entity: Optional[str] = None
     mode: str = "offline"  # offline | online | disabled
-    resume_by_config_hash: bool = True  # run id from a hash of the resolved config: a requeued job resumes its run
+    resume_by_config_hash: bool = True  # run id from the config's hash and the run dir: a requeued job resumes its run
 
     def __post_init__(self) -> None:
         _check(self.mode in ("offline", "online", "disabled"), "logger.mode", f"{self.mode!r} is not offline|online|disabled")

@@ -47,7 +47,9 @@ class WandbLogger(NullLogger):
         import wandb
 
         self.wandb = wandb
-        self.run_id = config_hash(resolved) if cfg.resume_by_config_hash else None
+        # Stable across requeues of one job (same config, same run dir), distinct across run dirs: two runs of one
+        # config in different dirs are two W&B runs, not one run written twice.
+        self.run_id = run_id(resolved, output_dir) if cfg.resume_by_config_hash else None
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
@@ -109,6 +111,12 @@ def config_hash(resolved: dict[str, Any]) -> str:
 
     cleaned = {k: clean(v) for k, v in resolved.items() if k not in ("output_dir", "logger")}
     return hashlib.sha256(json.dumps(cleaned, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_id(resolved: dict[str, Any], output_dir: Path) -> str:
+    """The W&B run id of the job: its config's hash and its run dir."""
+    key = f"{config_hash(resolved)}:{Path(output_dir).resolve()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def git_commit() -> str | None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from vcore.checks import ConfigError
 from vcore.config import ModelConfig
 from vcore.forward import set_loss_chunk_size
 
@@ -29,8 +32,24 @@ def resolve_model(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, name_or_path=str(path))
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_source(name_or_path: str, option: str = "model.name_or_path") -> None:
+    """One clear line for a model source that is neither a directory nor shaped like a hub id (``org/name``);
+    ``from_pretrained`` would answer with pages of chained tracebacks about repo ids."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(f"{option}={name_or_path}: a file, not a model directory (give the directory holding config.json)")
+    if not _HUB_ID.match(name_or_path) or name_or_path.startswith((".", "~")) or ".." in name_or_path:
+        raise ConfigError(f"{option}={name_or_path}: no such directory, and not a hub id (org/name)")
+
+
 def load_tokenizer(cfg: ModelConfig):
     cfg = resolve_model(cfg)
+    check_source(cfg.tokenizer or cfg.name_or_path, "model.tokenizer" if cfg.tokenizer else "model.name_or_path")
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss and of attention
@@ -42,6 +61,7 @@ def load_tokenizer(cfg: ModelConfig):
 def load_model(cfg: ModelConfig, adapter: str | None = None):
     """Base model in ``model.dtype``; LoRA adapters (new, or loaded from ``adapter``) when ``model.lora.enabled``."""
     cfg = resolve_model(cfg)
+    check_source(cfg.name_or_path)
     kwargs = {"dtype": DTYPES[cfg.dtype]}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation

@@ -58,6 +58,7 @@ class PreemptionCallback(TrainerCallback):
         if requested:
             log.warning("SIGTERM received: saving a checkpoint at step %d and stopping", state.global_step)
             control.should_save = True
+            control.should_log = True  # the steps since the last log line go into the checkpoint's history too
             control.should_training_stop = True
             self.stopped = True
         return control

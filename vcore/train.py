@@ -11,6 +11,7 @@ Long runs: ``trainer.resume=auto`` (default) continues from the newest complete 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,6 +47,7 @@ from vcore.methods import build_method
 from vcore.modeling import load_model, load_tokenizer, resolve_model
 from vcore.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCallback
 from vcore.resume import resolve_resume
+from vcore.rundir import RunDirBusy, check_resume, fingerprint, hold
 from vcore.trainer import METHOD_STATE, WeightedTrainer
 
 log = logging.getLogger(__name__)
@@ -85,21 +87,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     out.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if rank() == 0:
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    overrides, sweep = hydra_job()
-    logger = build_logger(c.logger, resolved, out, overrides, sweep)
-    try:
-        task = {"train": _train, "eval": _evaluate_only, "pretrain": _pretrain_only}[c.task]
-        metrics = task(c, resolved, out, logger)
-    except Preempted:
-        logger.finish(exit_code=PREEMPTED_EXIT_CODE)
-        raise
-    except BaseException:
-        logger.finish(exit_code=1)
-        raise
-    logger.finish(exit_code=0)
+    with _hold_run_dir(out):
+        checkpoint = None
+        if c.task == "train":  # before config.yaml is rewritten: a run dir continues only the run it holds
+            checkpoint = broadcast_object(resolve_resume(c.trainer.resume, out / "checkpoints"))  # rank 0's view decides
+            if checkpoint is not None:
+                check_resume(checkpoint, resolved, allow=c.trainer.resume_config_change == "allow")
+        if rank() == 0:
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        overrides, sweep = hydra_job()
+        logger = build_logger(c.logger, resolved, out, overrides, sweep)
+        try:
+            if c.task == "train":
+                metrics = _train(c, resolved, out, logger, checkpoint)
+            else:
+                metrics = {"eval": _evaluate_only, "pretrain": _pretrain_only}[c.task](c, resolved, out, logger)
+        except Preempted:
+            logger.finish(exit_code=PREEMPTED_EXIT_CODE)
+            raise
+        except BaseException:
+            logger.finish(exit_code=1)
+            raise
+        logger.finish(exit_code=0)
     return metrics
+
+
+@contextlib.contextmanager
+def _hold_run_dir(out: Path):
+    """Rank 0 holds the run dir's lock for the job; every rank stops when another job holds it."""
+    with contextlib.ExitStack() as stack:
+        busy = None
+        if rank() == 0:
+            try:
+                stack.enter_context(hold(out))
+            except RunDirBusy as err:
+                busy = str(err)
+        busy = broadcast_object(busy)
+        if busy:
+            raise RunDirBusy(busy)
+        yield
 
 
 def prepare_model(c):
@@ -171,7 +197,7 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     return Job(trainer, tokenizer, data, collator, str(model_cfg.name_or_path))
 
 
-def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
+def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     job = build_job(c, out, logger)
     log.info("model: %s", job.model_path)
@@ -180,7 +206,7 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[s
     if before:
         logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
     trainer = job.trainer
-    checkpoint = broadcast_object(resolve_resume(c.trainer.resume, out / "checkpoints"))  # rank 0's view decides
+    trainer.run_fingerprint = fingerprint(resolved)  # into every checkpoint (vcore.rundir.check_resume)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     preemption = PreemptionCallback()
@@ -357,21 +383,34 @@ def _evaluate_only(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -
 
 
 def summarize_train(history: list[dict[str, Any]], run_metrics: dict[str, Any]) -> dict[str, Any]:
-    """Final values (last log line) and run means of the per-step diagnostics."""
+    """Final values (last log line) and run means of the per-step diagnostics.
+
+    Each log line holds the mean over the steps since the line before it, so run means weigh lines by the steps they
+    cover: a run that logged an extra line (at a preemption) or resumed from a checkpoint (its history restored from
+    it) gives the same means as the uninterrupted run. ``train_loss`` is computed the same way; the Trainer's own
+    covers only what this process trained.
+    """
     lines = [h for h in history if "train/nll" in h]
     if not lines:
         return dict(run_metrics)
     last = lines[-1]
     keys = [k for k in last if k.startswith(("train/", "weights/", "vcore/"))]
     summary = {f"final/{k}": last[k] for k in keys}
+    covered, previous = [], 0
+    for h in lines:
+        covered.append(max(h.get("step", previous + 1) - previous, 1))
+        previous = h.get("step", previous + 1)
     for k in keys:
-        vals = [h[k] for h in lines if k in h and not math.isnan(h[k])]
-        if vals:
-            summary[f"mean/{k}"] = sum(vals) / len(vals)
+        pairs = [(h[k], n) for h, n in zip(lines, covered) if k in h and not math.isnan(h[k])]
+        if pairs:
+            summary[f"mean/{k}"] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
     summary["nll"] = last["train/nll"]
     summary["weighted_loss"] = last["train/weighted_loss"]
     summary["tokens_per_s"] = summary.get("mean/train/tokens_per_s")
     summary.update({k: v for k, v in run_metrics.items() if isinstance(v, (int, float))})
+    losses = [(h["loss"], n) for h, n in zip(lines, covered) if "loss" in h and not math.isnan(h["loss"])]
+    if losses:
+        summary["train_loss"] = sum(v * n for v, n in losses) / sum(n for _, n in losses)
     return summary
 
 

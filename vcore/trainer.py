@@ -15,6 +15,7 @@ Backends: DDP and FSDP2 for every method (under FSDP2, VCORE with the finite-dif
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -43,6 +44,7 @@ from vcore.stats import StepStats
 log = logging.getLogger(__name__)
 
 METHOD_STATE = "vcore_method_state.pt"
+FINGERPRINT_FILE = "vcore_config.json"  # the run settings a checkpoint was written under (vcore.rundir)
 
 
 class WeightedTrainer(Trainer):
@@ -56,6 +58,7 @@ class WeightedTrainer(Trainer):
         loss_normalization: str = "token",
         precision: str = "fp32",
         lr_floor: float | None = None,
+        run_fingerprint: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -76,8 +79,11 @@ class WeightedTrainer(Trainer):
         self.lr_floor = lr_floor
         eos = getattr(self.processing_class, "eos_token_id", None)
         self.step_stats = StepStats(eos_token_id=eos)
+        self.run_fingerprint = run_fingerprint
         self.add_callback(_MethodStateCallback(self))
+        self.add_callback(_FiniteGuard(self))
         self._last_log_step = 0
+        self._finite = torch.ones((), dtype=torch.bool, device=self.args.device)  # this step's losses so far
 
     # ----------------------------------------------------------------------------------------- resume
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
@@ -133,6 +139,7 @@ class WeightedTrainer(Trainer):
         loss = loss * torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
         tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
         self.step_stats.add_micro_batch(token_loss, w, mask, loss, inputs["labels"], tokens)
+        self._finite = self._finite & torch.isfinite(loss.detach()).to(self._finite.device)  # read once per step
         # DDP averages gradients over ranks while N already counts every rank's tokens: undo the average.
         loss = loss * world_size()
         return (loss, {"token_loss": token_loss}) if return_outputs else loss
@@ -200,6 +207,45 @@ class _MethodStateCallback(TrainerCallback):
             torch.save(own, ckpt / RANK_STATE_FILE.format(rank=rank()))
         barrier()
         if state.is_world_process_zero and ckpt.is_dir():
-            torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)
+            if self.trainer.run_fingerprint is not None:
+                (ckpt / FINGERPRINT_FILE).write_text(json.dumps(self.trainer.run_fingerprint, indent=1, sort_keys=True, default=str))
+            torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)  # last: marks the checkpoint complete
+        return control
+
+
+class NonFiniteTraining(FloatingPointError):
+    """The loss or the gradient norm of an optimizer step is NaN or infinite."""
+
+
+class _FiniteGuard(TrainerCallback):
+    """Stops the run at the first optimizer step whose loss or gradients are not finite, before the optimizer applies
+    them, so no checkpoint or final model ever holds NaN weights. One host sync (and, distributed, one all-reduce of a
+    flag) per optimizer step.
+
+    The Trainer itself only hides such steps: ``logging_nan_inf_filter`` replaces a NaN loss by the running average
+    and training continues on NaN weights.
+    """
+
+    def __init__(self, trainer: WeightedTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        t = self.trainer
+        grads = [p.grad for p in t.model.parameters() if p.grad is not None]
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: this rank's shards
+        grad_ok = torch.isfinite(torch.stack(torch._foreach_norm(local))).all() if local else t._finite
+        flags = torch.stack([t._finite, grad_ok.to(t._finite.device)]).to(torch.float64)
+        loss_ok, grad_ok = (all_reduce_min(flags) if world_size() > 1 else flags).tolist()
+        t._finite = torch.ones_like(t._finite)
+        if not (loss_ok and grad_ok):
+            lr = args.learning_rate
+            what = "loss" if not loss_ok else "gradient norm"
+            raise NonFiniteTraining(
+                f"step {state.global_step + 1}: the {what} is not finite (NaN/inf); stopped before the optimizer "
+                "applied it, nothing saved as final. Likely fixes: a "
+                f"lower trainer.learning_rate (now {lr:g}), trainer.max_grad_norm > 0 (now {args.max_grad_norm:g}), "
+                "trainer.precision=fp32 or model.dtype=float32 if it overflowed in bf16; for VCORE a smaller "
+                "method.tau or method.alpha_max"
+            )
         return control
 
