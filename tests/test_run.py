@@ -47,6 +47,7 @@ def test_run_py_end_to_end(tmp_path):
             assert metrics[stage][f"{name}/accuracy_ci95_low"] <= acc <= metrics[stage][f"{name}/accuracy_ci95_high"]
     assert all(metrics["eval"][f"{split}/nll"] > 0 for split in SPLITS)
     summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["model"].startswith(f"{out / 'final'} (trained from ")  # not the start model's path
     assert summary["decoding"]["max_new_tokens"] == 48 and "prompt_templates" in summary
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "tokenizer_config.json").exists()
     assert (out / ".hydra" / "config.yaml").exists() and (out / "config.yaml").exists()

@@ -238,7 +238,8 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoin
             for name, ds in job.data.eval.items()
         }
     if c.eval.after_train and c.benchmark:
-        summary = run_benchmarks(c, trainer.model, job.tokenizer, out / "eval", logger)
+        trained = f"{out / 'final'} (trained from {job.model_path})"
+        summary = run_benchmarks(c, trainer.model, job.tokenizer, out / "eval", logger, model_name=trained)
         metrics.setdefault("eval", {}).update(summary)
     metrics["runtime_s"] = time.perf_counter() - t_start
     logger.summary(flatten(metrics))
@@ -266,7 +267,7 @@ def save_final_model(trainer: WeightedTrainer, path: Path) -> None:
     barrier()
 
 
-def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger) -> dict[str, float]:
+def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger, model_name: str | None = None) -> dict[str, float]:
     """Generate and grade ``cfg.benchmark`` with ``cfg.decoding`` (rank 0); ``{"<bench>/accuracy": ...}``."""
     if rank() != 0:
         return {}
@@ -282,7 +283,7 @@ def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger) -> dict[s
     try:
         summary = evaluate(
             model, tokenizer, benchmarks, c.decoding, out, c.eval.backend, logger,
-            grading=GradingConfig(num_workers=c.eval.num_workers),
+            grading=GradingConfig(num_workers=c.eval.num_workers), model_name=model_name,
         )
     finally:
         model.train(was_training)

@@ -144,11 +144,14 @@ def evaluate(
     *,
     grading: GradingConfig | None = None,
     progress: bool = True,
+    model_name: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``benchmarks``; writes ``out_dir`` (see the module docstring), returns the summary.
 
     ``model``: an in-memory HF causal LM (with ``tokenizer``) or a path / hub id. ``logger``: anything with
-    ``.log(dict)`` and ``.log_table(name, columns, rows)`` (W&B via vcore.loggers), or None.
+    ``.log(dict)`` and ``.log_table(name, columns, rows)`` (W&B via vcore.loggers), or None. ``model_name``: how the
+    summary names the model (default: the path or id; for an in-memory model, where it was loaded from, which after
+    training is the start model, not the trained one).
     """
     grading = grading or GradingConfig()
     out_dir = Path(out_dir)
@@ -157,6 +160,7 @@ def evaluate(
     for lb in loaded:
         _check_ready(lb)
     model_id, model, tokenizer = _resolve_model(model, tokenizer, backend, decoding)
+    model_id = model_name or model_id
     generator = make_generator(backend, model, tokenizer, decoding)
     tokenizer = generator.tokenizer
     sandbox = isolation_report(grading.sandbox_isolation) if any(lb.config.grader in (GraderKind.code_lcb, GraderKind.code_ojbench) for lb in loaded) else None
@@ -277,6 +281,7 @@ def evaluate_checkpoint(
     *,
     grading: GradingConfig | None = None,
     progress: bool = True,
+    model_name: str | None = None,
 ) -> dict:
     """Evaluate a saved model folder (``save_pretrained`` output with its tokenizer); results go to
     ``out_dir`` or ``<checkpoint_dir>/eval/<decoding.name>``."""
