@@ -151,6 +151,10 @@ def test_verdicts(judged, kind, lang, want):
 
 def test_missing_code_is_a_compile_error_and_missing_tests_a_judge_error(tmp_path):
     assert judge(lcb_payload(None, "cpp", False))["verdict"] == "CE"
+    # Programs CPython cannot compile for depth are compile errors, not judge errors.
+    for code, error in (("x = " + "1+" * 200000 + "1", "RecursionError"), ("x = " + "-" * 200000 + "1", "MemoryError")):
+        verdict = judge(lcb_payload(code, "python", False))
+        assert verdict["verdict"] == "CE" and error in verdict["detail"], verdict
     assert judge(oj_payload("int main(){}", "cpp", tmp_path / "nowhere"))["verdict"] == "SE"
 
 

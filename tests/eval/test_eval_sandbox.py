@@ -167,3 +167,20 @@ def test_each_run_starts_from_the_seed_files():
         first = sb.run([*PYTHON_RUN, "main.py"]).stdout
         second = sb.run([*PYTHON_RUN, "main.py"]).stdout
     assert first == second and b"junk" not in second
+
+
+def test_auto_isolation_says_when_it_settles_for_less(monkeypatch, caplog):
+    import logging
+    import shutil
+
+    import vcore.eval.sandbox as sandbox
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no unshare on this host
+    with caplog.at_level(logging.WARNING, logger="vcore.eval.sandbox"):
+        iso = sandbox.probe_isolation.__wrapped__("auto")
+    assert iso.level == "none"
+    assert "isolation 'none', weaker than 'full'" in caplog.text and "no network isolation" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vcore.eval.sandbox"):
+        sandbox.probe_isolation.__wrapped__("none")  # asked for: nothing to warn about
+    assert not caplog.text

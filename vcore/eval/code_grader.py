@@ -222,6 +222,8 @@ def prepare(sb: Sandbox, code: str, language: str, compile_timeout_s: float) -> 
             compile(PYTHON_PRELUDE + code, "main.py", "exec")
         except (SyntaxError, ValueError) as err:
             return f"syntax error: {err}"
+        except (RecursionError, MemoryError) as err:  # nesting too deep for CPython's compiler: still the program's fault
+            return f"does not compile: {type(err).__name__} (expressions nested or chained too deeply)"
         return None
     raise ValueError(f"unknown language {language!r}: use cpp or python (option code.language)")
 

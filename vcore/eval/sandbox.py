@@ -26,6 +26,7 @@ network access, and processes that leave the process group and change their envi
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import resource
 import secrets
@@ -37,6 +38,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 MARKER_VAR = "VCORE_SANDBOX_RUN"
@@ -114,7 +117,7 @@ def probe_isolation(requested: str = "auto") -> Isolation:
     # uid is dropped in preexec_fn, which rules out the namespace levels (unshare needs root).
     uid = _default_uid() if root else None
     if requested == "none" or not shutil.which("unshare") or (root and not shutil.which("setpriv")):
-        return Isolation("none", uid)
+        return _chosen(Isolation("none", uid), requested)
     for level in ("full", "net") if root else ("net",):
         box = Sandbox(isolation=Isolation(level, uid))
         try:
@@ -124,8 +127,18 @@ def probe_isolation(requested: str = "auto") -> Isolation:
         finally:
             box.close()
         if res is not None and res.returncode == 0:
-            return Isolation(level, uid)
-    return Isolation("none", uid)
+            return _chosen(Isolation(level, uid), requested)
+    return _chosen(Isolation("none", uid), requested)
+
+
+def _chosen(iso: Isolation, requested: str) -> Isolation:
+    """Say once per process (probe_isolation is cached) when ``auto`` settled for less than ``full``."""
+    if requested == "auto" and iso.level != "full":
+        log.warning(
+            "code sandbox: isolation %r, weaker than 'full' (which needs root, unshare and setpriv): %s",
+            iso.level, "; ".join(ISOLATION_NOTES[iso.level]),
+        )
+    return iso
 
 
 def _count_processes(uid: int) -> int:
@@ -407,9 +420,11 @@ class IsolationReport:
 
 def isolation_report(requested: str = "auto") -> IsolationReport:
     iso = probe_isolation(requested)
-    notes = {
-        "full": ["network, PID and mount namespaces; read-only root filesystem; tmpfs box; unprivileged uid"],
-        "net": ["network and PID namespaces; the filesystem is writable where the uid may write (e.g. /tmp)"],
-        "none": ["resource limits and process-group kill only: no network isolation, /tmp is writable"],
-    }[iso.level]
-    return IsolationReport(iso.level, iso.uid, notes)
+    return IsolationReport(iso.level, iso.uid, ISOLATION_NOTES[iso.level])
+
+
+ISOLATION_NOTES = {
+    "full": ["network, PID and mount namespaces; read-only root filesystem; tmpfs box; unprivileged uid"],
+    "net": ["network and PID namespaces; the filesystem is writable where the uid may write (e.g. /tmp)"],
+    "none": ["resource limits and process-group kill only: no network isolation, /tmp is writable"],
+}
