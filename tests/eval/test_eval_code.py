@@ -213,3 +213,29 @@ def test_extract_code():
     assert extract_code("no code here", "cpp") is None
     assert extract_code("<think>\n```cpp\nint main(){}\n```\n", "cpp") is None  # thinking never closed
     assert extract_code("<think>\n```cpp\nint main(){}\n```\n", "cpp", "full") == "int main(){}\n"
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        "test_cases:\n- {in: ../../../etc/shadow, out: 1.out}\n",
+        "test_cases:\n- {in: /etc/passwd, out: 1.out}\n",
+        "test_cases:\n- batched:\n  - {in: 1.in, out: ../secret.out}\n",
+        "archive: ../elsewhere.zip\ntest_cases:\n- {in: 1.in, out: 1.out}\n",
+        "checker: {name: bridged, args: {files: ../../checker.cpp}}\ntest_cases:\n- {in: 1.in, out: 1.out}\n",
+        "test_cases:\n- {in: link.in, out: 1.out}\n",
+    ],
+    ids=["dotdot", "absolute", "batched", "archive", "checker", "symlink"],
+)
+def test_problem_files_are_confined_to_the_problem_folder(tmp_path, init):
+    problem = tmp_path / "NOI" / "1001"
+    problem.mkdir(parents=True)
+    (tmp_path / "secret.out").write_text("secret")
+    (problem / "1.in").write_text("1 2\n")
+    (problem / "1.out").write_text("3\n")
+    (problem / "link.in").symlink_to("/etc/passwd")
+    (problem / "init.yml").write_text(init)
+    with pytest.raises(ValueError, match="outside the problem folder"):
+        load_dmoj_problem(problem)
+    verdict = judge(oj_payload("print(3)", "python", problem))
+    assert verdict["verdict"] == "SE" and "outside the problem folder" in verdict["detail"]

@@ -295,9 +295,18 @@ class DmojProblem:
 
     def read(self, name: str) -> bytes:
         if self.archive:
-            with zipfile.ZipFile(self.root / self.archive) as zf:
+            with zipfile.ZipFile(_inside(self.root, self.archive)) as zf:
                 return zf.read(name)
-        return (self.root / name).read_bytes()
+        return _inside(self.root, name).read_bytes()
+
+
+def _inside(root: Path, name: str, where: str = "") -> Path:
+    """``root / name``, refusing a name that leads out of ``root`` (``../``, an absolute path, a symlink out): a
+    problem's files must never make the harness, which may run as root, read and feed it anything else."""
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{where or root}: file {name!r} is outside the problem folder {root}")
+    return path
 
 
 def _natural_key(name: str) -> list:
@@ -324,7 +333,16 @@ def load_dmoj_problem(problem_dir: Path) -> DmojProblem:
         checker = {"name": checker, "args": {}} if isinstance(checker, str) else {"name": checker.get("name", "standard"), "args": checker.get("args") or {}}
         if not cases:
             raise ValueError(f"{init}: no test_cases")
-        return DmojProblem(cases, checker, problem_dir, spec.get("archive"))
+        archive = spec.get("archive")
+        if archive is not None:
+            _inside(problem_dir, str(archive), str(init))
+        else:
+            for name in (n for case in cases for n in case):
+                _inside(problem_dir, str(name), str(init))
+        files = checker["args"].get("files") or []
+        for name in [files] if isinstance(files, str) else files:
+            _inside(problem_dir, str(name), str(init))
+        return DmojProblem(cases, checker, problem_dir, archive)
     ins = sorted((p for p in problem_dir.iterdir() if p.suffix == ".in"), key=lambda p: _natural_key(p.name))
     cases = []
     for p in ins:
@@ -365,8 +383,8 @@ def _prepare_checker(problem: DmojProblem, sb: Sandbox) -> str | None:
     if not files or args.get("type", "testlib") != "testlib":
         return f"unsupported bridged checker {args}"
     for f in files + ["testlib.h"]:
-        if (problem.root / f).is_file():
-            sb.add_file(f"chk_{f}" if f != "testlib.h" else f, (problem.root / f).read_bytes())
+        if _inside(problem.root, f).is_file():
+            sb.add_file(f"chk_{f}" if f != "testlib.h" else f, _inside(problem.root, f).read_bytes())
     res = sb.run(["g++", "-std=c++17", "-O2", "-o", "checker", *[f"chk_{f}" for f in files]], limits=Limits(time_s=60, memory_mb=4096, max_processes=64, file_size_mb=256), export=["checker"])
     if res.returncode != 0 or not sb.has_file("checker"):
         return "checker failed to compile: " + _tail(res.stderr)
