@@ -113,13 +113,20 @@ def _apply(value: int, op: str, k: int) -> int:
     return value + k if op == "+" else value - k if op == "-" else value * k
 
 
+def _trace(start: int, steps: Steps) -> list[tuple[int, str, int, int]]:
+    """``(value before, op, k, value after)`` for every step: what each solution style writes out."""
+    out, value = [], start
+    for op, k in steps:
+        out.append((value, op, k, _apply(value, op, k)))
+        value = out[-1][3]
+    return out
+
+
 def _short_solution(name: str, item: str, start: int, steps: Steps, clauses: list[str], rng: random.Random) -> str:
     """The base's styles: terse equation chains, sometimes restating the problem's clauses (pretraining only)."""
-    value, eqs = start, []
-    for op, k in steps:
-        new = _apply(value, op, k)
-        eqs.append(f"{value} {op} {k} = {new}")
-        value = new
+    trace = _trace(start, steps)
+    eqs = [f"{a} {op} {k} = {b}" for a, op, k, b in trace]
+    value = trace[-1][3]
     style = rng.randrange(4)
     if style == 0:
         body, tail = "\n".join(eqs), f"The answer is \\boxed{{{value}}}."
@@ -140,11 +147,9 @@ def _base_verbose_solution(name: str, item: str, start: int, steps: Steps, claus
     """The base's own long style (pretraining only): it reasons at length too, as the paper's Qwen3 models do, but in
     other words than the fine-tuning data, whose exact wording stays new to it."""
     lines = [rng.choice(BASE_OPENERS), f"Initially there are {start} {item}."]
-    value = start
-    for clause, (op, k) in zip(clauses, steps):
-        new = _apply(value, op, k)
-        lines.append(f"Then {clause}. That gives {value} {op} {k} = {new}. Verify: {value} {op} {k} = {new}. Correct.")
-        value = new
+    trace = _trace(start, steps)
+    lines += [f"Then {c}. That gives {a} {op} {k} = {b}. Verify: {a} {op} {k} = {b}. Correct." for c, (a, op, k, b) in zip(clauses, trace)]
+    value = trace[-1][3]
     lines.append(f"Therefore the result is {value}.")
     return "<think>\n" + "\n".join(lines) + f"\n</think>\nSo the result is \\boxed{{{value}}}."
 
@@ -157,11 +162,10 @@ def _verbose_solution(name: str, item: str, start: int, steps: Steps, clauses: l
     """The fine-tuning data's style: long, restating every step and double-checking every result, like a distilled
     R1 trace in miniature."""
     lines = [rng.choice(OPENERS), f"We start with {start} {item}."]
-    value = start
-    for clause, (op, k) in zip(clauses, steps):
-        new = _apply(value, op, k)
-        lines.append(f"{clause[0].upper() + clause[1:]}, so {value} {op} {k} = {new}. Let me double-check: {value} {op} {k} is {new}. {rng.choice(CHECKS)}.")
-        value = new
+    trace = _trace(start, steps)
+    for c, (a, op, k, b) in zip(clauses, trace):  # a loop, not a comprehension: one rng draw per line, in order
+        lines.append(f"{c[0].upper() + c[1:]}, so {a} {op} {k} = {b}. Let me double-check: {a} {op} {k} is {b}. {rng.choice(CHECKS)}.")
+    value = trace[-1][3]
     lines.append(f"So the final count is {value}.")
     return "<think>\n" + "\n".join(lines) + f"\n</think>\nThe answer is \\boxed{{{value}}}."
 
