@@ -21,7 +21,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_model(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with ``name_or_path`` pointing at files: the tiny model (``model.tiny``) is built or found in its
-    cache first (one writer under data parallelism; see :func:`vcore.tiny.ensure_tiny`)."""
+    cache first (one writer under data parallelism; see :func:`vcore.tiny.ensure_tiny`). The result has no ``tiny``
+    left, so resolving it again (``load_tokenizer``, ``load_model``) neither rehashes the build nor synchronises ranks."""
     if cfg.tiny is None:
         return cfg
     from vcore.distributed import rank_zero_first
@@ -29,7 +30,7 @@ def resolve_model(cfg: ModelConfig) -> ModelConfig:
 
     with rank_zero_first():
         path = ensure_tiny(cfg)
-    return dataclasses.replace(cfg, name_or_path=str(path))
+    return dataclasses.replace(cfg, name_or_path=str(path), tiny=None)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
