@@ -1,7 +1,7 @@
 """Token-weight inspector: what does a method emphasise? One JSON line per example.
 
     python -m vcore.inspect outputs/2026-11-26/10-00-00 --num-examples 8 --out weights.jsonl
-    python -m vcore.inspect outputs/.../checkpoints/checkpoint-50 --split ood
+    python -m vcore.inspect outputs/.../checkpoints/checkpoint-50 --split ood_hard
 
 Each line: ``{"example", "method", "tokens", "supervised", "loss", "score", "q", "weight", "batch_alpha"}``.
 ``weight`` is ``w_t`` before the batch factor α (0 on unsupervised tokens); ``batch_alpha`` is α of the step batch
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcore.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run dir (uses its final/ model) or a checkpoint dir inside a run")
     parser.add_argument("--num-examples", type=int, default=8, help="examples to weigh (default 8)")
-    parser.add_argument("--split", default="train", help="train (default) or an eval split of the dataset (id, ood)")
+    parser.add_argument("--split", default="train", help="train (default) or an eval split of the dataset (synthetic: test, ood_hard, ood_template, pretrain; real data: id)")
     parser.add_argument("--out", default=None, help="JSONL file to write (default: <run>/token_weights.jsonl)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
