@@ -177,10 +177,10 @@ def test_auto_isolation_says_when_it_settles_for_less(monkeypatch, caplog):
 
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no unshare on this host
     with caplog.at_level(logging.WARNING, logger="vcore.eval.sandbox"):
-        iso = sandbox.probe_isolation.__wrapped__("auto")
+        iso = sandbox._probe.__wrapped__("auto")
     assert iso.level == "none"
     assert "isolation 'none', weaker than 'full'" in caplog.text and "no network isolation" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vcore.eval.sandbox"):
-        sandbox.probe_isolation.__wrapped__("none")  # asked for: nothing to warn about
+        sandbox._probe.__wrapped__("none")  # asked for: nothing to warn about
     assert not caplog.text

@@ -191,12 +191,28 @@ def floats_match(output: bytes, expected: bytes, precision: int = 6, mode: str =
 
 # ------------------------------------------------------------------------------------------------ running
 def _run_verdict(res: RunResult) -> str | None:
-    """TLE/RE from how the run ended; None when it exited 0 within its limits (the output decides)."""
+    """TLE/RE from how the run ended; None when it exited 0 within its limits (the output decides). Going over
+    the run's memory limit is RE, as LiveCodeBench reports it (the detail says which limit)."""
+    if res.memory_limit:
+        return RE
     if res.timed_out or res.signal == SIGXCPU:
         return TLE
     if res.output_limit or res.returncode != 0:
         return RE
     return None
+
+
+def _why(res: RunResult) -> str:
+    """How a failed run ended, for a verdict's detail."""
+    if res.memory_limit:
+        return f"memory limit exceeded (peak {res.peak_memory_mb or 0:.0f} MB)"
+    if res.timed_out:
+        return f"wall-clock limit ({res.wall_s:.1f} s)"
+    if res.output_limit:
+        return "output limit"
+    if res.signal is not None:
+        return f"killed by signal {res.signal}"
+    return f"exit status {res.returncode}"
 
 
 def _tail(data: bytes, n: int = 600) -> str:
@@ -281,7 +297,7 @@ def judge_lcb(payload: dict) -> dict:
         if first_fail is None:
             return asdict(CodeVerdict(AC, passed, len(tests), isolation=sb.isolation.level, tests=per_test))
         i, verdict, res = first_fail
-        detail = f"test {i}: {verdict}" + (f"; stderr: {_tail(res.stderr)}" if res.stderr else "")
+        detail = f"test {i}: {verdict}" + (f" ({_why(res)})" if verdict in (RE, TLE) else "") + (f"; stderr: {_tail(res.stderr)}" if res.stderr else "")
         return asdict(CodeVerdict(verdict, passed, len(tests), detail, sb.isolation.level, per_test))
 
 
@@ -354,7 +370,7 @@ def load_dmoj_problem(problem_dir: Path) -> DmojProblem:
     return DmojProblem(cases, {"name": "standard", "args": {}}, problem_dir)
 
 
-def _check_output(problem: DmojProblem, sb: Sandbox | None, inp: bytes, out: bytes, ans: bytes, limits: Limits) -> str:
+def _check_output(problem: DmojProblem, checker: Sandbox | None, inp: bytes, out: bytes, ans: bytes, limits: Limits) -> str:
     name, args = problem.checker["name"], problem.checker["args"]
     if name == "standard":
         return AC if tokens_match(out, ans) else WA
@@ -363,10 +379,10 @@ def _check_output(problem: DmojProblem, sb: Sandbox | None, inp: bytes, out: byt
     if name in ("floats", "floatsabs", "floatsrel"):
         mode = {"floatsabs": "absolute", "floatsrel": "relative"}.get(name, args.get("error_mode", "default"))
         return AC if floats_match(out, ans, int(args.get("precision", 6)), mode) else WA
-    if name == "bridged" and sb is not None:
+    if name == "bridged" and checker is not None:
         for fname, data in (("input.txt", inp), ("output.txt", out), ("answer.txt", ans)):
-            sb.add_file(fname, data)
-        res = sb.run(["./checker", "input.txt", "output.txt", "answer.txt"], limits=Limits(time_s=max(10.0, limits.time_s), memory_mb=2048))
+            checker.add_file(fname, data)
+        res = checker.run(["./checker", "input.txt", "output.txt", "answer.txt"], limits=Limits(time_s=max(10.0, limits.time_s), memory_mb=2048))
         if res.timed_out or (res.signal is not None):
             return SE
         return AC if res.returncode == 0 else WA
@@ -374,7 +390,8 @@ def _check_output(problem: DmojProblem, sb: Sandbox | None, inp: bytes, out: byt
 
 
 def _prepare_checker(problem: DmojProblem, sb: Sandbox) -> str | None:
-    """Compile a bridged (testlib) checker next to the candidate; returns an error or None."""
+    """Compile a bridged (testlib) checker in ``sb``, a sandbox of its own: the candidate's box never holds the
+    checker's source or any test's input, output or answer. Returns an error or None."""
     if problem.checker["name"] != "bridged":
         return None
     args = problem.checker["args"]
@@ -406,18 +423,21 @@ def judge_ojbench(payload: dict) -> dict:
         err = prepare(sb, code, language, payload["compile_timeout_s"])
         if err:
             return asdict(CodeVerdict(CE, total=n, detail=err, isolation=sb.isolation.level))
-        err = _prepare_checker(problem, sb)
-        if err:
-            return asdict(CodeVerdict(SE, total=n, detail=err, isolation=sb.isolation.level))
-        per_test = []
-        for i, (fin, fout) in enumerate(problem.tests):
-            inp, ans = problem.read(fin), problem.read(fout)
-            res = sb.run(_stdin_argv(language), stdin=inp, limits=limits)
-            verdict = _run_verdict(res) or _check_output(problem, sb, inp, res.stdout, ans, limits)
-            per_test.append(verdict)
-            if verdict != AC:
-                return asdict(CodeVerdict(verdict, i, n, f"test {i} ({fin}): {verdict}", sb.isolation.level, per_test))
-        return asdict(CodeVerdict(AC, n, n, isolation=sb.isolation.level, tests=per_test))
+        with Sandbox(isolation=sb.isolation) as checker:
+            err = _prepare_checker(problem, checker)
+            if err:
+                return asdict(CodeVerdict(SE, total=n, detail=err, isolation=sb.isolation.level))
+            per_test = []
+            for i, (fin, fout) in enumerate(problem.tests):
+                # Only this test's input enters the candidate's box, as its stdin; the expected output stays here.
+                inp, ans = problem.read(fin), problem.read(fout)
+                res = sb.run(_stdin_argv(language), stdin=inp, limits=limits)
+                verdict = _run_verdict(res) or _check_output(problem, checker, inp, res.stdout, ans, limits)
+                per_test.append(verdict)
+                if verdict != AC:
+                    why = f" ({_why(res)})" if verdict in (RE, TLE) else ""
+                    return asdict(CodeVerdict(verdict, i, n, f"test {i} ({fin}): {verdict}{why}", sb.isolation.level, per_test))
+            return asdict(CodeVerdict(AC, n, n, isolation=sb.isolation.level, tests=per_test))
 
 
 def judge(payload: dict[str, Any]) -> dict:

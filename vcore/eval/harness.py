@@ -30,7 +30,7 @@ from vcore.eval.config import BenchmarkConfig, DecodingConfig, EvalConfigError, 
 from vcore.eval.generate import Generation, chat_prompts, make_generator
 from vcore.eval.metrics import benchmark_metrics
 from vcore.eval.results import jsonable, summary_markdown, table1, write_json, write_jsonl
-from vcore.eval.sandbox import isolation_report
+from vcore.eval.sandbox import isolation_report, reclaim as sandbox_reclaim
 from vcore.eval.workers import map_with_timeout
 from vcore.prompts import PROMPT_TEMPLATES
 
@@ -97,7 +97,10 @@ def grade_benchmark(lb: LoadedBenchmark, gens: list[list[Generation]], grading: 
             payload, code = _code_payload(lb.items[i], cfg, g.text, grading)
             payloads.append(payload)
             codes.append(code)
-        results = map_with_timeout(code_grader.judge, payloads, workers=grading.num_workers, timeout_s=grading.code_item_timeout_s, desc=f"judge {cfg.name}", progress=progress)
+        results = map_with_timeout(
+            code_grader.judge, payloads, workers=grading.num_workers, timeout_s=grading.code_item_timeout_s,
+            desc=f"judge {cfg.name}", progress=progress, after_worker_exit=sandbox_reclaim,
+        )
         for code, res in zip(codes, results):
             if res.status == "ok":
                 v = res.value

@@ -78,7 +78,8 @@ def serve() -> None:
 
 
 class _Worker:
-    def __init__(self) -> None:
+    def __init__(self, after_exit: Callable[[int], None] | None = None) -> None:
+        self.after_exit = after_exit
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.proc = subprocess.Popen([sys.executable, "-m", "vcore.eval.worker_main"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -97,6 +98,8 @@ class _Worker:
                 stream.close()
             except OSError:
                 pass
+        if self.after_exit is not None:
+            self.after_exit(self.proc.pid)
 
     def stop(self) -> None:
         try:
@@ -115,11 +118,14 @@ def map_with_timeout(
     timeout_s: float | Sequence[float],
     desc: str | None = None,
     progress: bool = True,
+    after_worker_exit: Callable[[int], None] | None = None,
 ) -> list[TaskResult]:
     """``[fn(p) for p in payloads]`` in ``workers`` processes, each item cut off after its ``timeout_s``.
 
     ``fn`` must be importable (a module-level function). ``workers=0`` runs in this process without timeouts
-    (for debugging only). Results keep the order of ``payloads``.
+    (for debugging only). Results keep the order of ``payloads``. ``after_worker_exit(pid)`` runs here after each
+    worker has exited, killed at a deadline or stopped at the end: it removes what a killed worker could not (the
+    code sandbox's processes and folders, :func:`vcore.eval.sandbox.reclaim`).
     """
     n = len(payloads)
     timeouts = [float(timeout_s)] * n if isinstance(timeout_s, (int, float)) else [float(t) for t in timeout_s]
@@ -137,12 +143,12 @@ def map_with_timeout(
         bar.close()
         return results  # type: ignore[return-value]
 
-    pool = [_Worker() for _ in range(min(workers, n))]
+    pool = [_Worker(after_worker_exit) for _ in range(min(workers, n))]
     next_task = 0
 
     def replace(i: int) -> None:
         pool[i].kill()
-        pool[i] = _Worker()
+        pool[i] = _Worker(after_worker_exit)
 
     try:
         while any(r is None for r in results):
