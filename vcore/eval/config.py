@@ -126,7 +126,7 @@ class CodeConfig:
     language: str = "cpp"  # language asked for stdin problems: cpp | python (OJBench: the row's language)
     functional_language: str = "python"  # LeetCode-style problems: python (LiveCodeBench's own) | cpp
     time_limit_s: float = 6.0  # wall-clock per test (LiveCodeBench 6 s, OJBench 10 s)
-    memory_mb: int = 1024  # address-space limit per run
+    memory_mb: int = 1024  # the whole run's memory (cgroup, else a watchdog) and each process's address space
     compile_timeout_s: float = 30.0
     tests_root: Optional[str] = None  # OJBench: a checkout of He-Ren/OJBench_testdata (holds NOI/ and ICPC/)
     stop_at_first_failure: bool = True  # LiveCodeBench and DMOJ both stop at the first failing test

@@ -137,6 +137,14 @@ def _chosen(iso: Isolation, requested: str) -> Isolation:
     return iso
 
 
+def _run_cgroup(sup: cgroups.Support, limit_bytes: int) -> cgroups.RunCgroup | None:
+    try:
+        return cgroups.RunCgroup(sup, limit_bytes)
+    except OSError as err:  # e.g. a cgroup limit on the number of children: this run falls back to the watchdog
+        log.warning("code sandbox: cannot create a memory cgroup under %s (%s); this run uses the watchdog", sup.parent, err)
+        return None
+
+
 def _count_processes(uid: int) -> int:
     n = 0
     for d in os.listdir("/proc"):
@@ -517,7 +525,7 @@ class Sandbox:
         # RLIMIT_NPROC counts every process of the uid; for our own uid leave room for what already runs.
         nproc = limits.max_processes if uid is not None else _count_processes(os.getuid()) + limits.max_processes
         sup = cgroups.support()
-        cgroup = cgroups.RunCgroup(sup, limits.memory_mb << 20) if sup is not None else None
+        cgroup = _run_cgroup(sup, limits.memory_mb << 20) if sup is not None else None
         ipc_before = ipc_objects() if level == "none" else {}
 
         stdin_path = self.outer / "stdin"
