@@ -10,8 +10,8 @@ import hydra
 from omegaconf import DictConfig
 
 from vcore.config import register_configs
-from vcore.launch import hydra_argv
-from vcore.train import run
+from vcore.run.launch import hydra_argv
+from vcore.run.training import run
 
 register_configs()
 

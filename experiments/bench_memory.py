@@ -6,7 +6,7 @@
 Two tables:
 
 1. Loss memory: peak memory of per-token CE (forward + backward) from hidden states ``[T, H]`` and an lm-head
-   ``[151936, H]``, full logits vs :mod:`vcore.chunked_ce`, at T ∈ {2048, 8192, 16384}. Full logits at 16k need
+   ``[151936, H]``, full logits vs :mod:`vcore.ops.chunked_ce`, at T ∈ {2048, 8192, 16384}. Full logits at 16k need
    ~10 GB per float32 copy; the CPU preset skips full-logit runs that would not fit (``--max-full-T``) and says so.
 2. Throughput: supervised tokens/s of SFT and VCORE (jvp probe) optimizer steps on traces with the paper's length
    spread (log-normal, mean ≈ 3,000 tokens, cut at 16,384; scaled by ``--length-scale`` on CPU), padded vs packed.
@@ -42,8 +42,8 @@ def device() -> torch.device:
 
 def loss_memory(kind: str, length: int, hidden_size: int) -> dict:
     """Peak memory of CE forward+backward above the inputs, for one sequence of ``length`` tokens."""
-    from vcore.chunked_ce import chunked_token_cross_entropy
-    from vcore.losses import token_cross_entropy
+    from vcore.ops.chunked_ce import chunked_token_cross_entropy
+    from vcore.ops.losses import token_cross_entropy
 
     dev = device()
     g = torch.Generator().manual_seed(0)
@@ -80,9 +80,9 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
 
     from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
     from vcore.data.collate import Collator
-    from vcore.forward import set_loss_chunk_size
+    from vcore.ops.forward import set_loss_chunk_size
     from vcore.methods import build_method
-    from vcore.trainer import WeightedTrainer
+    from vcore.run.trainer import WeightedTrainer
 
     dev = device()
     lengths = paper_lengths(batch * (steps + 1), scale)

@@ -45,7 +45,7 @@ def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16:
 
     from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
     from vcore.methods import build_method
-    from vcore.trainer import WeightedTrainer
+    from vcore.run.trainer import WeightedTrainer
 
     model = random_qwen3(model_kw, max(length, 1024), device)
     g = torch.Generator().manual_seed(0)

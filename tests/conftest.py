@@ -70,7 +70,7 @@ def tiny_tokenizer(tiny_dir):
     from hydra import compose, initialize_config_dir
 
     from vcore.config import register_configs, to_object
-    from vcore.train import prepare_model
+    from vcore.run.training import prepare_model
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from vcore import analysis
+from vcore.tools import analysis
 from vcore.eval.intervals import bootstrap_ci, paired_bootstrap
-from vcore.report import load_local, main
+from vcore.tools.report import load_local, main
 
 N = 200
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from vcore.attention import blocked_attention
+from vcore.ops.attention import blocked_attention
 
 
 def eager_attention(q, k, v, key_mask):

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tests.conftest import random_lm_batch, tiny_causal_lm
-from vcore.chunked_ce import chunked_token_cross_entropy
-from vcore.forward import model_token_loss, set_loss_chunk_size
-from vcore.losses import IGNORE_INDEX, token_cross_entropy
-from vcore.probe import jvp_scores, trainable_parameters
+from vcore.ops.chunked_ce import chunked_token_cross_entropy
+from vcore.ops.forward import model_token_loss, set_loss_chunk_size
+from vcore.ops.losses import IGNORE_INDEX, token_cross_entropy
+from vcore.methods.probe import jvp_scores, trainable_parameters
 
 
 def data(B=2, T=9, H=6, V=23, seed=0):
@@ -80,7 +80,7 @@ def test_model_losses_gradients_and_jvp_scores_match(tmp_path, arch):
 
 def test_training_with_chunked_loss_tied_embeddings_and_both_probes(make_cfg, tmp_path):
     from vcore.config import to_object
-    from vcore.train import build_job
+    from vcore.run.training import build_job
 
     cfg = make_cfg("model.loss_chunk_size=16", "method.probe.mode=jvp", "method.probe.fidelity_every=1")
     job = build_job(to_object(cfg), tmp_path)

@@ -9,8 +9,8 @@ from vcore.data.build import build_data, normalise_openmath
 from vcore.data.collate import Collator
 from vcore.data.encode import BadRecord, encode_example, find_last_boxed
 from vcore.data.synthetic import make_split
-from vcore.losses import IGNORE_INDEX
-from vcore.train import build_job
+from vcore.ops.losses import IGNORE_INDEX
+from vcore.run.training import build_job
 
 QWEN3 = SHARED_DATA / "tokenizers" / "qwen3"
 RESPONSE = "<think>\nStart with 3.\n3 + 4 = 7.\n</think>\nThe answer is \\boxed{7}."

@@ -18,7 +18,7 @@ from tests.conftest import SHARED_DATA
 from vcore.checks import ConfigError
 from vcore.data.encode import BadRecord, encode_example, end_of_turn_id
 from vcore.data.think import apply_think_policy
-from vcore.losses import IGNORE_INDEX
+from vcore.ops.losses import IGNORE_INDEX
 
 QWEN3 = SHARED_DATA / "tokenizers" / "qwen3"
 THINKING = "<think>\nAdd 3 and 4.\n3 + 4 = 7.\n</think>\n\nThe sum is 7, so the answer is \\boxed{7}."

@@ -66,9 +66,9 @@ def train_tiny(
     from vcore.config import IwSFTConfig, ProbeConfig, VCOREConfig
     from vcore.data.collate import Collator
     from vcore.distributed import rank_zero_first
-    from vcore.forward import set_loss_chunk_size
+    from vcore.ops.forward import set_loss_chunk_size
     from vcore.methods import build_method
-    from vcore.trainer import WeightedTrainer
+    from vcore.run.trainer import WeightedTrainer
 
     with rank_zero_first():  # save_pretrained writes on rank 0 only; the others load what it wrote
         model = tiny_causal_lm(out / f"model-{method}", arch="gpt2")
@@ -155,7 +155,7 @@ def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeyp
     """What `accelerate launch` puts in the environment: DeepSpeed, FSDP1 or the jvp probe with VCORE, full-state-dict
     checkpoints, rank-0 generation, accelerate's own autocast (it would reach the probe's forwards)."""
     from vcore.config import ConfigError
-    from vcore.train import train
+    from vcore.run.training import train
 
     fsdp2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
     after = "eval.after_train=false"
@@ -195,7 +195,7 @@ def test_auto_probe_mode_resolving_to_jvp_is_refused_under_fsdp(tmp_path):
 
 
 def test_the_shared_hydra_dir_follows_the_configured_pattern(tmp_path):
-    from vcore.launch import configured_dir
+    from vcore.run.launch import configured_dir
 
     conf = REPO / "conf"
     assert configured_dir("hydra.run.dir", [], conf) == "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"
@@ -222,13 +222,13 @@ def step_gradients(tmp_path: Path, mode: str, lora: bool, checkpointing: bool) -
     from vcore.config import ProbeConfig, VCOREConfig
     from vcore.data.collate import Collator
     from vcore.methods import build_method
-    from vcore.trainer import WeightedTrainer
+    from vcore.run.trainer import WeightedTrainer
 
     model = tiny_causal_lm(tmp_path / f"gc{checkpointing}", arch="gpt2")
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], lora_dropout=0.0, init_lora_weights=False))
     calls = []
-    if checkpointing:  # as vcore.modeling does for model.gradient_checkpointing=true
+    if checkpointing:  # as vcore.run.modeling does for model.gradient_checkpointing=true
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora:
             model.enable_input_require_grads()

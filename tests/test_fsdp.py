@@ -179,7 +179,7 @@ def test_pending_direction_shards_survive_a_save_before_any_step_and_missing_fil
     """Restored shards are only turned back into DTensors at the next step; a checkpoint written before that (a run
     resumed at max_steps saves final/ at once) must still carry them, and a rank without its file must stop."""
     from vcore.config import ProbeConfig
-    from vcore.probe import Probe
+    from vcore.methods.probe import Probe
 
     probe = Probe(ProbeConfig(every=3), [0], lambda rows: {})
     main = {"generator": probe.generator.get_state(), "steps_since_refresh": 0, "world_size": 1, "direction_shards": 1}

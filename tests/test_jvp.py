@@ -6,10 +6,10 @@ from peft import LoraConfig, get_peft_model
 
 from tests.conftest import random_lm_batch, tiny_causal_lm
 from vcore.config import ProbeConfig, ProbeMode, VCOREConfig, to_object
-from vcore.forward import model_token_loss
+from vcore.ops.forward import model_token_loss
 from vcore.methods.vcore import VCORE, pearson
-from vcore.probe import finite_difference_scores, jvp_scores, trainable_parameters
-from vcore.train import build_job
+from vcore.methods.probe import finite_difference_scores, jvp_scores, trainable_parameters
+from vcore.run.training import build_job
 
 
 def direction(params, seed=0):

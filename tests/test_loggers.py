@@ -2,8 +2,8 @@
 
 import pytest
 
-import vcore.train as train_mod
-from vcore.loggers import NullLogger, config_hash, run_name
+import vcore.run.training as train_mod
+from vcore.run.loggers import NullLogger, config_hash, run_name
 
 
 def test_run_name_excludes_seeds_and_paths_and_sanitises():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vcore.losses import IGNORE_INDEX, supervised_mask, token_cross_entropy, weighted_loss
+from vcore.ops.losses import IGNORE_INDEX, supervised_mask, token_cross_entropy, weighted_loss
 from vcore.methods import dft_weights, iw_sft_weights, sft_weights
 
 

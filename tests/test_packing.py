@@ -7,9 +7,9 @@ from transformers import TrainingArguments
 from tests.conftest import tiny_causal_lm
 from tests.test_trainer import METHOD_CONFIGS, rows
 from vcore.data.collate import Collator
-from vcore.forward import model_token_loss
+from vcore.ops.forward import model_token_loss
 from vcore.methods import METHODS, build_method
-from vcore.trainer import WeightedTrainer
+from vcore.run.trainer import WeightedTrainer
 
 
 def run_step(tmp_path, method, pack, attn="sdpa", normalization="token", pack_length=0):
@@ -74,7 +74,7 @@ def test_rows_of_bounded_length_fill_in_order_with_a_separate_padding_segment():
 
 @pytest.mark.parametrize("pack_length", [0, 16], ids=["one-row", "rows-of-16"])
 def test_packed_jvp_probe_keeps_attention_inside_examples(tmp_path, pack_length):
-    from vcore.probe import jvp_scores, trainable_parameters
+    from vcore.methods.probe import jvp_scores, trainable_parameters
 
     out = {}
     for pack in (False, True):
@@ -89,7 +89,7 @@ def test_packed_jvp_probe_keeps_attention_inside_examples(tmp_path, pack_length)
 
 def test_training_with_packing_and_length_grouping(make_cfg, tmp_path):
     from vcore.config import to_object
-    from vcore.train import build_job
+    from vcore.run.training import build_job
 
     job = build_job(to_object(make_cfg("trainer.packing=true", "trainer.group_by_length=true")), tmp_path)
     assert job.trainer.args.train_sampling_strategy == "group_by_length"

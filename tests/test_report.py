@@ -7,7 +7,7 @@ import matplotlib
 import pytest
 import yaml
 
-from vcore.report import load_local, main, table1
+from vcore.tools.report import load_local, main, table1
 
 matplotlib.use("Agg")
 

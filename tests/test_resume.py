@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, TINY_TEST
 from vcore.checks import ConfigError
-from vcore.preemption import PREEMPTED_EXIT_CODE
-from vcore.resume import latest_checkpoint, resolve_resume
-from vcore.trainer import METHOD_STATE
+from vcore.run.preemption import PREEMPTED_EXIT_CODE
+from vcore.run.checkpoints import latest_checkpoint, resolve_resume
+from vcore.run.trainer import METHOD_STATE
 
 STEPS = 40  # long enough that SIGTERM, sent after 3 logged steps, lands mid-training with a wide margin
 
@@ -119,7 +119,7 @@ def test_two_ranks_sigterm_then_resume_ends_bit_identical(tmp_path):
 def test_resume_with_a_live_stored_probe_direction(make_cfg, tmp_path):
     """probe.every=3, resumed after step 2: step 3 must reuse step 1's direction, step 4 draw the next probe batch;
     the fidelity check (steps 1 and 4) keeps its schedule across the resume."""
-    from vcore.train import train
+    from vcore.run.training import train
 
     base = ["method.probe.every=3", "method.probe.fidelity_every=3", "trainer.max_steps=5", "trainer.save_steps=2", "trainer.save_total_limit=null", "eval.after_train=false", "trainer.eval_at_end=false"]
     train(make_cfg(*base, f"output_dir={tmp_path / 'a'}", "trainer.resume=never"))

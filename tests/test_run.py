@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from tests.conftest import REPO, TINY_TEST
-from vcore.loggers import run_name
+from vcore.run.loggers import run_name
 
 
 def run(args, cwd, timeout=300):
@@ -73,7 +73,7 @@ def test_multirun_gives_separate_runs_and_wandb_runs(tmp_path):
 
 
 def test_task_eval_on_a_finished_run_full_and_lora(make_cfg, tmp_path):
-    from vcore.train import run as run_job
+    from vcore.run.training import run as run_job
 
     for lora in (False, True):
         train_dir = tmp_path / f"train_{lora}"

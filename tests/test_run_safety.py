@@ -13,22 +13,22 @@ import torch
 
 from vcore.checks import ConfigError
 from vcore.config import to_object
-from vcore.loggers import run_id
-from vcore.resume import damaged_file, latest_checkpoint, resolve_resume
-from vcore.rundir import CONFIG_FILE, RunDirBusy, fingerprint, hold
-from vcore.trainer import NonFiniteTraining
+from vcore.run.loggers import run_id
+from vcore.run.checkpoints import damaged_file, latest_checkpoint, resolve_resume
+from vcore.run.rundir import CONFIG_FILE, RunDirBusy, fingerprint, hold
+from vcore.run.trainer import NonFiniteTraining
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(make_cfg, *overrides, method="sft"):
-    from vcore.train import run
+    from vcore.run.training import run
 
     return run(make_cfg("eval.after_train=false", "trainer.eval_at_end=false", *overrides, method=method))
 
 
 def test_a_diverging_run_stops_at_the_first_nan_step_and_saves_nothing_as_final(make_cfg, tmp_path, monkeypatch):
-    import vcore.trainer as trainer_module
+    import vcore.run.trainer as trainer_module
 
     calls = []
     real = trainer_module.weighted_loss
@@ -46,7 +46,7 @@ def test_a_diverging_run_stops_at_the_first_nan_step_and_saves_nothing_as_final(
 
 
 def test_an_infinite_gradient_is_caught_before_the_optimizer_applies_it(make_cfg, tmp_path):
-    from vcore.train import build_job
+    from vcore.run.training import build_job
 
     job = build_job(to_object(make_cfg("trainer.max_steps=3", method="sft")), tmp_path)
     first = next(p for p in job.trainer.model.parameters() if p.requires_grad)
@@ -100,7 +100,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(make_cfg
     assert damaged_file(good) is None and damaged_file(bad) is None
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
-    with caplog.at_level(logging.WARNING, logger="vcore.resume"):
+    with caplog.at_level(logging.WARNING, logger="vcore.run.checkpoints"):
         assert latest_checkpoint(checkpoints) == good
     assert "model.safetensors" in caplog.text and "header announces" in caplog.text
     with pytest.raises(ConfigError, match=r"checkpoint-2: the checkpoint is damaged: .*model\.safetensors"):
@@ -114,7 +114,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(make_cfg
 
 def test_a_missing_model_path_is_one_clear_line(tmp_path):
     from vcore.config import ModelConfig
-    from vcore.modeling import load_model, load_tokenizer
+    from vcore.run.modeling import load_model, load_tokenizer
 
     (tmp_path / "config.json").write_text("{}")
     for source, says in ((tmp_path / "no_such_model", "no such directory, and not a hub id"),
@@ -140,7 +140,7 @@ def test_the_fingerprint_leaves_out_what_a_resumed_run_may_change():
 
 def test_run_means_do_not_depend_on_where_the_log_lines_fell():
     """A preempted-and-resumed run logs an extra line at the signal; its summary equals the uninterrupted run's."""
-    from vcore.train import summarize_train
+    from vcore.run.training import summarize_train
 
     per_step = [{"train/nll": 1.0 / s, "weights/ess_frac": 0.5 + s / 100, "loss": 2.0 / s} for s in range(1, 9)]
 
@@ -163,7 +163,7 @@ def test_run_means_do_not_depend_on_where_the_log_lines_fell():
 def test_a_preemption_logs_the_steps_since_the_last_log_line_before_its_checkpoint():
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from vcore.preemption import PreemptionCallback
+    from vcore.run.preemption import PreemptionCallback
 
     callback = PreemptionCallback()
     callback.requested = True

@@ -27,7 +27,7 @@ from vcore.data.config import (
 from vcore.data.curation import curate
 from vcore.data.encode import BadRecord
 from vcore.data.subsets import SELECTED_IDS
-from vcore.losses import IGNORE_INDEX
+from vcore.ops.losses import IGNORE_INDEX
 
 SAMPLES = SHARED_DATA / "schema_samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.exists(), reason="schema samples not available (../shared/data)")
@@ -322,7 +322,7 @@ def test_training_steps_run_on_a_real_schema_source(make_cfg, tmp_path):
     import math
 
     from vcore.config import to_object
-    from vcore.train import build_job
+    from vcore.run.training import build_job
 
     src = write_jsonl(tmp_path / "cot.jsonl", [omr_row(i % 9 + 1, i % 7 + 1, i % 5 + 1) for i in range(44)])
     cfg = make_cfg("dataset=openmath", f"dataset.source={src}", f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.max_length=512", method="sft")

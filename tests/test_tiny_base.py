@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from vcore.checks import ConfigError
 from vcore.config import ModelConfig, TinyModelConfig, TinyPretrainConfig, to_object
-from vcore.tiny import STAMP, build_stamp, ensure_tiny, tiny_path
+from vcore.run.tiny import STAMP, build_stamp, ensure_tiny, tiny_path
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1)
 
@@ -58,7 +58,7 @@ def test_the_base_is_a_from_pretrained_dir_that_learned_from_its_corpus(built):
 
 def test_a_second_request_reuses_the_cache_and_a_change_builds_anew(built, monkeypatch):
     tmp, cfg, path = built
-    import vcore.tiny as tiny
+    import vcore.run.tiny as tiny
 
     monkeypatch.setattr(tiny, "_build", lambda *a, **k: pytest.fail("rebuilt a cached base"))
     assert ensure_tiny(cfg) == path
@@ -74,7 +74,7 @@ def test_builds_are_deterministic(built, tmp_path, one_thread):
 
 
 def test_a_failed_build_leaves_nothing_and_an_explicit_dir_is_never_clobbered(tmp_path, monkeypatch, one_thread):
-    import vcore.tiny as tiny
+    import vcore.run.tiny as tiny
 
     cfg = spec(tmp_path, steps=2)
 
@@ -99,7 +99,7 @@ def test_a_failed_build_leaves_nothing_and_an_explicit_dir_is_never_clobbered(tm
 
 
 def test_concurrent_requests_build_once(tmp_path, monkeypatch):
-    import vcore.tiny as tiny
+    import vcore.run.tiny as tiny
 
     calls = []
     started = threading.Event()
@@ -135,7 +135,7 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
     training run with eval.before_train then reports the same start-model numbers without evaluating again."""
     from omegaconf import OmegaConf
 
-    from vcore.train import run
+    from vcore.run.training import run
 
     small = ["model.name_or_path=null", f"model.tiny.cache_dir={tmp_path / 'cache'}", "model.tiny.pretrain.steps=8",
              "model.tiny.pretrain.batch_size=4", "decoding.max_new_tokens=16"]
@@ -151,7 +151,7 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
     cached = list((tmp_path / "cache").glob("tiny-*/zero_shot/*/summary.json"))
     assert len(cached) == 1
 
-    import vcore.train as train_module
+    import vcore.run.training as train_module
 
     def no_eval(*a, **k):
         raise AssertionError("the start model was evaluated again instead of read from the base's cache")
@@ -170,7 +170,7 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
 
 def test_under_a_launcher_only_rank_zero_builds(tmp_path, monkeypatch, one_thread):
     """transformers writes weights from rank 0 only: a build on another rank would be stamped without them."""
-    import vcore.tiny as tiny
+    import vcore.run.tiny as tiny
 
     cfg = spec(tmp_path, steps=0)
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -191,7 +191,7 @@ def test_under_a_launcher_only_rank_zero_builds(tmp_path, monkeypatch, one_threa
 
 
 def test_a_build_without_weights_is_never_stamped(tmp_path, monkeypatch, one_thread):
-    import vcore.tiny as tiny
+    import vcore.run.tiny as tiny
 
     cfg = spec(tmp_path, steps=0)
     monkeypatch.setattr(tiny, "_build", lambda path, spec: path.mkdir(parents=True) or (path / "tokenizer.json").write_text("{}"))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from vcore.fidelity import main as fidelity_main
+from vcore.tools.fidelity import main as fidelity_main
 
 
 def test_fidelity_table_cli(tmp_path, capsys):

@@ -8,8 +8,8 @@ from tests.conftest import tiny_causal_lm
 from vcore.config import IwSFTConfig, ProbeConfig, RandomConfig, VCOREConfig, to_object
 from vcore.data.collate import Collator
 from vcore.methods import METHODS, build_method
-from vcore.train import build_job
-from vcore.trainer import WeightedTrainer
+from vcore.run.training import build_job
+from vcore.run.trainer import WeightedTrainer
 
 METHOD_CONFIGS = {
     "sft": lambda: type("C", (), {"name": "sft"})(),

@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 
 from tests.conftest import random_lm_batch, tiny_causal_lm
 from vcore.config import ConfigError, ProbeConfig, ProbeMode, VarianceControl, VCOREConfig
-from vcore.forward import model_token_loss
-from vcore.losses import supervised_mask
+from vcore.ops.forward import model_token_loss
+from vcore.ops.losses import supervised_mask
 from vcore.methods import gibbs_weights, loss_ratio_alpha, paper_alpha
 from vcore.methods.vcore import VCORE
-from vcore.precision import check_finite_difference_precision
-from vcore.probe import finite_difference_scores, trainable_parameters
+from vcore.methods.precision import check_finite_difference_precision
+from vcore.methods.probe import finite_difference_scores, trainable_parameters
 
 
 def reference_weights(scores: np.ndarray, mask: np.ndarray, tau: float):
@@ -184,7 +184,7 @@ def test_tau_zero_trains_bit_for_bit_like_sft(make_cfg, tmp_path, one_thread, va
     also shows it leaves no trace: parameters restored, no RNG drawn from the Trainer's streams)."""
     from omegaconf import OmegaConf
 
-    from vcore.train import train
+    from vcore.run.training import train
 
     common = ["trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false"]
     runs = {}
@@ -241,7 +241,7 @@ def test_tau_for_ess_hits_the_target(target):
 
 
 def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_path, one_thread):
-    from vcore.train import train
+    from vcore.run.training import train
 
     train(make_cfg("trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false", "method.target_ess=0.6"))
     steps = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]

@@ -3,7 +3,7 @@
 Launched by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1 in the environment) or by ``srun`` with one
 task per GPU (:func:`torch_env_from_slurm` fills in what torchrun would have set), the process group is
 created by :func:`init_distributed` (``run.py`` does it before Hydra, so that every rank shares one output dir;
-see :mod:`vcore.launch`); accelerate then reuses it. Outside a launcher every helper is the identity.
+see :mod:`vcore.run.launch`); accelerate then reuses it. Outside a launcher every helper is the identity.
 """
 
 from __future__ import annotations
@@ -236,5 +236,5 @@ def _check_vcore_under_fsdp(fsdp_version: int, probe_mode: str | None, fidelity_
         raise ConfigError(
             "method.probe.fidelity_every > 0 under FSDP: the fidelity check compares against the jvp probe, which FSDP "
             "does not support. Set method.probe.fidelity_every=0, or measure fidelity on one GPU (python -m "
-            "vcore.fidelity)."
+            "vcore.tools.fidelity)."
         )

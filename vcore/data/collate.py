@@ -4,7 +4,7 @@ Padded (default): one row per example, right padding, ``attention_mask``.
 
 Packed (``trainer.packing=true``): the examples of the micro-batch are concatenated into one row (or, with
 ``trainer.pack_length=L``, into rows of at most ``L`` tokens, filled in order), with ``position_ids`` restarting at 0
-for each example and no ``attention_mask``; transformers (SDPA/flash varlen) and :mod:`vcore.attention` then keep
+for each example and no ``attention_mask``; transformers (SDPA/flash varlen) and :mod:`vcore.ops.attention` then keep
 attention inside each example. One row is what flash-attention's varlen kernels want; several short rows are what
 dense attention wants (its cost grows with the square of the row: on CPU, 32 examples of ~100 tokens in one row
 cost more than padding them, while rows of 256 tokens remove most of the padding at no attention cost). A row's
@@ -12,7 +12,7 @@ unused tail is padding that forms its own segment (positions from 0, never super
 iw-SFT's means, Random's 20%, sequence normalisation) must still see examples, not rows: the batch therefore keeps
 ``labels``, ``answer_mask`` and ``example_id`` in example layout ``[E, T_max]`` plus ``pack_index [E, T_max]`` (the
 flat packed position of each example token, -1 on padding), and the model's per-token losses are gathered back
-into that layout (:func:`vcore.forward.model_token_loss`). Packed and padded batches give the same losses, weights
+into that layout (:func:`vcore.ops.forward.model_token_loss`). Packed and padded batches give the same losses, weights
 and gradients (tests/test_packing.py).
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from vcore.losses import IGNORE_INDEX
+from vcore.ops.losses import IGNORE_INDEX
 
 
 class Collator:

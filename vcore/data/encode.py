@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from vcore.checks import ConfigError
-from vcore.losses import IGNORE_INDEX
+from vcore.ops.losses import IGNORE_INDEX
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _EMPTY_THINK = re.compile(r"\s*<think>\s*</think>\s*")

@@ -152,7 +152,7 @@ def evaluate(
     """Evaluate ``model`` on ``benchmarks``; writes ``out_dir`` (see the module docstring), returns the summary.
 
     ``model``: an in-memory HF causal LM (with ``tokenizer``) or a path / hub id. ``logger``: anything with
-    ``.log(dict)`` and ``.log_table(name, columns, rows)`` (W&B via vcore.loggers), or None. ``model_name``: how the
+    ``.log(dict)`` and ``.log_table(name, columns, rows)`` (W&B via vcore.run.loggers), or None. ``model_name``: how the
     summary names the model (default: the path or id; for an in-memory model, where it was loaded from, which after
     training is the start model, not the trained one).
     """

@@ -1,7 +1,7 @@
 """What a token-weighting method is, as the trainer sees it.
 
 Methods differ only in their weights (STYLE habit 1): each returns detached ``w_t`` of shape ``[B, T]`` and,
-optionally, a loss factor α; :func:`vcore.losses.weighted_loss` does the rest for every method.
+optionally, a loss factor α; :func:`vcore.ops.losses.weighted_loss` does the rest for every method.
 
 Two hooks:
 - :meth:`TokenWeighting.prepare_step` runs once per optimizer step on *all* micro-batches of the accumulation

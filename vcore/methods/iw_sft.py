@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vcore.distributed import is_sharded
-from vcore.forward import model_token_loss
+from vcore.ops.forward import model_token_loss
 from vcore.methods.base import Batch, TokenWeighting
 
 

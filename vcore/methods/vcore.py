@@ -1,6 +1,6 @@
 """VCORE (Gong et al., arXiv 2510.27462): Gibbs weights of probe utilities with variance control (SPEC §4.4-6).
 
-Per example i with supervised tokens t = 1..n and utilities s_t (from :mod:`vcore.probe`):
+Per example i with supervised tokens t = 1..n and utilities s_t (from :mod:`vcore.methods.probe`):
 ``q_t = exp(τ s_t) / Σ_j exp(τ s_j)`` (masked log-sum-exp), ``w_t = n q_t`` (mean weight 1 inside the example),
 and a detached step factor α:
 - ``paper``: ``α = sqrt(V_u / V_q)`` with ``V_q = Var_i(Σ_t q_t s_t)``, ``V_u = Var_i((1/n) Σ_t s_t)`` over the examples of the whole step batch;
@@ -20,10 +20,10 @@ from torch import nn
 
 from vcore.config import ProbeMode, VCOREConfig
 from vcore.distributed import all_reduce_sum
-from vcore.losses import supervised_mask, weighted_loss
+from vcore.ops.losses import supervised_mask, weighted_loss
 from vcore.methods.base import Batch, TokenWeighting
-from vcore.precision import check_finite_difference_precision
-from vcore.probe import Probe, finite_difference_scores, jvp_scores, trainable_parameters
+from vcore.methods.precision import check_finite_difference_precision
+from vcore.methods.probe import Probe, finite_difference_scores, jvp_scores, trainable_parameters
 
 
 def gibbs_weights(scores: torch.Tensor, mask: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,16 +35,16 @@ from vcore.distributed import (
     rank,
     world_size,
 )
-from vcore.forward import model_token_loss
-from vcore.losses import supervised_mask, weighted_loss
+from vcore.ops.forward import model_token_loss
+from vcore.ops.losses import supervised_mask, weighted_loss
 from vcore.methods.base import TokenWeighting
-from vcore.probe import RANK_STATE_FILE
-from vcore.stats import StepStats
+from vcore.methods.probe import RANK_STATE_FILE
+from vcore.ops.stats import StepStats
 
 log = logging.getLogger(__name__)
 
 METHOD_STATE = "vcore_method_state.pt"
-FINGERPRINT_FILE = "vcore_config.json"  # the run settings a checkpoint was written under (vcore.rundir)
+FINGERPRINT_FILE = "vcore_config.json"  # the run settings a checkpoint was written under (vcore.run.rundir)
 
 
 class WeightedTrainer(Trainer):
@@ -190,7 +190,7 @@ class _MethodStateCallback(TrainerCallback):
     """Saves the method's state (VCORE's probe generator and stored direction) into each checkpoint.
 
     Rank 0 writes it after a barrier, i.e. after every rank has written its share of the checkpoint: its presence
-    marks a complete checkpoint (:func:`vcore.resume.latest_checkpoint`).
+    marks a complete checkpoint (:func:`vcore.run.checkpoints.latest_checkpoint`).
     """
 
     def __init__(self, trainer: WeightedTrainer) -> None:

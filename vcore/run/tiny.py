@@ -9,7 +9,7 @@ same machine and thread count), and cached by the hash of everything that shapes
 corpus, pretraining settings and corpus, build recipe version). Builds go to a temporary directory and are moved in
 place when complete, under a file lock: a crash leaves no half-built base, and parallel sweep jobs wait for one
 build instead of racing. The pretraining itself is plain SFT through this project's own Trainer
-(:func:`vcore.train.build_job`), on ``vcore.data.synthetic`` split ``corpus``.
+(:func:`vcore.run.training.build_job`), on ``vcore.data.synthetic`` split ``corpus``.
 
 The chat template mirrors Qwen3's single-turn rendering: the assistant turn opens ``<think>``.
 """
@@ -237,11 +237,11 @@ def _build(path: Path, spec: TinyModelConfig) -> None:
 
 
 def pretrain(init_dir: Path, work: Path, spec: TinyModelConfig) -> dict:
-    """Train ``init_dir`` with uniform SFT on the ``corpus`` split through :func:`vcore.train.build_job`; the model
+    """Train ``init_dir`` with uniform SFT on the ``corpus`` split through :func:`vcore.run.training.build_job`; the model
     goes to ``work/model``. Returns a record of what was done."""
     from vcore.config import EvalRunConfig, NoLoggerConfig, SFTConfig, TrainConfig, TrainerConfig
     from vcore.data.config import SyntheticDatasetConfig
-    from vcore.train import build_job
+    from vcore.run.training import build_job
 
     p = spec.pretrain
     c = TrainConfig(

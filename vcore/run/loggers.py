@@ -20,7 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from vcore.distributed import rank
-from vcore.preemption import PREEMPTED_EXIT_CODE
+from vcore.run.preemption import PREEMPTED_EXIT_CODE
 
 # Overrides that identify a job's place, not its experiment: left out of run names and config hashes.
 NAME_EXCLUDED = ("seed", "output_dir", "hydra.", "logger.", "trainer.use_cpu", "task")

@@ -3,7 +3,7 @@
 The handler only sets a flag; :class:`PreemptionCallback` turns it into "save a checkpoint and stop" at the next
 optimizer-step end, where the step is complete and a checkpoint resumes exactly. Under data parallelism the ranks
 agree on the flag with one tiny all-reduce per step (a signal that reaches one rank first must stop all of them at
-the same step, or the others would wait in the next gradient all-reduce forever). :mod:`vcore.train` then raises
+the same step, or the others would wait in the next gradient all-reduce forever). :mod:`vcore.run.training` then raises
 :class:`Preempted`: the process exits with :data:`PREEMPTED_EXIT_CODE` (sysexits' EX_TEMPFAIL, "try again"), which
 a batch script tells apart from success (0) and from a crash (1) to requeue itself (docs/distributed.md).
 """

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vcore.checks import ConfigError
 from vcore.config import ModelConfig
-from vcore.forward import set_loss_chunk_size
+from vcore.ops.forward import set_loss_chunk_size
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +21,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_model(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with ``name_or_path`` pointing at files: the tiny model (``model.tiny``) is built or found in its
-    cache first (one writer under data parallelism; see :func:`vcore.tiny.ensure_tiny`). The result has no ``tiny``
+    cache first (one writer under data parallelism; see :func:`vcore.run.tiny.ensure_tiny`). The result has no ``tiny``
     left, so resolving it again (``load_tokenizer``, ``load_model``) neither rehashes the build nor synchronises ranks."""
     if cfg.tiny is None:
         return cfg
     from vcore.distributed import rank_zero_first
-    from vcore.tiny import ensure_tiny
+    from vcore.run.tiny import ensure_tiny
 
     with rank_zero_first():
         path = ensure_tiny(cfg)

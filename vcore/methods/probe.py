@@ -23,9 +23,9 @@ from torch import nn
 
 from vcore.config import ProbeConfig
 from vcore.distributed import all_reduce_sum, is_sharded, rank, world_size
-from vcore.forward import model_token_loss
-from vcore.losses import supervised_mask
-from vcore.precision import exact_float32
+from vcore.ops.forward import model_token_loss
+from vcore.ops.losses import supervised_mask
+from vcore.methods.precision import exact_float32
 
 Batch = dict[str, Any]
 
@@ -144,7 +144,7 @@ def finite_difference_scores(
 
     ``l_t(θ)`` is returned because VCORE needs float32 losses at θ anyway (the main step's may be bf16).
     ``exact=False`` keeps the ambient precision (autocast, TF32): only for measuring how much that costs in
-    fidelity (:mod:`vcore.fidelity`).
+    fidelity (:mod:`vcore.tools.fidelity`).
     """
     params = list(params.values()) if isinstance(params, dict) else list(params)
     with exact_float32() if exact else contextlib.nullcontext():
@@ -184,12 +184,12 @@ def jvp_scores(
     """Per micro-batch ``(l_t(θ), s_t)`` with ``s_t`` the exact derivative of ``l_t`` along ``g`` (forward-mode AD).
 
     One forward per micro-batch at the ambient precision (bf16 autocast is fine: SPEC §6 measures 1.000 fidelity);
-    attention runs through :mod:`vcore.attention` (linear memory in T, no SDPA forward-mode rule needed).
+    attention runs through :mod:`vcore.ops.attention` (linear memory in T, no SDPA forward-mode rule needed).
     Nothing is mutated: the dual parameters exist only inside ``functional_call``.
     """
     import torch.autograd.forward_ad as fwAD
 
-    from vcore.attention import use_attention
+    from vcore.ops.attention import use_attention
 
     for m in model.modules():  # block size read by the attention function
         m.vcore_block = block

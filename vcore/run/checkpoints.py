@@ -2,7 +2,7 @@
 
 ``auto`` takes the newest *complete* and *readable* checkpoint in ``<output_dir>/checkpoints``, so a requeued job
 (same output dir) continues where it stopped. Complete means its method-state file is there: rank 0 writes it last,
-after every rank has written its part (:class:`vcore.trainer._MethodStateCallback`), so a job killed while saving
+after every rank has written its part (:class:`vcore.run.trainer._MethodStateCallback`), so a job killed while saving
 falls back to the previous checkpoint instead of loading a partial one. Readable means no file is visibly cut short
 (a full disk, a copy interrupted afterwards): safetensors files hold every tensor their header announces, torch
 files keep their zip directory. A damaged newest checkpoint is named in a warning and the one before it is used; a
@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from vcore.checks import ConfigError
-from vcore.trainer import METHOD_STATE
+from vcore.run.trainer import METHOD_STATE
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Token-weight inspector: what does a method emphasise? One JSON line per example.
 
-    python -m vcore.inspect outputs/2026-11-26/10-00-00 --num-examples 8 --out weights.jsonl
-    python -m vcore.inspect outputs/.../checkpoints/checkpoint-50 --split ood_hard
+    python -m vcore.tools.inspector outputs/2026-11-26/10-00-00 --num-examples 8 --out weights.jsonl
+    python -m vcore.tools.inspector outputs/.../checkpoints/checkpoint-50 --split ood_hard
 
 Each line: ``{"example", "method", "tokens", "supervised", "loss", "score", "q", "weight", "batch_alpha"}``.
 ``weight`` is ``w_t`` before the batch factor α (0 on unsupervised tokens); ``batch_alpha`` is α of the step batch
@@ -25,10 +25,10 @@ import torch
 from vcore.config import load_run_config
 from vcore.data.build import build_data
 from vcore.data.collate import Collator
-from vcore.forward import model_token_loss
+from vcore.ops.forward import model_token_loss
 from vcore.methods import build_method
-from vcore.modeling import DTYPES, load_model
-from vcore.trainer import METHOD_STATE
+from vcore.run.modeling import DTYPES, load_model
+from vcore.run.trainer import METHOD_STATE
 
 
 def find_run(path: Path) -> tuple[Path, Path]:
@@ -123,7 +123,7 @@ def rows_to_lines(tokenizer, method: str, batch, token_loss, mask, weights, alph
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcore.inspect", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vcore.tools.inspector", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run dir (uses its final/ model) or a checkpoint dir inside a run")
     parser.add_argument("--num-examples", type=int, default=8, help="examples to weigh (default 8)")
     parser.add_argument("--split", default="train", help="train (default) or an eval split of the dataset (synthetic: test, ood_hard, ood_template, pretrain; real data: id)")

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from vcore.losses import IGNORE_INDEX
+from vcore.ops.losses import IGNORE_INDEX
 
 DEFAULT_CHUNK = 1024
 
@@ -100,7 +100,7 @@ class ChunkedTokenCE(torch.autograd.Function):
 def chunked_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """``hidden [B, T, H]``, lm-head ``weight [V, H]``, ``labels [B, T]`` -> ``[B, T]`` per-token NLL.
 
-    Aligned like :func:`vcore.losses.token_cross_entropy`: entry ``t`` is the loss of ``labels[t]`` predicted from
+    Aligned like :func:`vcore.ops.losses.token_cross_entropy`: entry ``t`` is the loss of ``labels[t]`` predicted from
     ``hidden[t - 1]``; position 0 is 0.
     """
     b, t, h = hidden.shape

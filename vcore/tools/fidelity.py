@@ -1,7 +1,7 @@
 """Score-fidelity table: how faithful are finite-difference VCORE scores for *your* model, ε and precision?
 
-    python -m vcore.fidelity                                   # the tiny default model, CPU
-    python -m vcore.fidelity model=qwen3_4b model.lora.enabled=false --eps 1e-2,1e-3,1e-4,2e-5
+    python -m vcore.tools.fidelity                                   # the tiny default model, CPU
+    python -m vcore.tools.fidelity model=qwen3_4b model.lora.enabled=false --eps 1e-2,1e-3,1e-4,2e-5
 
 Any Hydra override of the training config selects model and data. For each forward precision and ε it prints the
 Pearson correlation (over the supervised tokens of one batch) between finite-difference scores
@@ -19,9 +19,9 @@ import sys
 
 import torch
 
-from vcore.losses import supervised_mask
+from vcore.ops.losses import supervised_mask
 from vcore.methods.vcore import score_agreement
-from vcore.probe import clip_, finite_difference_scores, jvp_scores, probe_gradient, trainable_parameters
+from vcore.methods.probe import clip_, finite_difference_scores, jvp_scores, probe_gradient, trainable_parameters
 
 PRECISIONS = ("fp32", "tf32", "bf16_autocast", "bf16_weights")
 
@@ -74,7 +74,7 @@ def markdown(table: dict[str, dict[float, float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcore.fidelity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vcore.tools.fidelity", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (model=..., dataset=...)")
     parser.add_argument("--eps", default="1e-2,1e-3,1e-4,2e-5", help="comma-separated ε values")
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from vcore.config import compose_config, to_object
     from vcore.data.build import build_data
     from vcore.data.collate import Collator
-    from vcore.train import prepare_model
+    from vcore.run.training import prepare_model
 
     c = to_object(compose_config(["logger=none", f"output_dir={args.output_dir}", *args.overrides]))
     tokenizer, model = prepare_model(c)

@@ -1,8 +1,8 @@
 """Report: the paper's tables and figures from a sweep's runs (local files, or a W&B group when online).
 
-    python -m vcore.report multirun/2026-11-26/12-00-00            # a sweep dir (or any dir holding runs)
-    python -m vcore.report wandb:entity/project/group_name          # a W&B group (needs network + login)
-    python -m vcore.report RUNS --weights outputs/.../token_weights.jsonl   # also draw the token-weight heatmap
+    python -m vcore.tools.report multirun/2026-11-26/12-00-00            # a sweep dir (or any dir holding runs)
+    python -m vcore.tools.report wandb:entity/project/group_name          # a W&B group (needs network + login)
+    python -m vcore.tools.report RUNS --weights outputs/.../token_weights.jsonl   # also draw the token-weight heatmap
 
 Writes into ``--out`` (default ``<runs>/report``): ``report.md`` with Table 1 (per domain: ID benchmarks, OOD
 benchmarks, ID/OOD averages; mean ± std over seeds), a synthetic-task table, and PNG figures: accuracy vs data
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from vcore import analysis
+from vcore.tools import analysis
 
 # Table 1 columns (EVAL.md): benchmark config name -> column; ID per domain, OOD shared.
 COLUMNS = {"aime": "AIME", "olympiad": "Olympiad", "lcb": "LCB", "ojbench": "OJBench", "rbench": "RBench", "sgpqa_1k": "SGPQA-1k"}
@@ -142,7 +142,7 @@ def table1(runs: list[Run]) -> str:
 
 
 def synthetic_sections(runs: list[Run]) -> list[str]:
-    """The synthetic miniature's tables (:mod:`vcore.analysis`): accuracy with intervals per variant and split next to
+    """The synthetic miniature's tables (:mod:`vcore.tools.analysis`): accuracy with intervals per variant and split next to
     the start model, each variant against SFT, VCORE over τ, and loss spikes when variance control varies."""
     rows = [r for r in runs if r.domain == "synthetic"]
     if not rows:
@@ -427,7 +427,7 @@ def write_report(runs: list[Run], out: Path, weights: Path | None = None) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcore.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vcore.tools.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", help="a sweep/run directory, or wandb:entity/project/group")
     parser.add_argument("--out", default=None, help="output dir (default <runs>/report)")
     parser.add_argument("--weights", default=None, help="inspector JSONL for the token-weight heatmap")

@@ -1,6 +1,6 @@
 """Study analysis: group a sweep's runs into variants, align their per-item results, and compare them honestly.
 
-Used by :mod:`vcore.report` for the synthetic studies (and any sweep whose benchmarks write per-item files).
+Used by :mod:`vcore.tools.report` for the synthetic studies (and any sweep whose benchmarks write per-item files).
 
 - A *variant* is a method plus the settings that vary within a method across the sweep (τ, ε, variance control, data
   size, ...; a setting that only differs between methods, such as each method's tuned learning rate, is shown but
@@ -56,7 +56,7 @@ SPIKE_WINDOW = 5
 class Variant:
     method: str
     settings: dict[str, Any]  # the keys that split variants -> value (None: the method has no such setting)
-    runs: list[Any] = field(default_factory=list)  # vcore.report.Run
+    runs: list[Any] = field(default_factory=list)  # vcore.tools.report.Run
 
     @property
     def label(self) -> str:

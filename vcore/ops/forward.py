@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vcore.chunked_ce import causal_lm, chunked_token_cross_entropy, hidden_states_as_logits
-from vcore.losses import supervised_mask, token_cross_entropy
+from vcore.ops.chunked_ce import causal_lm, chunked_token_cross_entropy, hidden_states_as_logits
+from vcore.ops.losses import supervised_mask, token_cross_entropy
 
 # Keys the collator adds for the loss and the methods; never passed to the model.
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids")
@@ -16,7 +16,7 @@ CHUNK_ATTR = "vcore_loss_chunk_size"
 def set_loss_chunk_size(model: nn.Module, chunk: int) -> None:
     """``chunk > 0``: per-token CE from hidden states in chunks of tokens (no full logits); 0: full logits."""
     if chunk:
-        from vcore.chunked_ce import check_supported
+        from vcore.ops.chunked_ce import check_supported
 
         check_supported(model)
     setattr(causal_lm(model), CHUNK_ATTR, int(chunk))

@@ -6,7 +6,7 @@
 Tests and sweepers call :func:`train` directly with a config from ``hydra.compose``.
 
 Long runs: ``trainer.resume=auto`` (default) continues from the newest complete checkpoint in
-``<output_dir>/checkpoints``; SIGTERM writes one and exits with status 75 (:mod:`vcore.preemption`).
+``<output_dir>/checkpoints``; SIGTERM writes one and exits with status 75 (:mod:`vcore.run.preemption`).
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from vcore.distributed import (
     rank_zero_first,
     same_on_all_ranks,
 )
-from vcore.forward import model_token_loss
-from vcore.loggers import LoggerCallback, NullLogger, build_logger
+from vcore.ops.forward import model_token_loss
+from vcore.run.loggers import LoggerCallback, NullLogger, build_logger
 from vcore.methods import build_method
-from vcore.modeling import load_model, load_tokenizer, resolve_model
-from vcore.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCallback
-from vcore.resume import resolve_resume
-from vcore.rundir import RunDirBusy, check_resume, fingerprint, hold
-from vcore.trainer import METHOD_STATE, WeightedTrainer
+from vcore.run.modeling import load_model, load_tokenizer, resolve_model
+from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCallback
+from vcore.run.checkpoints import resolve_resume
+from vcore.run.rundir import RunDirBusy, check_resume, fingerprint, hold
+from vcore.run.trainer import METHOD_STATE, WeightedTrainer
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=t.use_cpu,
         remove_unused_columns=False,  # labels, answer_mask and example_id are ours, not the model's
-        report_to="none",  # W&B is driven by vcore.loggers (naming, grouping, finishing)
+        report_to="none",  # W&B is driven by vcore.run.loggers (naming, grouping, finishing)
     )
     trainer = WeightedTrainer(
         model=model,
@@ -206,7 +206,7 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoin
     if before:
         logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
     trainer = job.trainer
-    trainer.run_fingerprint = fingerprint(resolved)  # into every checkpoint (vcore.rundir.check_resume)
+    trainer.run_fingerprint = fingerprint(resolved)  # into every checkpoint (vcore.run.rundir.check_resume)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     preemption = PreemptionCallback()
@@ -364,7 +364,7 @@ def _evaluate_only(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -
     ours = source.exists() and ((source / "adapter_config.json").exists() or not (source / "config.json").exists())
     if ours:
         from vcore.config import load_run_config
-        from vcore.inspect import find_run, load_checkpoint
+        from vcore.tools.inspector import find_run, load_checkpoint
 
         run_dir, checkpoint = find_run(source)
         tokenizer, model = load_checkpoint(load_run_config(run_dir / "config.yaml"), checkpoint)

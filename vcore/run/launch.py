@@ -6,7 +6,7 @@ Every rank runs ``run.py`` and therefore Hydra. Left alone, each would resolve `
 every rank then passes the same explicit ``hydra.run.dir`` (``hydra.sweep.dir`` under ``-m``), with the
 ``${now:FORMAT}`` parts of the configured (or overridden) pattern filled in from that one time. Ranks > 0 write
 no ``.hydra/`` and log to stdout only; only rank 0 writes ``config.yaml``, ``metrics.json``, checkpoints'
-metadata and talks to W&B (:mod:`vcore.train`).
+metadata and talks to W&B (:mod:`vcore.run.training`).
 """
 
 from __future__ import annotations
