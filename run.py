@@ -1,4 +1,4 @@
-"""Entry point: ``python run.py [overrides]`` (see README). Hydra composes ``conf/train.yaml``; ``train`` does the rest.
+"""Entry point: ``python run.py [overrides]`` (see README). Hydra composes ``conf/train.yaml``; ``cfg.task`` picks the job.
 
 Multi-GPU: ``torchrun --nproc_per_node=N run.py [overrides]`` (docs/distributed.md); all ranks share one output dir.
 """
@@ -10,15 +10,17 @@ import hydra
 from omegaconf import DictConfig
 
 from vcore.config import register_configs
+from vcore.run.evaluation import evaluate
 from vcore.run.launch import hydra_argv
-from vcore.run.training import run
+from vcore.run.training import pretrain, train
 
 register_configs()
+TASKS = {"train": train, "eval": evaluate, "pretrain": pretrain}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    TASKS[cfg.task](cfg)
 
 
 if __name__ == "__main__":

@@ -80,14 +80,12 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
 
     from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
     from vcore.data.collate import Collator
-    from vcore.ops.forward import set_loss_chunk_size
     from vcore.methods import build_method
     from vcore.run.trainer import WeightedTrainer
 
     dev = device()
     lengths = paper_lengths(batch * (steps + 1), scale)
     model = random_qwen3({**model_kw, "vocab_size": VOCAB}, max(lengths) + 1, dev)
-    set_loss_chunk_size(model, 1024)
     g = torch.Generator().manual_seed(1)
     rows = []
     for i, n in enumerate(lengths):
@@ -95,9 +93,11 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
         rows.append({"input_ids": ids, "labels": [-100] * 8 + ids[8:], "answer_mask": [False] * n, "example_id": i})
     collate = Collator(0, pack=pack)
     cfg = type("C", (), {"name": "sft"})() if method == "sft" else VCOREConfig(tau=1.0, probe=ProbeConfig(mode=ProbeMode.jvp, batch_size=batch, accumulation=1))
-    weighting = build_method(cfg, model, rows, collate)
+    weighting = build_method(cfg, model, rows, collate, loss_chunk_size=1024)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none", use_cpu=dev.type == "cpu")
-    trainer = WeightedTrainer(model=model, args=args, weighting=weighting, precision="bf16" if dev.type == "cuda" else "fp32")
+    trainer = WeightedTrainer(
+        model=model, args=args, weighting=weighting, precision="bf16" if dev.type == "cuda" else "fp32", loss_chunk_size=1024
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     tokens, seconds = 0, 0.0
     for step in range(steps + 1):  # the first step is warm-up

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tests.conftest import random_lm_batch, tiny_causal_lm
-from vcore.ops.chunked_ce import chunked_token_cross_entropy
-from vcore.ops.forward import model_token_loss, set_loss_chunk_size
-from vcore.ops.losses import IGNORE_INDEX, token_cross_entropy
 from vcore.methods.probe import jvp_scores, trainable_parameters
+from vcore.ops.chunked_ce import check_supported, chunked_token_cross_entropy
+from vcore.ops.forward import model_token_loss
+from vcore.ops.losses import IGNORE_INDEX, token_cross_entropy
 
 
 def data(B=2, T=9, H=6, V=23, seed=0):
@@ -64,13 +64,13 @@ def test_model_losses_gradients_and_jvp_scores_match(tmp_path, arch):
     out = {}
     for chunk in (0, 5):
         model = tiny_causal_lm(tmp_path / str(chunk), arch=arch, dtype=dtype)
-        set_loss_chunk_size(model, chunk)
+        check_supported(model)
         batch = random_lm_batch()
-        loss, mask = model_token_loss(model, batch)
+        loss, mask = model_token_loss(model, batch, chunk_size=chunk)
         (loss * mask).sum().backward()
         params = trainable_parameters(model)
         g = [torch.ones_like(p) / p.numel() for p in params.values()]
-        _, (scores,) = jvp_scores(model.eval(), params, g, [batch])
+        _, (scores,) = jvp_scores(model.eval(), params, g, [batch], chunk_size=chunk)
         out[chunk] = (loss.detach(), {n: p.grad for n, p in params.items()}, scores)
     torch.testing.assert_close(out[0][0], out[5][0], **tol)
     for n, gr in out[0][1].items():

@@ -66,13 +66,11 @@ def train_tiny(
     from vcore.config import IwSFTConfig, ProbeConfig, VCOREConfig
     from vcore.data.collate import Collator
     from vcore.distributed import rank_zero_first
-    from vcore.ops.forward import set_loss_chunk_size
     from vcore.methods import build_method
     from vcore.run.trainer import WeightedTrainer
 
     with rank_zero_first():  # save_pretrained writes on rank 0 only; the others load what it wrote
         model = tiny_causal_lm(out / f"model-{method}", arch="gpt2")
-    set_loss_chunk_size(model, loss_chunk)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = rows()
@@ -92,8 +90,8 @@ def train_tiny(
         logging_steps=1, seed=0, use_cpu=True, report_to="none", remove_unused_columns=False,
         **{"output_dir": str(out / f"ckpt-{method}"), "save_strategy": "no", **training_args},
     )
-    trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate,
-                              weighting=build_method(cfg, model, data, collate))
+    trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_chunk_size=loss_chunk,
+                              weighting=build_method(cfg, model, data, collate, loss_chunk_size=loss_chunk))
     trainer.train(resume_from_checkpoint=resume)
     # Under FSDP the parameters are shards (DTensors): gather the whole tensors.
     return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from vcore.tools.inspector import main
 from vcore.run.training import train
+from vcore.tools.inspector import main
 
 
 @pytest.mark.parametrize("method", ["vcore", "sft", "random"])
@@ -59,8 +59,8 @@ def test_inspector_weighs_iw_sft_against_the_start_model_as_training_does(make_c
     from vcore.config import load_run_config
     from vcore.data.build import build_data
     from vcore.data.collate import Collator
+    from vcore.modeling import load_tokenizer
     from vcore.ops.forward import model_token_loss
-    from vcore.run.modeling import load_tokenizer
 
     train(make_cfg("trainer.max_steps=4", "trainer.learning_rate=3e-2", "trainer.warmup_ratio=0", f"model.lora.enabled={lora}",
                    "model.lora.dropout=0.0", "eval.after_train=false", "trainer.eval_at_end=false", method="iw_sft"))
@@ -75,7 +75,7 @@ def test_inspector_weighs_iw_sft_against_the_start_model_as_training_does(make_c
         trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(c.model.name_or_path, dtype=torch.float32), tmp_path / "final").eval()
     else:
         trained = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).eval()
-    data = build_data(c.dataset, load_tokenizer(c.model)).train
+    data = build_data(c.dataset, load_tokenizer(c.model.name_or_path)).train
     collate = Collator(0)
     weights = []
     with torch.no_grad():

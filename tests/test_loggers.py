@@ -2,6 +2,7 @@
 
 import pytest
 
+import vcore.run.lifecycle as lifecycle
 import vcore.run.training as train_mod
 from vcore.run.loggers import NullLogger, config_hash, run_name
 
@@ -28,7 +29,7 @@ class Recorder(NullLogger):
 
 def test_logger_finished_when_training_raises(make_cfg, monkeypatch):
     rec = Recorder()
-    monkeypatch.setattr(train_mod, "build_logger", lambda *a, **k: rec)
+    monkeypatch.setattr(lifecycle, "build_logger", lambda *a, **k: rec)
 
     def boom(*a, **k):
         raise RuntimeError("out of memory, say")
@@ -50,7 +51,7 @@ def test_logger_receives_step_metrics_and_summary(make_cfg, monkeypatch):
             summaries.append(metrics)
 
     spy = Spy()
-    monkeypatch.setattr(train_mod, "build_logger", lambda *a, **k: spy)
+    monkeypatch.setattr(lifecycle, "build_logger", lambda *a, **k: spy)
     train_mod.train(make_cfg())
     steps = [s for s, m in logged if "train/nll" in m]
     assert steps == [1, 2] and spy.finished == [0]

@@ -73,13 +73,14 @@ def test_multirun_gives_separate_runs_and_wandb_runs(tmp_path):
 
 
 def test_task_eval_on_a_finished_run_full_and_lora(make_cfg, tmp_path):
-    from vcore.run.training import run as run_job
+    from vcore.run.evaluation import evaluate
+    from vcore.run.training import train
 
     for lora in (False, True):
         train_dir = tmp_path / f"train_{lora}"
-        run_job(make_cfg(f"output_dir={train_dir}", f"model.lora.enabled={lora}", "eval.after_train=false", method="sft"))
+        train(make_cfg(f"output_dir={train_dir}", f"model.lora.enabled={lora}", "eval.after_train=false", method="sft"))
         eval_dir = tmp_path / f"eval_{lora}"
-        metrics = run_job(make_cfg(f"output_dir={eval_dir}", "task=eval", f"eval.model={train_dir}", method="sft"))
+        metrics = evaluate(make_cfg(f"output_dir={eval_dir}", "task=eval", f"eval.model={train_dir}", method="sft"))
         assert set(metrics["eval"]) == {f"synthetic_{s}/{k}" for s in SPLITS for k in ("accuracy", "truncation_rate", "accuracy_ci95_low", "accuracy_ci95_high")}
         assert (eval_dir / "eval" / "summary.md").exists() and (eval_dir / "metrics.json").exists()
 

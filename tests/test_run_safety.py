@@ -5,24 +5,29 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from vcore.checks import ConfigError
 from vcore.config import to_object
+from vcore.run.checkpoints import (
+    CONFIG_FILE,
+    RunDirBusy,
+    damaged_file,
+    fingerprint,
+    hold,
+    latest_checkpoint,
+    resolve_resume,
+)
 from vcore.run.loggers import run_id
-from vcore.run.checkpoints import damaged_file, latest_checkpoint, resolve_resume
-from vcore.run.rundir import CONFIG_FILE, RunDirBusy, fingerprint, hold
 from vcore.run.trainer import NonFiniteTraining
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(make_cfg, *overrides, method="sft"):
-    from vcore.run.training import run
+    from vcore.run.training import train as run
 
     return run(make_cfg("eval.after_train=false", "trainer.eval_at_end=false", *overrides, method=method))
 
@@ -114,7 +119,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(make_cfg
 
 def test_a_missing_model_path_is_one_clear_line(tmp_path):
     from vcore.config import ModelConfig
-    from vcore.run.modeling import load_model, load_tokenizer
+    from vcore.modeling import load_model, load_tokenizer
 
     (tmp_path / "config.json").write_text("{}")
     for source, says in ((tmp_path / "no_such_model", "no such directory, and not a hub id"),

@@ -15,7 +15,14 @@ from safetensors.torch import load_file
 
 from vcore.checks import ConfigError
 from vcore.config import ModelConfig, TinyModelConfig, TinyPretrainConfig, to_object
-from vcore.run.tiny import STAMP, build_stamp, ensure_tiny, tiny_path
+from vcore.run.tiny import STAMP, build_stamp, tiny_path
+from vcore.run.tiny import ensure_tiny as _ensure_tiny
+from vcore.run.training import pretrain_tiny_base
+
+
+def ensure_tiny(cfg: ModelConfig):
+    """What training does: the base, pretrained through the project's own training job when it is built."""
+    return _ensure_tiny(cfg, pretrain_tiny_base)
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1)
 
@@ -78,7 +85,7 @@ def test_a_failed_build_leaves_nothing_and_an_explicit_dir_is_never_clobbered(tm
 
     cfg = spec(tmp_path, steps=2)
 
-    def crash(path, spec):
+    def crash(path, spec, pretrain):
         (path / "half.bin").parent.mkdir(parents=True, exist_ok=True)
         (path / "half.bin").write_bytes(b"x")
         raise RuntimeError("killed mid-build")
@@ -104,7 +111,7 @@ def test_concurrent_requests_build_once(tmp_path, monkeypatch):
     calls = []
     started = threading.Event()
 
-    def slow_build(path, spec):
+    def slow_build(path, spec, pretrain):
         calls.append(path)
         started.set()
         path.mkdir(parents=True)
@@ -135,13 +142,13 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
     training run with eval.before_train then reports the same start-model numbers without evaluating again."""
     from omegaconf import OmegaConf
 
-    from vcore.run.training import run
+    from vcore.run.training import pretrain, train
 
     small = ["model.name_or_path=null", f"model.tiny.cache_dir={tmp_path / 'cache'}", "model.tiny.pretrain.steps=8",
              "model.tiny.pretrain.batch_size=4", "decoding.max_new_tokens=16"]
     cfg = make_cfg("task=pretrain", *small)
     OmegaConf.update(cfg, "output_dir", str(tmp_path / "pretrain"))
-    metrics = run(cfg)
+    metrics = pretrain(cfg)
     base = metrics["model"]
     assert base.startswith(str(tmp_path / "cache")) and metrics["pretrain"]["steps"] == 8
     acc = metrics["eval"]
@@ -151,6 +158,7 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
     cached = list((tmp_path / "cache").glob("tiny-*/zero_shot/*/summary.json"))
     assert len(cached) == 1
 
+    import vcore.run.benchmarks as benchmarks_module
     import vcore.run.training as train_module
 
     def no_eval(*a, **k):
@@ -158,12 +166,12 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
 
     cfg = make_cfg(*small, "eval.before_train=true", "eval.after_train=false", "trainer.max_steps=1", method="sft")
     OmegaConf.update(cfg, "output_dir", str(tmp_path / "train"))
-    original = train_module.run_benchmarks
-    train_module.run_benchmarks = no_eval
+    originals = train_module.run_benchmarks, benchmarks_module.run_benchmarks
+    train_module.run_benchmarks = benchmarks_module.run_benchmarks = no_eval
     try:
-        trained = run(cfg)
+        trained = train(cfg)
     finally:
-        train_module.run_benchmarks = original
+        train_module.run_benchmarks, benchmarks_module.run_benchmarks = originals
     assert trained["model"] == base and trained["eval_before"] == acc
     assert (tmp_path / "train" / "eval_before" / "synthetic_test.jsonl").exists()
 

@@ -237,7 +237,7 @@ class TrainerConfig:
     resume: str = "auto"
     # A checkpoint records the settings it was written under; resuming under others (another method, data, seed...)
     # stops and names them (error), unless continuing on purpose (allow). Run length, saving, logging and
-    # evaluation may always change (vcore.run.rundir.RESUMABLE_CHANGES).
+    # evaluation may always change (vcore.run.checkpoints.RESUMABLE_CHANGES).
     resume_config_change: str = "error"
 
     def __post_init__(self) -> None:

@@ -30,7 +30,8 @@ from vcore.eval.config import BenchmarkConfig, DecodingConfig, EvalConfigError, 
 from vcore.eval.generate import Generation, chat_prompts, make_generator
 from vcore.eval.metrics import benchmark_metrics
 from vcore.eval.results import jsonable, summary_markdown, table1, write_json, write_jsonl
-from vcore.eval.sandbox import isolation_report, reclaim as sandbox_reclaim
+from vcore.eval.sandbox import isolation_report
+from vcore.eval.sandbox import reclaim as sandbox_reclaim
 from vcore.eval.workers import map_with_timeout
 from vcore.prompts import PROMPT_TEMPLATES
 
@@ -118,16 +119,15 @@ def _resolve_model(model: Any, tokenizer: Any, backend: str, decoding: DecodingC
     """(identifier, model, tokenizer); loads from a path / hub id when given one."""
     if isinstance(model, (str, Path)):
         model_id = str(model)
-        if tokenizer is None and backend == "hf":
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(model_id)
         if backend == "hf":
             import torch
-            from transformers import AutoModelForCausalLM
+            from transformers import AutoTokenizer
 
-            dtype = decoding.dtype if decoding.dtype == "auto" else getattr(torch, decoding.dtype)
-            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+            from vcore.modeling import load_pretrained
+
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(model_id)
+            model = load_pretrained(model_id, decoding.dtype)
             model.to("cuda" if torch.cuda.is_available() else "cpu")
         return model_id, model, tokenizer
     if tokenizer is None:

@@ -23,8 +23,11 @@ def build_method(
     train_dataset: Sequence[Any],
     collate: Callable[[list[Any]], Batch],
     reference: nn.Module | None = None,
+    loss_chunk_size: int = 0,
 ) -> TokenWeighting:
     """Instantiate the weighting named by ``cfg.name`` (a :class:`vcore.config.MethodConfig` subclass).
+
+    ``loss_chunk_size``: ``model.loss_chunk_size``, for the forwards a method runs itself (probe, reference model).
 
     ``reference``: iw-SFT's frozen starting model under full fine-tuning, when ``model`` is not it (the inspector
     loads a trained checkpoint); by default a copy of ``model``, which is right at the start of training.
@@ -36,9 +39,9 @@ def build_method(
     if cfg.name == "random":
         return RandomTokens(cfg.keep_fraction, cfg.seed, cfg.always_keep_answer)
     if cfg.name == "iw_sft":
-        return IwSFT(model, cfg.temperature, cfg.clip_min, cfg.clip_max, reference=reference)
+        return IwSFT(model, cfg.temperature, cfg.clip_min, cfg.clip_max, reference=reference, loss_chunk_size=loss_chunk_size)
     if cfg.name == "vcore":
-        return VCORE(cfg, model, train_dataset, collate)
+        return VCORE(cfg, model, train_dataset, collate, loss_chunk_size)
     raise ValueError(f"method.name: unknown method {cfg.name!r}; choose one of {', '.join(METHODS)}")
 
 

@@ -19,7 +19,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from vcore.distributed import all_reduce_sum
+from vcore.ops.losses import supervised_mask
+
 Batch = dict[str, Any]
+
+# A method's state in a checkpoint: written by rank 0 last (it marks the checkpoint complete), plus one file per rank
+# for what differs between ranks (VCORE's stored probe direction under FSDP).
+METHOD_STATE = "vcore_method_state.pt"
+RANK_STATE_FILE = "vcore_method_state_rank{rank}.pt"
+
+
+def step_counts(batches: list[Batch]) -> dict[str, torch.Tensor]:
+    """Supervised tokens and examples of the whole step batch, over all ranks (float64 scalars). The trainer computes
+    them once per step and stores them in every micro-batch as ``batch["step_counts"]``; methods read them there."""
+    masks = [supervised_mask(b["labels"]) for b in batches]
+    counts = torch.tensor(
+        [float(sum(int(m.sum()) for m in masks)), float(sum(int((m.sum(1) > 0).sum()) for m in masks))],
+        dtype=torch.float64,
+        device=batches[0]["input_ids"].device,
+    )
+    num_tokens, num_examples = all_reduce_sum(counts)
+    return {"num_tokens": num_tokens, "num_examples": num_examples}
 
 
 class TokenWeighting:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from vcore.distributed import is_sharded
-from vcore.ops.forward import model_token_loss
 from vcore.methods.base import Batch, TokenWeighting
+from vcore.ops.forward import model_token_loss
 
 
 def iw_sft_weights(
@@ -62,8 +62,10 @@ def shard_like(module: nn.Module, sharded: nn.Module) -> None:
 class IwSFT(TokenWeighting):
     name = "iw_sft"
 
-    def __init__(self, model: nn.Module, temperature: float, clip_min: float, clip_max: float, reference: nn.Module | None = None) -> None:
-        self.temperature, self.clip_min, self.clip_max = temperature, clip_min, clip_max
+    def __init__(
+        self, model: nn.Module, temperature: float, clip_min: float, clip_max: float, reference: nn.Module | None = None, loss_chunk_size: int = 0
+    ) -> None:
+        self.temperature, self.clip_min, self.clip_max, self.chunk_size = temperature, clip_min, clip_max, loss_chunk_size
         self.uses_adapters = hasattr(model, "disable_adapter")
         if self.uses_adapters and reference is not None:
             raise ValueError("iw_sft under LoRA: the reference is the model with its adapters off; pass no reference")
@@ -88,7 +90,7 @@ class IwSFT(TokenWeighting):
         try:
             with self._reference_context(model):
                 for batch in batches:
-                    batch.setdefault("weighting", {})["ref_token_loss"] = model_token_loss(ref, batch)[0]
+                    batch.setdefault("weighting", {})["ref_token_loss"] = model_token_loss(ref, batch, chunk_size=self.chunk_size)[0]
         finally:
             ref.train(was_training)
         return {}

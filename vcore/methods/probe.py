@@ -23,11 +23,10 @@ from torch import nn
 
 from vcore.config import ProbeConfig
 from vcore.distributed import all_reduce_sum, is_sharded, rank, world_size
+from vcore.methods.base import RANK_STATE_FILE, Batch
+from vcore.methods.precision import exact_float32
 from vcore.ops.forward import model_token_loss
 from vcore.ops.losses import supervised_mask
-from vcore.methods.precision import exact_float32
-
-Batch = dict[str, Any]
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -38,7 +37,7 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
-def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch]) -> list[torch.Tensor]:
+def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch], chunk_size: int = 0) -> list[torch.Tensor]:
     """``g = ∇θ L_{B'}(θ; w = 1)`` over ``params``, token-normalised over all probe micro-batches and ranks.
 
     Uses ``torch.autograd.grad`` so the ``.grad`` buffers of the main step are never touched (sharded parameters:
@@ -47,11 +46,11 @@ def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Se
     num_tokens = sum(supervised_count(b) for b in batches)
     num_tokens = all_reduce_sum(torch.tensor(float(num_tokens), device=params[0].device)).clamp(min=1)
     if is_sharded(params):
-        return sharded_probe_gradient(model, params, batches, num_tokens)
+        return sharded_probe_gradient(model, params, batches, num_tokens, chunk_size)
     # float32 accumulators (bf16 weights get an exact-enough sum), float64 for float64 weights (exact tests).
     grads = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
     for batch in batches:
-        token_loss, mask = model_token_loss(model, batch)
+        token_loss, mask = model_token_loss(model, batch, chunk_size=chunk_size)
         loss = (token_loss * mask).sum() / num_tokens
         for acc, gr in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
             if gr is not None:
@@ -62,7 +61,7 @@ def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Se
 
 
 def sharded_probe_gradient(
-    model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch], num_tokens: torch.Tensor
+    model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch], num_tokens: torch.Tensor, chunk_size: int = 0
 ) -> list[torch.Tensor]:
     """FSDP2: ``g`` through FSDP's backward, sharded like ``params``; ``.grad`` is left empty as it was found.
 
@@ -78,7 +77,7 @@ def sharded_probe_gradient(
     for p in params:
         p.grad = None
     for batch in batches:
-        token_loss, mask = model_token_loss(model, batch)
+        token_loss, mask = model_token_loss(model, batch, chunk_size=chunk_size)
         # FSDP averages the reduce-scattered gradient over ranks while num_tokens already counts every rank's.
         ((token_loss * mask).sum() / num_tokens * world_size()).backward()
     if all(p.grad is None for p in params):
@@ -139,6 +138,7 @@ def finite_difference_scores(
     batches: Sequence[Batch],
     epsilon: float,
     exact: bool = True,
+    chunk_size: int = 0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per micro-batch ``(l_t(θ), s_t)``, both ``[B, T]``, from forwards in exact float32.
 
@@ -148,13 +148,13 @@ def finite_difference_scores(
     """
     params = list(params.values()) if isinstance(params, dict) else list(params)
     with exact_float32() if exact else contextlib.nullcontext():
-        base = [model_token_loss(model, b)[0] for b in batches]
+        base = [model_token_loss(model, b, chunk_size=chunk_size)[0] for b in batches]
         saved = [p.detach().clone() for p in params]  # under FSDP: this rank's shards only
         try:
             _reshard(model)
             for p, d in zip(params, g):
                 p.sub_(epsilon * d.to(p.dtype))
-            shifted = [model_token_loss(model, b)[0] for b in batches]
+            shifted = [model_token_loss(model, b, chunk_size=chunk_size)[0] for b in batches]
         finally:
             _reshard(model)
             for p, s in zip(params, saved):
@@ -180,6 +180,7 @@ def jvp_scores(
     batches: Sequence[Batch],
     block: int = 256,
     attention: str = "vcore_blocked",
+    chunk_size: int = 0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per micro-batch ``(l_t(θ), s_t)`` with ``s_t`` the exact derivative of ``l_t`` along ``g`` (forward-mode AD).
 
@@ -191,13 +192,11 @@ def jvp_scores(
 
     from vcore.ops.attention import use_attention
 
-    for m in model.modules():  # block size read by the attention function
-        m.vcore_block = block
     losses, scores = [], []
-    with use_attention(model, attention), fwAD.dual_level():
+    with use_attention(model, attention, block=block), fwAD.dual_level():
         dual = {n: fwAD.make_dual(p, d.to(p.dtype)) for (n, p), d in zip(params.items(), g)}
         for batch in batches:
-            token_loss, _ = model_token_loss(model, batch, params=dual)
+            token_loss, _ = model_token_loss(model, batch, params=dual, chunk_size=chunk_size)
             primal, tangent = fwAD.unpack_dual(token_loss)
             losses.append(primal.clone())
             scores.append(torch.zeros_like(primal) if tangent is None else tangent.clone())
@@ -223,10 +222,10 @@ class Probe:
     the step that drew it. Under FSDP that direction is sharded: each rank saves its shards (:meth:`rank_state_dict`).
     """
 
-    def __init__(self, cfg: ProbeConfig, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
+    def __init__(self, cfg: ProbeConfig, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch], chunk_size: int = 0) -> None:
         if len(dataset) == 0:
             raise ValueError("VCORE probe: the training set is empty")
-        self.cfg, self.dataset, self.collate = cfg, dataset, collate
+        self.cfg, self.dataset, self.collate, self.chunk_size = cfg, dataset, collate, chunk_size
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.direction: list[torch.Tensor] | None = None
         self._shards: list[torch.Tensor] | None = None  # this rank's direction shards from a checkpoint (FSDP)
@@ -252,7 +251,7 @@ class Probe:
         if self._shards is not None:  # this rank's shards of a direction restored from a checkpoint
             self.direction, self._shards = _rebuild_shards(self._shards, values), None
         if self.direction is None or self.steps_since_refresh >= self.cfg.every:
-            g = probe_gradient(model, values, self.sample(device))
+            g = probe_gradient(model, values, self.sample(device), self.chunk_size)
             self.last_norm = clip_(g, self.cfg.clip_norm)
             self.direction, self.steps_since_refresh = g, 0
         elif self.direction[0].device != values[0].device:  # restored from a checkpoint onto CPU
@@ -324,7 +323,6 @@ class Probe:
         self.steps_since_refresh = state["steps_since_refresh"]
 
 
-RANK_STATE_FILE = "vcore_method_state_rank{rank}.pt"
 
 
 def _rebuild_shards(shards: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,10 +20,10 @@ from torch import nn
 
 from vcore.config import ProbeMode, VCOREConfig
 from vcore.distributed import all_reduce_sum
-from vcore.ops.losses import supervised_mask, weighted_loss
-from vcore.methods.base import Batch, TokenWeighting
+from vcore.methods.base import Batch, TokenWeighting, step_counts
 from vcore.methods.precision import check_finite_difference_precision
 from vcore.methods.probe import Probe, finite_difference_scores, jvp_scores, trainable_parameters
+from vcore.ops.losses import supervised_mask, weighted_loss
 
 
 def gibbs_weights(scores: torch.Tensor, mask: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,19 +152,21 @@ def resolve_probe_mode(mode: ProbeMode, model: nn.Module) -> ProbeMode:
 class VCORE(TokenWeighting):
     name = "vcore"
 
-    def __init__(self, cfg: VCOREConfig, model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch]) -> None:
+    def __init__(
+        self, cfg: VCOREConfig, model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch], loss_chunk_size: int = 0
+    ) -> None:
         self.mode = resolve_probe_mode(cfg.probe.mode, model)
         if self.mode == ProbeMode.finite_difference:
             check_finite_difference_precision(model, cfg.probe.allow_low_precision)
-        self.cfg = cfg
-        self.probe = Probe(cfg.probe, dataset, collate)
+        self.cfg, self.chunk_size = cfg, loss_chunk_size
+        self.probe = Probe(cfg.probe, dataset, collate, loss_chunk_size)
         self.steps = 0
 
     def scores(self, model: nn.Module, params, g, batches: list[Batch], mode: ProbeMode):
         """``(l_t(θ), s_t)`` per micro-batch by the chosen probe."""
         if mode == ProbeMode.jvp:
-            return jvp_scores(model, params, g, batches, self.cfg.probe.attention_block, self.cfg.probe.jvp_attention)
-        return finite_difference_scores(model, params, g, batches, self.cfg.probe.epsilon)
+            return jvp_scores(model, params, g, batches, self.cfg.probe.attention_block, self.cfg.probe.jvp_attention, self.chunk_size)
+        return finite_difference_scores(model, params, g, batches, self.cfg.probe.epsilon, chunk_size=self.chunk_size)
 
     def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
         was_training = model.training
@@ -207,8 +209,9 @@ class VCORE(TokenWeighting):
         if vc == "paper":
             return paper_alpha(scores, [q for _, q in wq], masks, self.cfg.alpha_max)
         norm = self.cfg.loss_normalization.value
-        n_tok = all_reduce_sum(torch.tensor(float(sum(int(m.sum()) for m in masks)), device=device))
-        n_ex = all_reduce_sum(torch.tensor(float(sum(int((m.sum(1) > 0).sum()) for m in masks)), device=device))
+        counts = batches[0].get("step_counts") or step_counts(batches)  # the trainer's, computed once per step
+        # float32 as the losses: the counts are integers, exact in either type
+        n_tok, n_ex = counts["num_tokens"].float(), counts["num_examples"].float()
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         for l, m, (w, _) in zip(losses, masks, wq):
             ones = m.to(l.dtype)

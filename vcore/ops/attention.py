@@ -15,6 +15,7 @@ Scores and softmax run in float32 for bf16/fp16 inputs (float64 for float64); th
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -138,7 +139,7 @@ def packed_segments(position_ids: torch.Tensor | None) -> torch.Tensor | None:
     return None if bool((segments[:, -1] == 1).all()) else segments
 
 
-def _attention_interface(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def _attention_interface(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, block: int = DEFAULT_BLOCK, **kwargs):
     """transformers' attention-function signature; returns ``([B, T, H, D], None)`` like the eager path."""
     if query.shape[2] != key.shape[2]:
         raise ValueError("vcore_blocked attention needs queries and keys of the same length (no KV cache)")
@@ -146,16 +147,17 @@ def _attention_interface(module: nn.Module, query, key, value, attention_mask, s
         raise ValueError("vcore_blocked attention does not implement sliding-window attention")
     # Packed rows (no padding mask, positions restarting per example): attention never crosses examples.
     segments = packed_segments(kwargs.get("position_ids")) if attention_mask is None else None
-    out = blocked_attention(query, key, value, attention_mask, scaling, getattr(module, "vcore_block", DEFAULT_BLOCK), segments)
+    out = blocked_attention(query, key, value, attention_mask, scaling, block, segments)
     return out.transpose(1, 2).contiguous(), None
 
 
-def register() -> None:
-    """Make ``"vcore_blocked"`` a valid ``attn_implementation``; its mask is the 2D padding mask (or None)."""
+def register(block: int = DEFAULT_BLOCK) -> None:
+    """Make ``"vcore_blocked"`` a valid ``attn_implementation`` computing ``block`` queries at a time; its mask is the
+    2D padding mask (or None)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
-    AttentionInterface.register(NAME, _attention_interface)
+    AttentionInterface.register(NAME, functools.partial(_attention_interface, block=block))
     AttentionMaskInterface.register(NAME, flash_attention_mask)
 
 
@@ -170,10 +172,11 @@ def _configs(model: nn.Module) -> list:
 
 
 @contextlib.contextmanager
-def use_attention(model: nn.Module, name: str = NAME) -> Iterator[None]:
-    """Switch every config of ``model`` to attention ``name`` for the block, then restore it."""
+def use_attention(model: nn.Module, name: str = NAME, block: int = DEFAULT_BLOCK) -> Iterator[None]:
+    """Switch every config of ``model`` to attention ``name`` for the ``with`` block, then restore it; ``block``: the
+    query block size of ``vcore_blocked`` (registered with it bound, so nothing is stored on the model)."""
     if name == NAME:
-        register()
+        register(block)
     configs = _configs(model)
     previous = [c._attn_implementation for c in configs]
     try:

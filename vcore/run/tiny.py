@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -158,8 +158,15 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def ensure_tiny(cfg: ModelConfig) -> Path:
-    """The ``from_pretrained`` directory of the tiny model ``cfg.tiny`` describes, built unless already there."""
+Pretrain = Callable[[Path, Path, TinyModelConfig], dict]
+
+
+def ensure_tiny(cfg: ModelConfig, pretrain: Pretrain) -> Path:
+    """The ``from_pretrained`` directory of the tiny model ``cfg.tiny`` describes, built unless already there.
+
+    ``pretrain(init_dir, work_dir, spec)`` trains the initialised model (``spec.pretrain.steps`` > 0) and returns a
+    record; the caller passes it (:func:`vcore.run.training.pretrain_tiny_base`), so building a base, itself a
+    training run, needs no import of the training job from here."""
     from vcore.distributed import launched_world_size
 
     assert cfg.tiny is not None, "ensure_tiny needs model.tiny"
@@ -189,7 +196,7 @@ def ensure_tiny(cfg: ModelConfig) -> Path:
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _build(tmp, cfg.tiny)
+            _build(tmp, cfg.tiny, pretrain)
             missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (tmp / f).is_file()]
             if missing:  # never stamp a build that cannot be loaded
                 raise RuntimeError(f"building the tiny model at {path}: {', '.join(missing)} not written")
@@ -212,7 +219,7 @@ def _wait_for(path: Path, stamp: str, timeout_s: float = 1800.0) -> Path:
     return path
 
 
-def _build(path: Path, spec: TinyModelConfig) -> None:
+def _build(path: Path, spec: TinyModelConfig, pretrain: Pretrain) -> None:
     """Tokenizer + initialisation, then ``spec.pretrain.steps`` of pretraining, all into ``path``."""
     p = spec.pretrain
     if not p.steps:
@@ -234,53 +241,6 @@ def _build(path: Path, spec: TinyModelConfig) -> None:
     (path / PRETRAIN_RECORD).write_text(json.dumps(record, indent=2))
     shutil.rmtree(work)
     log.info("tiny base built in %.0f s (final pretraining NLL %.3f)", record["build_s"], record["final_nll"])
-
-
-def pretrain(init_dir: Path, work: Path, spec: TinyModelConfig) -> dict:
-    """Train ``init_dir`` with uniform SFT on the ``corpus`` split through :func:`vcore.run.training.build_job`; the model
-    goes to ``work/model``. Returns a record of what was done."""
-    from vcore.config import EvalRunConfig, NoLoggerConfig, SFTConfig, TrainConfig, TrainerConfig
-    from vcore.data.config import SyntheticDatasetConfig
-    from vcore.run.training import build_job
-
-    p = spec.pretrain
-    c = TrainConfig(
-        model=ModelConfig(name_or_path=str(init_dir)),
-        dataset=SyntheticDatasetConfig(train_split="corpus", num_examples=p.steps * p.batch_size, seed=p.seed, eval_examples=0),
-        method=SFTConfig(),
-        trainer=TrainerConfig(
-            max_steps=p.steps,
-            per_device_train_batch_size=p.batch_size,
-            learning_rate=p.learning_rate,
-            warmup_ratio=p.warmup_ratio,
-            packing=p.pack_length > 0,
-            pack_length=p.pack_length,
-            logging_steps=max(1, min(50, p.steps // 10)),
-            save_steps=0,
-            resume="never",
-            eval_at_end=False,
-        ),
-        logger=NoLoggerConfig(),
-        eval=EvalRunConfig(after_train=False),
-        seed=p.seed,
-        output_dir=str(work),
-    )
-    job = build_job(c, work)
-    result = job.trainer.train()
-    job.trainer.save_model(str(work / "model"))
-    history = job.trainer.state.log_history
-    with (work / "history.jsonl").open("w") as f:
-        for line in history:
-            f.write(json.dumps(line) + "\n")
-    nll = [h["train/nll"] for h in history if "train/nll" in h]
-    return {
-        "steps": p.steps,
-        "examples": len(job.data.train),
-        "supervised_tokens": job.data.stats.get("train/supervised_tokens"),
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "final_nll": nll[-1] if nll else None,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def tiny_corpus() -> list[str]:

@@ -15,7 +15,6 @@ Backends: DDP and FSDP2 for every method (under FSDP2, VCORE with the finite-dif
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -35,16 +34,14 @@ from vcore.distributed import (
     rank,
     world_size,
 )
+from vcore.methods.base import METHOD_STATE, RANK_STATE_FILE, TokenWeighting, step_counts
 from vcore.ops.forward import model_token_loss
-from vcore.ops.losses import supervised_mask, weighted_loss
-from vcore.methods.base import TokenWeighting
-from vcore.methods.probe import RANK_STATE_FILE
+from vcore.ops.losses import weighted_loss
 from vcore.ops.stats import StepStats
+from vcore.run.checkpoints import save_fingerprint
 
 log = logging.getLogger(__name__)
 
-METHOD_STATE = "vcore_method_state.pt"
-FINGERPRINT_FILE = "vcore_config.json"  # the run settings a checkpoint was written under (vcore.run.rundir)
 
 
 class WeightedTrainer(Trainer):
@@ -58,6 +55,7 @@ class WeightedTrainer(Trainer):
         loss_normalization: str = "token",
         precision: str = "fp32",
         lr_floor: float | None = None,
+        loss_chunk_size: int = 0,
         run_fingerprint: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -77,6 +75,7 @@ class WeightedTrainer(Trainer):
         self.loss_normalization = loss_normalization
         self.precision = precision
         self.lr_floor = lr_floor
+        self.loss_chunk_size = loss_chunk_size  # model.loss_chunk_size (vcore.ops.forward.model_token_loss)
         eos = getattr(self.processing_class, "eos_token_id", None)
         self.step_stats = StepStats(eos_token_id=eos)
         self.run_fingerprint = run_fingerprint
@@ -109,24 +108,18 @@ class WeightedTrainer(Trainer):
             return batches, None
         # The method's step-level work runs before training_step moves inputs, so place them here.
         batches = [{k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
-        masks = [supervised_mask(b["labels"]) for b in batches]
-        counts = torch.tensor(
-            [float(sum(int(m.sum()) for m in masks)), float(sum(int((m.sum(1) > 0).sum()) for m in masks))],
-            dtype=torch.float64,
-            device=batches[0]["input_ids"].device,
-        )
-        num_tokens, num_examples = all_reduce_sum(counts)
+        counts = step_counts(batches)  # once per step, for the loss and the method
         for b in batches:
-            b["step_counts"] = {"num_tokens": num_tokens, "num_examples": num_examples}
+            b["step_counts"] = counts
         with self.compute_loss_context_manager():
             diagnostics = self.weighting.prepare_step(self.model, batches)
         self.step_stats.add_step(diagnostics)
-        return batches, num_tokens
+        return batches, counts["num_tokens"]
 
     # ----------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         counts = inputs.get("step_counts")
-        token_loss, mask = model_token_loss(model, inputs)
+        token_loss, mask = model_token_loss(model, inputs, chunk_size=self.loss_chunk_size)
         if counts is None or not model.training:
             # Evaluation (or a batch that bypassed get_batch_samples): plain NLL over the local tokens.
             loss = weighted_loss(token_loss, mask.float(), mask, mask.sum())
@@ -208,7 +201,7 @@ class _MethodStateCallback(TrainerCallback):
         barrier()
         if state.is_world_process_zero and ckpt.is_dir():
             if self.trainer.run_fingerprint is not None:
-                (ckpt / FINGERPRINT_FILE).write_text(json.dumps(self.trainer.run_fingerprint, indent=1, sort_keys=True, default=str))
+                save_fingerprint(ckpt, self.trainer.run_fingerprint)
             torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)  # last: marks the checkpoint complete
         return control
 

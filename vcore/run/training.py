@@ -1,4 +1,4 @@
-"""``train(cfg)``: the whole training job, from a composed Hydra config to ``metrics.json``.
+"""Training jobs: ``train(cfg)`` from a composed Hydra config to ``metrics.json``; ``task=pretrain`` builds the tiny base.
 
     python run.py                                  # the default: tiny model, synthetic task, VCORE
     python run.py method=dft trainer.max_steps=50  # any override
@@ -11,121 +11,58 @@ Long runs: ``trainer.resume=auto`` (default) continues from the newest complete 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import TrainingArguments, set_seed
 
 from vcore.checks import ConfigError
-from vcore.config import to_object
+from vcore.config import ModelConfig, TinyModelConfig
 from vcore.data.build import DataBundle, build_data
 from vcore.data.collate import Collator
-from vcore.distributed import (
-    barrier,
-    broadcast_object,
-    check_parallel_backend,
-    init_distributed,
-    launcher_backends,
-    probe_settings,
-    rank,
-    rank_zero_first,
-    same_on_all_ranks,
-)
-from vcore.ops.forward import model_token_loss
-from vcore.run.loggers import LoggerCallback, NullLogger, build_logger
+from vcore.distributed import barrier, rank, rank_zero_first
 from vcore.methods import build_method
-from vcore.run.modeling import load_model, load_tokenizer, resolve_model
-from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCallback
-from vcore.run.checkpoints import resolve_resume
-from vcore.run.rundir import RunDirBusy, check_resume, fingerprint, hold
-from vcore.run.trainer import METHOD_STATE, WeightedTrainer
+from vcore.methods.base import METHOD_STATE
+from vcore.modeling import load_model, load_tokenizer
+from vcore.ops.forward import model_token_loss
+from vcore.run.benchmarks import evaluate_start_model, run_benchmarks
+from vcore.run.checkpoints import fingerprint
+from vcore.run.lifecycle import run_job, write_metrics
+from vcore.run.loggers import LoggerCallback, NullLogger
+from vcore.run.preemption import Preempted, PreemptionCallback
+from vcore.run.tiny import ensure_tiny
+from vcore.run.trainer import WeightedTrainer
 
 log = logging.getLogger(__name__)
 
 
-def hydra_job() -> tuple[list[str], str | None]:
-    """The job's command-line overrides and, in a multirun, the sweep's name (W&B group)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return [], None
-    hc = HydraConfig.get()
-    sweep = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
-    return list(hc.overrides.task), sweep
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """``run.py``'s job: ``task=train`` (default), ``task=eval`` or ``task=pretrain``."""
-    return train(cfg)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or, with ``task=eval``, evaluate; with ``task=pretrain``, build the tiny base) as configured; metrics
-    also go to ``<output_dir>/metrics.json``."""
-    c = to_object(cfg)  # every schema check runs here, before anything is loaded
-    if c.task == "train":  # refuse unsupported backends before anything is loaded
-        generates = bool(c.eval.after_train and c.benchmark)
-        check_parallel_backend(
-            c.method.name, generates_after_training=generates, **probe_settings(c.method), **launcher_backends()
-        )
-    init_distributed()  # under torchrun: the group run.py made, or a new one when train() is called directly
-    out = Path(c.output_dir)
-    if not same_on_all_ranks(str(out.resolve())):
-        raise ConfigError(
-            f"output_dir differs between ranks (this rank: {out}); launch through run.py, which gives every rank "
-            "rank 0's Hydra dir, or set hydra.run.dir / output_dir explicitly (docs/distributed.md)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    with _hold_run_dir(out):
-        checkpoint = None
-        if c.task == "train":  # before config.yaml is rewritten: a run dir continues only the run it holds
-            checkpoint = broadcast_object(resolve_resume(c.trainer.resume, out / "checkpoints"))  # rank 0's view decides
-            if checkpoint is not None:
-                check_resume(checkpoint, resolved, allow=c.trainer.resume_config_change == "allow")
-        if rank() == 0:
-            (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        overrides, sweep = hydra_job()
-        logger = build_logger(c.logger, resolved, out, overrides, sweep)
-        try:
-            if c.task == "train":
-                metrics = _train(c, resolved, out, logger, checkpoint)
-            else:
-                metrics = {"eval": _evaluate_only, "pretrain": _pretrain_only}[c.task](c, resolved, out, logger)
-        except Preempted:
-            logger.finish(exit_code=PREEMPTED_EXIT_CODE)
-            raise
-        except BaseException:
-            logger.finish(exit_code=1)
-            raise
-        logger.finish(exit_code=0)
-    return metrics
+    """``task=train``: train as configured (then evaluate, if asked); metrics also go to ``<output_dir>/metrics.json``."""
+    return run_job(cfg, _fit)
 
 
-@contextlib.contextmanager
-def _hold_run_dir(out: Path):
-    """Rank 0 holds the run dir's lock for the job; every rank stops when another job holds it."""
-    with contextlib.ExitStack() as stack:
-        busy = None
-        if rank() == 0:
-            try:
-                stack.enter_context(hold(out))
-            except RunDirBusy as err:
-                busy = str(err)
-        busy = broadcast_object(busy)
-        if busy:
-            raise RunDirBusy(busy)
-        yield
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """``task=pretrain``: build (or find) the tiny base and evaluate it zero-shot on ``cfg.benchmark``."""
+    return run_job(cfg, _pretrain)
+
+
+def resolve_model(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``name_or_path`` pointing at files: the tiny model (``model.tiny``) is built (pretrained through
+    this module's own training, :func:`pretrain_tiny_base`) or found in its cache first, one writer under data
+    parallelism. The result has no ``tiny`` left, so it loads with :mod:`vcore.modeling` directly."""
+    if cfg.tiny is None:
+        return cfg
+    with rank_zero_first():
+        path = ensure_tiny(cfg, pretrain_tiny_base)
+    return dataclasses.replace(cfg, name_or_path=str(path), tiny=None)
 
 
 def prepare_model(c):
@@ -157,7 +94,7 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     log.info("data: %s", data.stats)
     t = c.trainer
     collator = Collator(tokenizer.pad_token_id, pack=t.packing, pack_length=t.pack_length)
-    weighting = build_method(c.method, model, data.train, collator)
+    weighting = build_method(c.method, model, data.train, collator, loss_chunk_size=c.model.loss_chunk_size)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         max_steps=t.max_steps,
@@ -193,11 +130,12 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
         loss_normalization=c.method.loss_normalization.value,
         precision=t.precision,
         lr_floor=t.lr_floor,
+        loss_chunk_size=c.model.loss_chunk_size,
     )
     return Job(trainer, tokenizer, data, collator, str(model_cfg.name_or_path))
 
 
-def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None) -> dict[str, Any]:
+def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     job = build_job(c, out, logger)
     log.info("model: %s", job.model_path)
@@ -206,7 +144,7 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoin
     if before:
         logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
     trainer = job.trainer
-    trainer.run_fingerprint = fingerprint(resolved)  # into every checkpoint (vcore.run.rundir.check_resume)
+    trainer.run_fingerprint = fingerprint(resolved)  # into every checkpoint (vcore.run.checkpoints.check_resume)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     preemption = PreemptionCallback()
@@ -234,7 +172,9 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoin
         metrics["eval_before"] = before
     if c.trainer.eval_at_end:
         metrics["eval"] = {
-            f"{name}/nll": heldout_nll(trainer.model, ds, Collator(job.tokenizer.pad_token_id), c.trainer.per_device_eval_batch_size)
+            f"{name}/nll": heldout_nll(
+                trainer.model, ds, Collator(job.tokenizer.pad_token_id), c.trainer.per_device_eval_batch_size, c.model.loss_chunk_size
+            )
             for name, ds in job.data.eval.items()
         }
     if c.eval.after_train and c.benchmark:
@@ -242,9 +182,7 @@ def _train(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoin
         summary = run_benchmarks(c, trainer.model, job.tokenizer, out / "eval", logger, model_name=trained)
         metrics.setdefault("eval", {}).update(summary)
     metrics["runtime_s"] = time.perf_counter() - t_start
-    logger.summary(flatten(metrics))
-    if rank() == 0:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_metrics(out, metrics, logger)
     return metrics
 
 
@@ -267,76 +205,7 @@ def save_final_model(trainer: WeightedTrainer, path: Path) -> None:
     barrier()
 
 
-def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger, model_name: str | None = None) -> dict[str, float]:
-    """Generate and grade ``cfg.benchmark`` with ``cfg.decoding`` (rank 0); ``{"<bench>/accuracy": ...}``."""
-    if rank() != 0:
-        return {}
-    from vcore.eval import GradingConfig, evaluate
-
-    benchmarks = [b for b in c.benchmark.values() if not (b.synthetic and b.synthetic.kwargs.get("num_examples") == 0)]
-    if len(benchmarks) < len(c.benchmark):  # the synthetic preset follows dataset.eval_examples; real data sets 0
-        log.info("skipping synthetic benchmarks with 0 examples (dataset.eval_examples=0); choose others with benchmark=...")
-    if not benchmarks:
-        return {}
-    was_training = model.training
-    model.eval()
-    try:
-        summary = evaluate(
-            model, tokenizer, benchmarks, c.decoding, out, c.eval.backend, logger,
-            grading=GradingConfig(num_workers=c.eval.num_workers), model_name=model_name,
-        )
-    finally:
-        model.train(was_training)
-    return benchmark_summary(summary)
-
-
-def benchmark_summary(summary: dict) -> dict[str, float]:
-    """``{"<bench>/accuracy", "<bench>/accuracy_ci95_low|high", "<bench>/truncation_rate"}`` from an eval summary."""
-    result = {}
-    for name, bench in summary["benchmarks"].items():
-        m = bench["metrics"]
-        for key in ("accuracy", "truncation_rate"):
-            if m.get(key) is not None:
-                result[f"{name}/{key}"] = m[key]
-        if m.get("accuracy_ci95"):
-            result[f"{name}/accuracy_ci95_low"], result[f"{name}/accuracy_ci95_high"] = m["accuracy_ci95"]
-    return result
-
-
-def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path) -> dict[str, float]:
-    """``eval.before_train``: accuracy of the model training starts from, in ``<out>/eval_before/``.
-
-    For the tiny base the results are cached in its directory, keyed by the benchmarks and decoding, so every run
-    from one base (a sweep's seeds and methods) evaluates it once. A resumed run reuses its own earlier results.
-    """
-    import shutil
-
-    from vcore.eval.harness import HARNESS_VERSION
-    from vcore.eval.results import jsonable
-
-    dest = out / "eval_before"
-    cache = None
-    if c.model.tiny is not None:
-        spec = json.dumps(jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True)
-        cache = Path(model_path) / "zero_shot" / hashlib.sha256(spec.encode()).hexdigest()[:16]
-    if not (dest / "summary.json").is_file() and rank() == 0:
-        if cache is not None and (cache / "summary.json").is_file():
-            log.info("start model's accuracy: cached in %s", cache)
-            shutil.copytree(cache, dest, dirs_exist_ok=True)
-        else:
-            log.info("evaluating the start model (eval.before_train=true)")
-            run_benchmarks(c, model, tokenizer, dest, NullLogger())
-            if cache is not None and (dest / "summary.json").is_file():
-                tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
-                shutil.copytree(dest, tmp, dirs_exist_ok=True)
-                os.replace(tmp, cache) if not cache.exists() else shutil.rmtree(tmp)
-    if rank() != 0 or not (dest / "summary.json").is_file():
-        return {}
-    return benchmark_summary(json.loads((dest / "summary.json").read_text()))
-
-
-def _pretrain_only(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
-    """``task=pretrain``: build (or find) the tiny base and evaluate it zero-shot on ``cfg.benchmark``."""
+def _pretrain(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     if c.model.tiny is None:
         raise ConfigError("task=pretrain builds the tiny base model (model=tiny); other models come pretrained")
@@ -349,38 +218,54 @@ def _pretrain_only(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -
         tokenizer, model = load_tokenizer(model_cfg), load_model(model_cfg)
         metrics["eval"] = evaluate_start_model(c, model, tokenizer, str(path), out)
     metrics["runtime_s"] = time.perf_counter() - t_start
-    logger.summary(flatten(metrics))
-    if rank() == 0:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_metrics(out, metrics, logger)
     return metrics
 
 
-def _evaluate_only(c, resolved: dict[str, Any], out: Path, logger: NullLogger) -> dict[str, Any]:
-    """``task=eval``: a run dir or checkpoint of ours (LoRA adapters included), or any hub id / model dir."""
-    t_start = time.perf_counter()
-    source = Path(c.eval.model)
-    # Ours: a run dir (model in final/) or a LoRA checkpoint (adapters only) need the run's config to load;
-    # a full model dir (config.json) or a hub id loads by itself.
-    ours = source.exists() and ((source / "adapter_config.json").exists() or not (source / "config.json").exists())
-    if ours:
-        from vcore.config import load_run_config
-        from vcore.tools.inspector import find_run, load_checkpoint
+def pretrain_tiny_base(init_dir: Path, work: Path, spec: TinyModelConfig) -> dict:
+    """Train ``init_dir`` with uniform SFT on the ``corpus`` split through :func:`build_job`; the model goes to
+    ``work/model``. Returns a record of what was done. (:func:`vcore.run.tiny.ensure_tiny` calls it when it builds.)"""
+    from vcore.config import EvalRunConfig, NoLoggerConfig, SFTConfig, TrainConfig, TrainerConfig
+    from vcore.data.config import SyntheticDatasetConfig
 
-        run_dir, checkpoint = find_run(source)
-        tokenizer, model = load_checkpoint(load_run_config(run_dir / "config.yaml"), checkpoint)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(c.eval.model)
-        model = str(c.eval.model) if c.eval.backend == "vllm" else AutoModelForCausalLM.from_pretrained(c.eval.model, dtype="auto")
-    if not c.benchmark:
-        raise ValueError("task=eval: no benchmark selected; pick one with benchmark=<name> (see conf/benchmark/)")
-    metrics = {"eval": run_benchmarks(c, model, tokenizer, out / "eval", logger), "model": str(c.eval.model)}
-    metrics["runtime_s"] = time.perf_counter() - t_start
-    logger.summary(flatten(metrics))
-    if rank() == 0:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
+    p = spec.pretrain
+    c = TrainConfig(
+        model=ModelConfig(name_or_path=str(init_dir)),
+        dataset=SyntheticDatasetConfig(train_split="corpus", num_examples=p.steps * p.batch_size, seed=p.seed, eval_examples=0),
+        method=SFTConfig(),
+        trainer=TrainerConfig(
+            max_steps=p.steps,
+            per_device_train_batch_size=p.batch_size,
+            learning_rate=p.learning_rate,
+            warmup_ratio=p.warmup_ratio,
+            packing=p.pack_length > 0,
+            pack_length=p.pack_length,
+            logging_steps=max(1, min(50, p.steps // 10)),
+            save_steps=0,
+            resume="never",
+            eval_at_end=False,
+        ),
+        logger=NoLoggerConfig(),
+        eval=EvalRunConfig(after_train=False),
+        seed=p.seed,
+        output_dir=str(work),
+    )
+    job = build_job(c, work)
+    result = job.trainer.train()
+    job.trainer.save_model(str(work / "model"))
+    history = job.trainer.state.log_history
+    with (work / "history.jsonl").open("w") as f:
+        for line in history:
+            f.write(json.dumps(line) + "\n")
+    nll = [h["train/nll"] for h in history if "train/nll" in h]
+    return {
+        "steps": p.steps,
+        "examples": len(job.data.train),
+        "supervised_tokens": job.data.stats.get("train/supervised_tokens"),
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "final_nll": nll[-1] if nll else None,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def summarize_train(history: list[dict[str, Any]], run_metrics: dict[str, Any]) -> dict[str, Any]:
@@ -416,7 +301,7 @@ def summarize_train(history: list[dict[str, Any]], run_metrics: dict[str, Any]) 
 
 
 @torch.no_grad()
-def heldout_nll(model, dataset, collator, batch_size: int) -> float:
+def heldout_nll(model, dataset, collator, batch_size: int, chunk_size: int = 0) -> float:
     """Mean per-token NLL of the supervised tokens of ``dataset`` (eval mode)."""
     if len(dataset) == 0:
         return float("nan")
@@ -427,19 +312,8 @@ def heldout_nll(model, dataset, collator, batch_size: int) -> float:
     for i in range(0, len(dataset), batch_size):
         batch = collator([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
         batch = {k: v.to(device) for k, v in batch.items()}
-        token_loss, mask = model_token_loss(model, batch)
+        token_loss, mask = model_token_loss(model, batch, chunk_size=chunk_size)
         total += float((token_loss * mask).sum())
         count += int(mask.sum())
     model.train(was_training)
     return total / max(count, 1)
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out

@@ -19,9 +19,9 @@ import sys
 
 import torch
 
-from vcore.ops.losses import supervised_mask
-from vcore.methods.vcore import score_agreement
 from vcore.methods.probe import clip_, finite_difference_scores, jvp_scores, probe_gradient, trainable_parameters
+from vcore.methods.vcore import score_agreement
+from vcore.ops.losses import supervised_mask
 
 PRECISIONS = ("fp32", "tf32", "bf16_autocast", "bf16_weights")
 
@@ -40,13 +40,13 @@ def precision_context(name: str, device: torch.device):
         torch.set_float32_matmul_precision(previous)
 
 
-def fidelity_table(model, probe_batches, batches, epsilons, precisions=PRECISIONS) -> dict[str, dict[float, float]]:
+def fidelity_table(model, probe_batches, batches, epsilons, precisions=PRECISIONS, chunk_size: int = 0) -> dict[str, dict[float, float]]:
     """``{precision: {ε: pearson}}`` of finite-difference against exact float32 jvp scores."""
     model.eval()
     params = trainable_parameters(model)
-    g = probe_gradient(model, list(params.values()), probe_batches)
+    g = probe_gradient(model, list(params.values()), probe_batches, chunk_size)
     clip_(g, 1.0)
-    _, exact = jvp_scores(model, params, g, batches)
+    _, exact = jvp_scores(model, params, g, batches, chunk_size=chunk_size)
     masks = [supervised_mask(b["labels"]) for b in batches]
     table: dict[str, dict[float, float]] = {}
     device = next(model.parameters()).device
@@ -59,7 +59,7 @@ def fidelity_table(model, probe_batches, batches, epsilons, precisions=PRECISION
         row = {}
         for eps in epsilons:
             with precision_context(prec, device):
-                _, fd = finite_difference_scores(m, p, gg, batches, eps, exact=False)
+                _, fd = finite_difference_scores(m, p, gg, batches, eps, exact=False, chunk_size=chunk_size)
             row[eps] = float(score_agreement([s.float() for s in fd], exact, masks)["vcore/fidelity_pearson"])
         table[prec] = row
     return table
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [data.train[i] for i in range(min(len(data.train), 2 * b))]
     to_dev = lambda batch: {k: v.to(device) for k, v in batch.items()}  # noqa: E731
     probe, batch = [to_dev(collate(rows[:b]))], [to_dev(collate(rows[b:] or rows[:b]))]
-    table = fidelity_table(model, probe, batch, [float(e) for e in args.eps.split(",")], args.precisions.split(","))
+    table = fidelity_table(model, probe, batch, [float(e) for e in args.eps.split(",")], args.precisions.split(","), c.model.loss_chunk_size)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"Pearson of finite-difference vs exact (jvp, float32) scores; model {c.model.name_or_path}; {name}\n")
     print(markdown(table))

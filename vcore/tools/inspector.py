@@ -25,48 +25,27 @@ import torch
 from vcore.config import load_run_config
 from vcore.data.build import build_data
 from vcore.data.collate import Collator
-from vcore.ops.forward import model_token_loss
 from vcore.methods import build_method
-from vcore.run.modeling import DTYPES, load_model
-from vcore.run.trainer import METHOD_STATE
-
-
-def find_run(path: Path) -> tuple[Path, Path]:
-    """``(run_dir, checkpoint_dir)`` for a run dir (its ``final/``) or a checkpoint inside a run."""
-    path = path.resolve()
-    if (path / "config.yaml").exists():
-        return path, path / "final"
-    for parent in path.parents:
-        if (parent / "config.yaml").exists():
-            return parent, path
-    raise FileNotFoundError(f"{path}: no config.yaml here or above; pass a run dir (outputs/...) or a checkpoint in one")
-
-
-def load_checkpoint(c, checkpoint: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint (did the run finish?)")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    if c.model.lora.enabled:
-        model = load_model(c.model, adapter=str(checkpoint))
-    else:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=DTYPES[c.model.dtype])
-    return tokenizer, model
+from vcore.methods.base import METHOD_STATE
+from vcore.modeling import load_checkpoint, load_model
+from vcore.ops.forward import model_token_loss
+from vcore.run.checkpoints import find_run
+from vcore.run.training import resolve_model
 
 
 def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", device: str = "cpu") -> list[dict]:
     run_dir, checkpoint = find_run(Path(path))
     c = load_run_config(run_dir / "config.yaml")
-    tokenizer, model = load_checkpoint(c, checkpoint)
+    model_cfg = resolve_model(c.model)  # the tiny base, when the run started from it
+    tokenizer, model = load_checkpoint(model_cfg, checkpoint)
     model.to(device)
     data = build_data(c.dataset, tokenizer)
     dataset = data.train if split == "train" else data.eval[split]
     collate = Collator(tokenizer.pad_token_id)
     # iw-SFT under full fine-tuning weighs against the model training started from, not the checkpoint being
     # inspected (LoRA's reference is the checkpoint's own base with adapters off, which is the same thing).
-    reference = load_model(c.model).to(device) if c.method.name == "iw_sft" and not c.model.lora.enabled else None
-    weighting = build_method(c.method, model, data.train, collate, reference=reference)
+    reference = load_model(model_cfg).to(device) if c.method.name == "iw_sft" and not c.model.lora.enabled else None
+    weighting = build_method(c.method, model, data.train, collate, reference=reference, loss_chunk_size=c.model.loss_chunk_size)
     if (checkpoint / METHOD_STATE).exists():
         weighting.load_state_dict(torch.load(checkpoint / METHOD_STATE, weights_only=False))
     autocast = (
@@ -85,7 +64,7 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
             weighting.prepare_step(model, batches)
             for batch in batches:
                 with torch.no_grad():
-                    token_loss, mask = model_token_loss(model, batch)
+                    token_loss, mask = model_token_loss(model, batch, chunk_size=c.model.loss_chunk_size)
                 w = weighting.weights(token_loss, mask, batch)
                 alpha = batch.get("weighting", {}).get("alpha")
                 lines.extend(rows_to_lines(tokenizer, c.method.name, batch, token_loss, mask, w, alpha))

@@ -1,0 +1,87 @@
+"""Benchmarks inside a run: the accuracy of the start model (cached for the tiny base) and of the trained model.
+
+Generation and grading are :mod:`vcore.eval`'s; this module maps its summaries to a run's metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from vcore.distributed import rank
+from vcore.run.loggers import NullLogger
+
+log = logging.getLogger(__name__)
+
+
+def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger, model_name: str | None = None) -> dict[str, float]:
+    """Generate and grade ``cfg.benchmark`` with ``cfg.decoding`` (rank 0); ``{"<bench>/accuracy": ...}``."""
+    if rank() != 0:
+        return {}
+    from vcore.eval import GradingConfig, evaluate
+
+    benchmarks = [b for b in c.benchmark.values() if not (b.synthetic and b.synthetic.kwargs.get("num_examples") == 0)]
+    if len(benchmarks) < len(c.benchmark):  # the synthetic preset follows dataset.eval_examples; real data sets 0
+        log.info("skipping synthetic benchmarks with 0 examples (dataset.eval_examples=0); choose others with benchmark=...")
+    if not benchmarks:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        summary = evaluate(
+            model, tokenizer, benchmarks, c.decoding, out, c.eval.backend, logger,
+            grading=GradingConfig(num_workers=c.eval.num_workers), model_name=model_name,
+        )
+    finally:
+        model.train(was_training)
+    return benchmark_summary(summary)
+
+
+def benchmark_summary(summary: dict) -> dict[str, float]:
+    """``{"<bench>/accuracy", "<bench>/accuracy_ci95_low|high", "<bench>/truncation_rate"}`` from an eval summary."""
+    result = {}
+    for name, bench in summary["benchmarks"].items():
+        m = bench["metrics"]
+        for key in ("accuracy", "truncation_rate"):
+            if m.get(key) is not None:
+                result[f"{name}/{key}"] = m[key]
+        if m.get("accuracy_ci95"):
+            result[f"{name}/accuracy_ci95_low"], result[f"{name}/accuracy_ci95_high"] = m["accuracy_ci95"]
+    return result
+
+
+def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path) -> dict[str, float]:
+    """``eval.before_train``: accuracy of the model training starts from, in ``<out>/eval_before/``.
+
+    For the tiny base the results are cached in its directory, keyed by the benchmarks and decoding, so every run
+    from one base (a sweep's seeds and methods) evaluates it once. A resumed run reuses its own earlier results.
+    """
+    import shutil
+
+    from vcore.eval.harness import HARNESS_VERSION
+    from vcore.eval.results import jsonable
+
+    dest = out / "eval_before"
+    cache = None
+    if c.model.tiny is not None:
+        spec = json.dumps(jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True)
+        cache = Path(model_path) / "zero_shot" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    if not (dest / "summary.json").is_file() and rank() == 0:
+        if cache is not None and (cache / "summary.json").is_file():
+            log.info("start model's accuracy: cached in %s", cache)
+            shutil.copytree(cache, dest, dirs_exist_ok=True)
+        else:
+            log.info("evaluating the start model (eval.before_train=true)")
+            run_benchmarks(c, model, tokenizer, dest, NullLogger())
+            if cache is not None and (dest / "summary.json").is_file():
+                tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
+                shutil.copytree(dest, tmp, dirs_exist_ok=True)
+                os.replace(tmp, cache) if not cache.exists() else shutil.rmtree(tmp)
+    if rank() != 0 or not (dest / "summary.json").is_file():
+        return {}
+    return benchmark_summary(json.loads((dest / "summary.json").read_text()))
+
+
