@@ -18,7 +18,7 @@ and subsets are applied later, so changing them never re-curates.
 math-verify times out through ``signal.alarm``, which only works in a main thread: ``dataset.num_proc > 1`` (or a
 call from another thread) checks answers in worker processes.
 
-    python -m vcore.data.curation dataset=openmath dataset.source=/data/omr dataset.num_proc=16   # curate only
+    python -m vcore.tools.curate dataset=openmath dataset.source=/data/omr dataset.num_proc=16   # curate only
 """
 
 from __future__ import annotations
@@ -223,12 +223,3 @@ class Progress:
             rows = self.counts["rows"]
             log.info("dataset %s: %d rows read, %d kept so far (%.0f rows/s)", self.name, rows, self.counts["kept"], rows / (now - self.t0))
 
-
-if __name__ == "__main__":
-    from omegaconf import OmegaConf
-
-    from vcore.config import compose_config
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    dataset_cfg = OmegaConf.to_object(compose_config(sys.argv[1:]).dataset)  # the dataset group alone: no run dir
-    print(curate(dataset_cfg).path)
