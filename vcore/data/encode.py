@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from vcore.checks import ConfigError
 from vcore.ops.losses import IGNORE_INDEX
+from vcore.prompts import THINK_CLOSE, THINK_OPEN
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-_EMPTY_THINK = re.compile(r"\s*<think>\s*</think>\s*")
+_EMPTY_THINK = re.compile(rf"\s*{re.escape(THINK_OPEN)}\s*{re.escape(THINK_CLOSE)}\s*")
 _SENTINEL = "vcore-end-of-turn-probe"
 
 

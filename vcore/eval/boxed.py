@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from vcore.eval.config import AnswerScope
+from vcore.prompts import THINK_CLOSE, THINK_OPEN
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
