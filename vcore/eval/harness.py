@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vcore.boxed import extract_boxed
 from vcore.eval import code_grader, math_grader
 from vcore.eval.benchmarks import EvalItem, LoadedBenchmark, load_benchmark, ojbench_problem_dir
-from vcore.eval.boxed import extract_boxed
 from vcore.eval.choice import grade_choice
 from vcore.eval.config import BenchmarkConfig, DecodingConfig, EvalConfigError, GraderKind, GradingConfig
 from vcore.eval.generate import Generation, chat_prompts, make_generator
