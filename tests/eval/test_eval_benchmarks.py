@@ -9,6 +9,7 @@ from conftest import CONF, compose_cfg, load_benchmarks, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from vcore.eval import layout
 from vcore.eval.benchmarks import load_benchmark
 from vcore.eval.code_grader import decode_tests, encode_private_tests
 from vcore.eval.config import (
@@ -48,6 +49,16 @@ def test_table1_presets_select_the_paper_columns():
     code = benchmarks_from_cfg(compose_cfg(["+benchmark=table1_code"]).benchmark)
     assert [b.table1_column for b in math] == ["AIME", "Olympiad", "RBench", "SGPQA-1k"]
     assert [b.table1_column for b in code] == ["LCB", "OJBench", "RBench", "SGPQA-1k"]
+    for preset, domain in ((math, "math"), (code, "code")):  # the configs say what vcore.eval.layout says
+        assert [(b.name, b.table1_column) for b in preset] == [tuple(c) for c in layout.columns(domain)]
+
+
+def test_every_table1_benchmark_config_agrees_with_the_layout():
+    benches = benchmarks_from_cfg(compose_cfg(["+benchmark=[" + ",".join(BENCHMARKS) + "]"]).benchmark)
+    claimed = {b.name: (b.role.value, b.domain.value, b.table1_column) for b in benches if b.table1_column is not None}
+    want = {c.benchmark: ("id", domain, c.title) for domain, cols in layout.IN_DOMAIN.items() for c in cols}
+    want.update({c.benchmark: ("ood", "general", c.title) for c in layout.OUT_OF_DOMAIN})
+    assert claimed == want
 
 
 def test_decoding_presets_match_the_protocol():
