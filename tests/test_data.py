@@ -4,10 +4,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import SHARED_DATA
+from vcore.boxed import final_answer_box
 from vcore.config import SyntheticDatasetConfig, to_object
 from vcore.data.build import build_data, normalise_openmath
 from vcore.data.collate import Collator
-from vcore.data.encode import BadRecord, encode_example, find_last_boxed
+from vcore.data.encode import BadRecord, encode_example
 from vcore.data.synthetic import make_split
 from vcore.ops.losses import IGNORE_INDEX
 from vcore.run.training import build_job
@@ -88,12 +89,12 @@ def test_labels_with_the_real_qwen3_template():
     check_labels(tok, enc, "<think>")
 
 
-def test_find_last_boxed_matches_braces():
+def test_final_answer_box_matches_braces():
     text = "a \\boxed{1} b \\boxed{\\frac{1}{2}} c"
-    a, b = find_last_boxed(text)
-    assert text[a:b] == "\\boxed{\\frac{1}{2}}"
-    assert find_last_boxed("no box") is None
-    assert find_last_boxed("\\boxed{1} then", start=5) is None
+    box = final_answer_box(text)
+    assert text[box.start : box.end] == "\\boxed{\\frac{1}{2}}"
+    assert final_answer_box("no box") is None
+    assert final_answer_box("\\boxed{1} then", start=5) is None
 
 
 def test_empty_response_is_a_bad_record_naming_it(tiny_tokenizer):
@@ -135,7 +136,7 @@ def test_build_data_counts_and_collates(tiny_tokenizer):
     bundle = build_data(SyntheticDatasetConfig(num_examples=6, eval_examples=3), tiny_tokenizer)
     assert len(bundle.train) == 6 and set(bundle.eval) == {"test", "ood_hard", "ood_template", "pretrain"}
     assert bundle.stats["train/examples"] == 6 and bundle.stats["train/dropped_overlength"] == 0
-    assert bundle.eval_records["ood_hard"][0].answer is not None
+    assert all(any(ex["answer_mask"]) for ex in bundle.eval["ood_hard"])  # held-out examples carry their answers
     corpus = build_data(SyntheticDatasetConfig(train_split="corpus", num_examples=4, eval_examples=0), tiny_tokenizer)
     assert len(corpus.train) == 4 and corpus.eval == {}
     batch = Collator(tiny_tokenizer.pad_token_id)([bundle.train[i] for i in range(3)])

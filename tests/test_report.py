@@ -7,6 +7,8 @@ import matplotlib
 import pytest
 import yaml
 
+from tests.conftest import CONF
+from vcore.eval.results import table1 as results_table1
 from vcore.tools.report import load_local, main, table1
 
 matplotlib.use("Agg")
@@ -57,6 +59,35 @@ def test_table1_layout_with_mean_and_std(runs):
     row = next(line for line in text.splitlines() if line.startswith("| Qwen3-4B | sft |"))
     assert "| 2 |" in row and "15.00" in row and "±" in row  # AIME 0.2-0.05 -> 15.00 over two seeds
     assert "### code" not in text  # no code runs in the fixtures
+
+
+def _benchmark_configs(preset: str):
+    from hydra import compose, initialize_config_dir
+
+    from vcore.eval.config import benchmarks_from_cfg, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return benchmarks_from_cfg(compose(config_name=None, overrides=[f"+benchmark={preset}"]).benchmark)
+
+
+@pytest.mark.parametrize(
+    "preset, domain, dataset, titles",
+    [
+        ("table1_math", "math", "openmath", ["AIME", "Olympiad", "RBench", "SGPQA-1k"]),
+        ("table1_code", "code", "opencode", ["LCB", "OJBench", "RBench", "SGPQA-1k"]),
+    ],
+)
+def test_results_writer_and_report_share_the_table1_columns(tmp_path, preset, domain, dataset, titles):
+    configs = _benchmark_configs(preset)
+    accuracy = {c.name: 0.1 * (i + 1) for i, c in enumerate(configs)}
+    row = results_table1(configs[::-1], accuracy)[domain]  # the layout, not the order of the configs, orders columns
+    write_run(tmp_path, "run", cfg(dataset=dataset), {f"{name}/accuracy": acc for name, acc in accuracy.items()})
+    lines = table1(load_local(tmp_path)).splitlines()
+    header = [c.strip() for c in next(l for l in lines if l.startswith("| model |")).strip("|").split("|")]
+    cells = [c.strip() for c in next(l for l in lines if l.startswith("| Qwen3-4B |")).strip("|").split("|")]
+    assert list(row["columns"]) == header[3:-2] == titles and not row["partial"]
+    assert cells[3:] == [f"{100 * v:.2f}" for v in [*row["columns"].values(), row["id_avg"], row["ood_avg"]]]
 
 
 def test_report_command_writes_figures_with_axes_labels(runs, tmp_path, monkeypatch):

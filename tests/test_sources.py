@@ -272,7 +272,7 @@ def test_nested_subsets_are_prefixes_and_saved(tmp_path, cache, tiny_tokenizer):
 def test_labels_on_real_schema_records(tmp_path, cache, tiny_tokenizer):
     src = write_jsonl(tmp_path / "cot.jsonl", OMR_ROWS)
     bundle = build_data(OpenMathDatasetConfig(source=str(src), cache_dir=cache, eval_examples=1), tiny_tokenizer)
-    assert len(bundle.train) == 2 and len(bundle.eval["id"]) == 1 and bundle.eval_records["id"][0].answer is not None
+    assert len(bundle.train) == 2 and len(bundle.eval["id"]) == 1 and any(bundle.eval["id"][0]["answer_mask"])
     eot = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
     for ex in bundle.train:
         ids, labels = ex["input_ids"], ex["labels"]
@@ -299,7 +299,7 @@ def test_parquet_config_and_field_mapping(tmp_path, cache, tiny_tokenizer):
     cfg = ParquetDatasetConfig(source=str(tmp_path / "train.parquet"), cache_dir=cache, prompt_field="q", response_field="a",
                                answer_field="gold", prompt_template="math", eval_examples=2)
     bundle = build_data(cfg, tiny_tokenizer)
-    assert len(bundle.train) == 4 and bundle.eval_records["id"][0].prompt.startswith("You are a helpful")
+    assert len(bundle.train) == 4 and "user\nYou are a helpful" in tiny_tokenizer.decode(bundle.eval["id"][0]["input_ids"])
     with pytest.raises(ConfigError, match="dataset.source: dataset=jsonl reads"):
         curate(JsonlDatasetConfig(source=str(tmp_path / "train.parquet"), cache_dir=cache))
 

@@ -25,6 +25,10 @@ import string
 
 OPTION_LETTERS = string.ascii_uppercase
 
+# The reasoning block's tags, as the chat templates of reasoning models (Qwen3, DeepSeek-R1) write them. Defined
+# here, the lowest module that both data formatting and evaluation import, so the two read the same strings.
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
 PROMPT_TEMPLATES: dict[str, str] = {
     "math": (
         "You are a helpful and accurate assistant for solving the following math problem:\n"

@@ -9,12 +9,13 @@ from conftest import CONF, compose_cfg, load_benchmarks, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from vcore.checks import ConfigError
+from vcore.eval import layout
 from vcore.eval.benchmarks import load_benchmark
 from vcore.eval.code_grader import decode_tests, encode_private_tests
 from vcore.eval.config import (
     BenchmarkConfig,
     DecodingConfig,
-    EvalConfigError,
     GraderKind,
     benchmarks_from_cfg,
     decoding_from_cfg,
@@ -48,6 +49,16 @@ def test_table1_presets_select_the_paper_columns():
     code = benchmarks_from_cfg(compose_cfg(["+benchmark=table1_code"]).benchmark)
     assert [b.table1_column for b in math] == ["AIME", "Olympiad", "RBench", "SGPQA-1k"]
     assert [b.table1_column for b in code] == ["LCB", "OJBench", "RBench", "SGPQA-1k"]
+    for preset, domain in ((math, "math"), (code, "code")):  # the configs say what vcore.eval.layout says
+        assert [(b.name, b.table1_column) for b in preset] == [tuple(c) for c in layout.columns(domain)]
+
+
+def test_every_table1_benchmark_config_agrees_with_the_layout():
+    benches = benchmarks_from_cfg(compose_cfg(["+benchmark=[" + ",".join(BENCHMARKS) + "]"]).benchmark)
+    claimed = {b.name: (b.role.value, b.domain.value, b.table1_column) for b in benches if b.table1_column is not None}
+    want = {c.benchmark: ("id", domain, c.title) for domain, cols in layout.IN_DOMAIN.items() for c in cols}
+    want.update({c.benchmark: ("ood", "general", c.title) for c in layout.OUT_OF_DOMAIN})
+    assert claimed == want
 
 
 def test_decoding_presets_match_the_protocol():
@@ -75,10 +86,10 @@ def test_unknown_keys_and_bad_values_fail_at_compose_time(tmp_path):
     with pytest.raises(ConfigCompositionException):
         compose_cfg(["+decoding=paper", "decoding.max_new_tokens=lots"])
     bad = compose_cfg(["+decoding=paper", "decoding.n=4"])  # greedy with n > 1: caught when building the object
-    with pytest.raises(EvalConfigError, match="decoding.n"):
+    with pytest.raises(ConfigError, match="decoding.n"):
         decoding_from_cfg(bad.decoding)
     bad = compose_cfg(["+benchmark=[aime]", "benchmark.aime.answer_transforms=[strip_zeros]"])
-    with pytest.raises(EvalConfigError, match="answer_transforms"):
+    with pytest.raises(ConfigError, match="answer_transforms"):
         benchmarks_from_cfg(bad.benchmark)
 
 
@@ -215,7 +226,7 @@ def test_synthetic_source_calls_the_named_function():
     assert [it.gold for it in items] == [r["expected_answer"] for r in records]
     assert records[0]["problem"] in items[0].prompt
     (bad,) = load_benchmarks(["synthetic_test"], ["benchmark.synthetic_test.synthetic.function=vcore.nowhere.make"])
-    with pytest.raises(EvalConfigError, match="synthetic.function"):
+    with pytest.raises(ConfigError, match="synthetic.function"):
         load_benchmark(bad)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vcore.eval.boxed import all_boxed, answer_region, extract_boxed, last_boxed
+from vcore.boxed import all_boxed, answer_region, extract_boxed, last_boxed
 from vcore.eval.choice import grade_choice, normalize_letter
 
 

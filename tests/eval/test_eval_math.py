@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import load_benchmarks, needs_data
 
+from vcore.boxed import extract_boxed
 from vcore.eval.benchmarks import load_benchmark, transform_answer
-from vcore.eval.boxed import extract_boxed
 from vcore.eval.math_grader import grade_many
 from vcore.eval.workers import map_with_timeout
 

@@ -3,7 +3,6 @@
     bundle = build_data(cfg.dataset, tokenizer, out_dir=run_dir)
     bundle.train          # datasets.Dataset: input_ids, labels, answer_mask, example_id
     bundle.eval           # {"id": Dataset, ...} held-out splits (NLL)
-    bundle.eval_records   # {"id": [...], ...} normalised records with answers (accuracy)
     bundle.stats          # counts and token-length percentiles, logged to W&B
 
 Two paths:
@@ -52,7 +51,6 @@ PROGRESS_EVERY_S = 30.0
 class DataBundle:
     train: Dataset
     eval: dict[str, Dataset] = field(default_factory=dict)
-    eval_records: dict[str, list[Record]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -204,7 +202,7 @@ def _synthetic(cfg, tokenizer) -> DataBundle:
     if len(train) == 0:
         raise _no_examples_error(cfg, len(records["train"]), stats)
     evals = {k: tokenize_records(v, tokenizer, cfg, k, stats, end_of_turn=eot) for k, v in records.items() if k != "train"}
-    return DataBundle(train, evals, {k: v for k, v in records.items() if k != "train"}, stats)
+    return DataBundle(train, evals, stats)
 
 
 def _from_source(cfg, tokenizer, out_dir: str | Path | None) -> DataBundle:
@@ -243,11 +241,9 @@ def _from_source(cfg, tokenizer, out_dir: str | Path | None) -> DataBundle:
                 "lower dataset.num_examples or raise dataset.max_length"
             )
         evals: dict[str, Dataset] = {}
-        eval_records: dict[str, list[Record]] = {}
         eval_trace: dict[str, list[str]] = {}
         if held_out:
-            eval_records["id"] = list(templated(held_out))
-            evals["id"] = tokenize_records(eval_records["id"], tokenizer, cfg, "id", stats, trace=eval_trace, end_of_turn=eot)
+            evals["id"] = tokenize_records(templated(held_out), tokenizer, cfg, "id", stats, trace=eval_trace, end_of_turn=eot)
         if out_dir is not None and rank() == 0:
             path = save_selected_ids(
                 out_dir,
@@ -269,4 +265,4 @@ def _from_source(cfg, tokenizer, out_dir: str | Path | None) -> DataBundle:
             log.info("dataset %s: %d training ids saved to %s", cfg.name, len(train), path)
     finally:
         curated.close()
-    return DataBundle(train, evals, eval_records, stats)
+    return DataBundle(train, evals, stats)

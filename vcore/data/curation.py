@@ -6,8 +6,10 @@ For each row, in source order:
    ``judgement == right``);
 2. normalise: prompt, response, answer and id fields (:class:`~vcore.data.records.Record`); a bad row is an error
    or a counted skip (``dataset.on_bad_record``);
-3. ``dataset.verify_answer``: the last ``\\boxed{}`` of the final answer (the text after ``</think>``) must be
-   equivalent to the answer field under math-verify (gold first: ``verify(parse(gold), parse(pred))``).
+3. ``dataset.verify_answer``: the response's final answer, extracted exactly as grading extracts it
+   (:func:`vcore.boxed.extract_boxed`: the last complete ``\\boxed{}`` after ``</think>``; none in a think block
+   that never closes), must be equivalent to the answer field under math-verify (gold first:
+   ``verify(parse(gold), parse(pred))``).
 
 Every row lands in exactly one counter of the manifest (``kept``, ``filtered/<field>``, ``filtered/no_boxed_answer``,
 ``filtered/answer_mismatch``, ``skipped_bad_records``). The cache directory is named by a hash of the settings that
@@ -34,14 +36,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vcore.boxed import extract_boxed
 from vcore.data.cache import CachedRecords, CacheWriter, is_committed
-from vcore.data.encode import BadRecord, find_last_boxed
+from vcore.data.encode import BadRecord
 from vcore.data.records import Record, require_str, skip_or_raise
 from vcore.data.sources import iter_rows, source_identity
 
 log = logging.getLogger(__name__)
 
-CURATION_VERSION = 1  # bump when a change here changes which records a setting keeps
+CURATION_VERSION = 2  # bump when a change here changes which records a setting keeps (2: the grader's box parser)
 PROGRESS_EVERY_S = 30.0
 MAX_SKIP_MESSAGES = 1000  # kept in the manifest; every skip is also logged and counted
 VERIFY_WINDOW = 512  # answers checked per batch and process: bounds memory while the workers stay busy
@@ -184,9 +187,10 @@ def _check_window(window: list[Record], timeout: int, pool, counts: dict[str, in
             counts[f"filtered/{verdict}"] = counts.get(f"filtered/{verdict}", 0) + 1
 
 
-def final_answer_region(response: str) -> str:
-    """The text after ``</think>`` (the final answer), or the whole response if it has no think block."""
-    return response.rsplit("</think>", 1)[-1]
+def final_answer(response: str) -> str | None:
+    """The content of the response's final ``\\boxed{}`` (stripped), or None: the grader's own extraction, so a
+    kept record is one whose answer grading would read the same way."""
+    return extract_boxed(response, "after_think")
 
 
 def answer_verdict(job: tuple[str, str, int]) -> str:
@@ -195,15 +199,15 @@ def answer_verdict(job: tuple[str, str, int]) -> str:
     from math_verify import parse, verify
 
     gold, response, timeout = job
-    region = final_answer_region(response)
-    box = find_last_boxed(region)
-    if box is None:
+    answer = final_answer(response)
+    if answer is None:
         return "no_boxed_answer"
-    if gold.strip() and region[box[0] + len("\\boxed{") : box[1] - 1].strip() == gold.strip():
+    if gold.strip() and answer == gold.strip():
         return "ok"  # identical strings are equivalent: skips the sympy work for most rows
     # Gold answers are bare LaTeX ("\frac{232}{2}"); math-verify's LaTeX extraction wants math delimiters.
     gold_parsed = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=timeout) or parse(gold, parsing_timeout=timeout)
-    pred_parsed = parse(region[box[0] : box[1]], parsing_timeout=timeout)
+    # Re-boxed (as the grader does) so that an \fbox answer parses like a \boxed one.
+    pred_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout)
     if not gold_parsed or not pred_parsed:
         return "answer_mismatch"
     return "ok" if verify(gold_parsed, pred_parsed, timeout_seconds=timeout) else "answer_mismatch"

@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vcore.boxed import final_answer_box
 from vcore.checks import ConfigError
 from vcore.ops.losses import IGNORE_INDEX
+from vcore.prompts import THINK_CLOSE, THINK_OPEN
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-_EMPTY_THINK = re.compile(r"\s*<think>\s*</think>\s*")
+_EMPTY_THINK = re.compile(rf"\s*{re.escape(THINK_OPEN)}\s*{re.escape(THINK_CLOSE)}\s*")
 _SENTINEL = "vcore-end-of-turn-probe"
 
 
@@ -38,19 +39,6 @@ class Encoded:
     answer_mask: list[bool]
     truncated: bool = False  # cut to max_length (overlength=truncate): the end-of-turn token is gone
     prompt_tokens: int = 0  # unsupervised tokens before the response (template, prompt, inserted empty think)
-
-
-def find_last_boxed(text: str, start: int = 0) -> tuple[int, int] | None:
-    """Character span ``[a, b)`` of the last ``\\boxed{...}`` at or after ``start``, matched by brace depth."""
-    a = text.rfind("\\boxed{")
-    if a < start:
-        return None
-    depth = 0
-    for i in range(a + len("\\boxed"), len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return a, i + 1
-    return None
 
 
 def render(tokenizer, prompt: str, response: str | None, enable_thinking: bool) -> str:
@@ -177,8 +165,12 @@ def encode_example(
         raise BadRecord(f"record {record}: the rendered response has no end-of-turn token {eot_text!r}")
     ids, offsets = ids[:stop], offsets[:stop]  # what follows the end of the turn is never supervised: drop it
     labels = [IGNORE_INDEX] * start + ids[start:]
-    box = find_last_boxed(full_text, cut)
-    answer = [bool(box) and a < box[1] and b > box[0] and labels[i] != IGNORE_INDEX for i, (a, b) in enumerate(offsets)]
+    # The answer grading would read (after the response's </think>); the prompt, whose template may mention
+    # \boxed{}, is skipped.
+    box = final_answer_box(full_text, start=cut)
+    answer = [
+        box is not None and a < box.end and b > box.start and labels[i] != IGNORE_INDEX for i, (a, b) in enumerate(offsets)
+    ]
     truncated = False
     if len(ids) > max_length:
         if overlength == "drop":

@@ -32,6 +32,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vcore.boxed import extract_boxed
 from vcore.prompts import format_prompt
 
 NAMES = (
@@ -197,7 +198,7 @@ def word_problem(rng: random.Random, *, steps: Sequence[int], max_number: int, p
     question, clauses = PHRASINGS[rng.choice(list(phrasings))](name, item, start, ops, rng)
     solve = {"verbose": _verbose_solution, "base_verbose": _base_verbose_solution, "short": _short_solution}[style]
     solution = solve(name, item, start, ops, clauses, rng)
-    answer = solution.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
+    answer = extract_boxed(solution)
     return {"problem": wrap(rng.choice(list(wrappers)), question), "question": question,
             "generated_solution": solution, "expected_answer": answer}  # fmt: skip
 

@@ -18,8 +18,7 @@ malformed or missing block silently changes what is trained on. This module make
 from __future__ import annotations
 
 from vcore.data.encode import BadRecord
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from vcore.prompts import THINK_CLOSE, THINK_OPEN
 
 
 def has_think_block(response: str) -> bool:

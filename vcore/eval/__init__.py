@@ -9,7 +9,6 @@ Protocol: ../shared/EVAL.md. Tests: ``HF_HUB_OFFLINE=1 python -m pytest tests/ev
 from vcore.eval.config import (
     BenchmarkConfig,
     DecodingConfig,
-    EvalConfigError,
     GradingConfig,
     benchmarks_from_cfg,
     decoding_from_cfg,
@@ -23,7 +22,6 @@ __all__ = [
     "HARNESS_VERSION",
     "BenchmarkConfig",
     "DecodingConfig",
-    "EvalConfigError",
     "GradingConfig",
     "benchmarks_from_cfg",
     "decoding_from_cfg",

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcore.eval.config import BenchmarkConfig, DataSource, EvalConfigError, FieldMap, GraderKind, SourceKind
+from vcore.checks import ConfigError
+from vcore.eval.config import BenchmarkConfig, DataSource, FieldMap, GraderKind, SourceKind
 from vcore.eval.stratified import stratified_sample
 from vcore.prompts import format_prompt
 
@@ -109,15 +110,15 @@ def _synthetic_rows(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise EvalConfigError(f"benchmark.{cfg.name}.synthetic.function: cannot import {cfg.synthetic.function!r} ({err})") from err
+        raise ConfigError(f"benchmark.{cfg.name}.synthetic.function: cannot import {cfg.synthetic.function!r} ({err})") from err
     return list(fn(**cfg.synthetic.kwargs))
 
 
 def _get(row: dict[str, Any], column: str | None, role: str, where: str) -> Any:
     if column is None:
-        raise EvalConfigError(f"{where}: the field mapping has no column for {role}")
+        raise ConfigError(f"{where}: the field mapping has no column for {role}")
     if column not in row:
-        raise EvalConfigError(f"{where}: column {column!r} ({role}) not in the data; columns: {', '.join(sorted(row))}")
+        raise ConfigError(f"{where}: column {column!r} ({role}) not in the data; columns: {', '.join(sorted(row))}")
     return row[column]
 
 
@@ -147,7 +148,7 @@ def _make_item(row: dict[str, Any], index: int, fields: FieldMap, id_prefix: str
         else:
             options = [row[c] for c in fields.option_columns if row.get(c) not in (None, "")]
         if not options:
-            raise EvalConfigError(f"{where}: no options; set fields.options or fields.option_columns")
+            raise ConfigError(f"{where}: no options; set fields.options or fields.option_columns")
         options = [str(o) for o in options]
         gold = str(_get(row, fields.answer, "answer letter", where)).strip().upper()
         if len(gold) != 1 or not ("A" <= gold < chr(ord("A") + len(options))):
@@ -182,7 +183,7 @@ def _make_item(row: dict[str, Any], index: int, fields: FieldMap, id_prefix: str
         code = {"kind": "code_ojbench", "language": language, "group": group, "problem_id": str(row[fields.id] if fields.id else index)}
         return EvalItem(item_id, question, prompt, code=code, meta=meta)
 
-    raise EvalConfigError(f"benchmark.{cfg.name}.grader: unknown {cfg.grader}")
+    raise ConfigError(f"benchmark.{cfg.name}.grader: unknown {cfg.grader}")
 
 
 def ojbench_problem_dir(tests_root: str | Path, group: str, problem_id: str) -> Path:
@@ -208,13 +209,13 @@ def load_benchmark(cfg: BenchmarkConfig) -> LoadedBenchmark:
                 items.append(_make_item(row, i, src.fields, src.id_prefix, cfg))
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
-        raise EvalConfigError(f"benchmark.{cfg.name}: duplicate item ids; set fields.id or an id_prefix per source")
+        raise ConfigError(f"benchmark.{cfg.name}: duplicate item ids; set fields.id or an id_prefix per source")
     population = len(items)
     manifest = None
     if cfg.sample.size is not None:
         strata = [it.meta.get("stratum") for it in items]
         if cfg.sample.stratify and any(s is None for s in strata):
-            raise EvalConfigError(f"benchmark.{cfg.name}.sample.stratify: set fields.stratum on every source (or stratify: false)")
+            raise ConfigError(f"benchmark.{cfg.name}.sample.stratify: set fields.stratum on every source (or stratify: false)")
         keep, quotas = stratified_sample(ids, strata if cfg.sample.stratify else None, cfg.sample.size, cfg.sample.seed)
         items = [items[i] for i in keep]
         manifest = {

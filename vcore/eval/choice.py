@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from vcore.eval.boxed import extract_boxed
+from vcore.boxed import extract_boxed
 from vcore.eval.config import AnswerScope
 from vcore.prompts import OPTION_LETTERS
 

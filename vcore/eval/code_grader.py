@@ -37,7 +37,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from vcore.eval.boxed import answer_region
+from vcore.boxed import answer_region
 from vcore.eval.config import AnswerScope
 from vcore.eval.sandbox import Limits, RunResult, Sandbox, probe_isolation
 

@@ -23,14 +23,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-class EvalConfigError(ValueError):
-    """An evaluation option is invalid; the message names the option to change."""
-
-
-def _check(cond: bool, option: str, msg: str) -> None:
-    if not cond:
-        raise EvalConfigError(f"{option}: {msg}")
+from vcore.checks import ConfigError
+from vcore.checks import check as _check
 
 
 class SourceKind(str, Enum):
@@ -277,7 +271,7 @@ def benchmarks_from_cfg(node: DictConfig | dict | None) -> list[BenchmarkConfig]
     for key, sub in node.items():
         obj = OmegaConf.to_object(sub) if isinstance(sub, DictConfig) else sub
         if not isinstance(obj, BenchmarkConfig):
-            raise EvalConfigError(f"benchmark.{key}: not a benchmark config (does its YAML list base_benchmark in defaults?)")
+            raise ConfigError(f"benchmark.{key}: not a benchmark config (does its YAML list base_benchmark in defaults?)")
         out.append(obj)
     return out
 
@@ -285,5 +279,5 @@ def benchmarks_from_cfg(node: DictConfig | dict | None) -> list[BenchmarkConfig]
 def decoding_from_cfg(node: DictConfig | DecodingConfig) -> DecodingConfig:
     obj = OmegaConf.to_object(node) if isinstance(node, DictConfig) else node
     if not isinstance(obj, DecodingConfig):
-        raise EvalConfigError("decoding: not a decoding config (does its YAML list base_decoding in defaults?)")
+        raise ConfigError("decoding: not a decoding config (does its YAML list base_decoding in defaults?)")
     return obj

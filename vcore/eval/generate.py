@@ -15,7 +15,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vcore.eval.config import DecodingConfig, EvalConfigError
+from vcore.checks import ConfigError
+from vcore.eval.config import DecodingConfig
 
 
 @dataclass
@@ -33,7 +34,7 @@ def supports_thinking_switch(tokenizer: Any) -> bool:
 def chat_prompts(tokenizer: Any, prompts: list[str], enable_thinking: bool) -> list[str]:
     """Render each prompt as a single user turn with the assistant turn opened."""
     if not getattr(tokenizer, "chat_template", None):
-        raise EvalConfigError(
+        raise ConfigError(
             "the tokenizer has no chat template; evaluation prompts go through it (use an instruct/chat tokenizer, "
             "or set tokenizer.chat_template before calling evaluate)"
         )
@@ -50,7 +51,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     if not ids:
-        raise EvalConfigError("neither the model's generation_config nor the tokenizer defines an eos token")
+        raise ConfigError("neither the model's generation_config nor the tokenizer defines an eos token")
     return ids
 
 
@@ -129,7 +130,7 @@ class VLLMGenerator:
         except ImportError as err:
             raise ImportError("backend='vllm' needs the vllm package (pip install vllm) on a GPU machine; use backend='hf' otherwise") from err
         if not isinstance(model, (str, Path)):
-            raise EvalConfigError("backend='vllm' needs a model path or hub id: save the model with save_pretrained first, or use backend='hf'")
+            raise ConfigError("backend='vllm' needs a model path or hub id: save the model with save_pretrained first, or use backend='hf'")
         self.vllm, self.tokenizer, self.decoding = vllm, tokenizer, decoding
         args = {"model": str(model), "seed": decoding.seed, "dtype": decoding.dtype}
         if tokenizer is not None and getattr(tokenizer, "name_or_path", None):
@@ -165,4 +166,4 @@ def make_generator(backend: str, model: Any, tokenizer: Any, decoding: DecodingC
         return HFGenerator(model, tokenizer, decoding)
     if backend == "vllm":
         return VLLMGenerator(model, tokenizer, decoding)
-    raise EvalConfigError(f"backend {backend!r}: use 'hf' or 'vllm'")
+    raise ConfigError(f"backend {backend!r}: use 'hf' or 'vllm'")

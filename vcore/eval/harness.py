@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vcore.boxed import extract_boxed
+from vcore.checks import ConfigError
 from vcore.eval import code_grader, math_grader
 from vcore.eval.benchmarks import EvalItem, LoadedBenchmark, load_benchmark, ojbench_problem_dir
-from vcore.eval.boxed import extract_boxed
 from vcore.eval.choice import grade_choice
-from vcore.eval.config import BenchmarkConfig, DecodingConfig, EvalConfigError, GraderKind, GradingConfig
+from vcore.eval.config import BenchmarkConfig, DecodingConfig, GraderKind, GradingConfig
 from vcore.eval.generate import Generation, chat_prompts, make_generator
 from vcore.eval.metrics import benchmark_metrics
 from vcore.eval.results import jsonable, summary_markdown, table1, write_json, write_jsonl
@@ -45,12 +46,12 @@ def _check_ready(lb: LoadedBenchmark) -> None:
     if cfg.grader == GraderKind.code_ojbench:
         root = cfg.code.tests_root
         if not root or not Path(root).is_dir():
-            raise EvalConfigError(
+            raise ConfigError(
                 f"benchmark.{cfg.name}.code.tests_root is {root!r}: point it at a checkout of He-Ren/OJBench_testdata "
                 "(the folder holding NOI/ and ICPC/)"
             )
     if not lb.items:
-        raise EvalConfigError(f"benchmark.{cfg.name}: no items (check its source, fields and where filters)")
+        raise ConfigError(f"benchmark.{cfg.name}: no items (check its source, fields and where filters)")
 
 
 def _code_payload(item: EvalItem, cfg: BenchmarkConfig, output: str, grading: GradingConfig) -> tuple[dict, str | None]:
@@ -131,7 +132,7 @@ def _resolve_model(model: Any, tokenizer: Any, backend: str, decoding: DecodingC
             model.to("cuda" if torch.cuda.is_available() else "cpu")
         return model_id, model, tokenizer
     if tokenizer is None:
-        raise EvalConfigError("evaluate: an in-memory model needs its tokenizer (pass tokenizer=...)")
+        raise ConfigError("evaluate: an in-memory model needs its tokenizer (pass tokenizer=...)")
     return str(getattr(model, "name_or_path", "") or type(model).__name__), model, tokenizer
 
 

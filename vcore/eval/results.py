@@ -1,9 +1,9 @@
 """Writing results: per-sample JSONL, per-benchmark metrics, and a summary in the paper's Table 1 layout.
 
-Table 1 (per training domain): the in-domain columns (math: AIME, Olympiad; code: LCB, OJBench), then the
-out-of-domain ones (RBench, SGPQA-1k), then "ID avg" and "OOD avg", plain means of the columns, in percent.
-Which benchmark fills which column comes from its config (``domain``, ``role``, ``table1_column``). Averages
-over an incomplete set of columns are marked partial.
+Table 1 (per training domain; the layout is :mod:`vcore.eval.layout`): the in-domain columns, then the
+out-of-domain ones, then "ID avg" and "OOD avg", plain means of the columns, in percent. Which benchmark fills
+which column comes from its config (``domain``, ``role``, ``table1_column``). Averages over an incomplete set of
+columns are marked partial.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from vcore.eval import layout
 from vcore.eval.config import BenchmarkConfig, Domain, Role
 
 
@@ -50,24 +51,33 @@ def _ci(ci: list[float] | None) -> str:
 
 
 def table1(configs: list[BenchmarkConfig], accuracy: dict[str, float | None]) -> dict[str, dict]:
-    """Rows of Table 1, one per training domain that has an in-domain benchmark in this run."""
+    """Rows of Table 1, one per training domain that has an in-domain benchmark in this run.
+
+    A row holds the columns this run has, in the layout's order (a column the layout does not know goes last).
+    """
     rows = {}
     ood = [c for c in configs if c.role == Role.ood]
-    for domain in (Domain.math, Domain.code):
-        in_domain = [c for c in configs if c.role == Role.id and c.domain == domain]
+    for domain in layout.IN_DOMAIN:
+        in_domain = [c for c in configs if c.role == Role.id and c.domain == Domain(domain)]
         if not in_domain:
             continue
-        cols = {c.table1_column: accuracy.get(c.name) for c in in_domain + ood}
+        cols = {c.table1_column: accuracy.get(c.name) for c in _in_layout_order(in_domain + ood, domain)}
         id_vals = [accuracy.get(c.name) for c in in_domain]
         ood_vals = [accuracy.get(c.name) for c in ood]
-        expected_id = {"math": {"AIME", "Olympiad"}, "code": {"LCB", "OJBench"}}[domain.value]
-        rows[domain.value] = {
+        rows[domain] = {
             "columns": cols,
             "id_avg": _mean(id_vals),
             "ood_avg": _mean(ood_vals),
-            "partial": {c.table1_column for c in in_domain} != expected_id or {c.table1_column for c in ood} != {"RBench", "SGPQA-1k"},
+            "partial": {c.table1_column for c in in_domain} != {col.title for col in layout.IN_DOMAIN[domain]}
+            or {c.table1_column for c in ood} != {col.title for col in layout.OUT_OF_DOMAIN},
         }
     return rows
+
+
+def _in_layout_order(configs: list[BenchmarkConfig], domain: str) -> list[BenchmarkConfig]:
+    """``configs`` in the order of the ``domain`` row's columns; a column the layout does not know goes last."""
+    order = [col.title for col in layout.columns(domain)]
+    return sorted(configs, key=lambda c: order.index(c.table1_column) if c.table1_column in order else len(order))
 
 
 def _mean(vals: list[float | None]) -> float | None:

@@ -28,15 +28,8 @@ from typing import Any
 
 import yaml
 
+from vcore.eval import layout
 from vcore.tools import analysis
-
-# Table 1 columns (EVAL.md): benchmark config name -> column; ID per domain, OOD shared.
-COLUMNS = {"aime": "AIME", "olympiad": "Olympiad", "lcb": "LCB", "ojbench": "OJBench", "rbench": "RBench", "sgpqa_1k": "SGPQA-1k"}
-LAYOUT = {
-    "math": (["AIME", "Olympiad"], ["RBench", "SGPQA-1k"]),
-    "code": (["LCB", "OJBench"], ["RBench", "SGPQA-1k"]),
-}
-DOMAIN_OF_DATASET = {"openmath": "math", "opencode": "code", "vcore_data": "math", "synthetic": "synthetic"}
 
 
 @dataclass
@@ -65,7 +58,7 @@ class Run:
 
     @property
     def domain(self) -> str:
-        return DOMAIN_OF_DATASET.get(str(self.get("dataset.name", "")), str(self.get("dataset.name", "?")))
+        return layout.DOMAIN_OF_DATASET.get(str(self.get("dataset.name", "")), str(self.get("dataset.name", "?")))
 
     def accuracy(self, bench: str) -> float | None:
         value = self.metrics.get("eval", {}).get(f"{bench}/accuracy")
@@ -115,23 +108,23 @@ def mean_std(values: list[float]) -> str:
 def table1(runs: list[Run]) -> str:
     """Paper Table 1 layout per domain: one row per (model, method), mean ± std over seeds."""
     out = []
-    for domain, (id_cols, ood_cols) in LAYOUT.items():
+    for domain, id_cols in layout.IN_DOMAIN.items():
         rows = [r for r in runs if r.domain == domain]
         if not rows:
             continue
-        cols = id_cols + ood_cols
-        out += [f"### {domain}", "", "| model | method | seeds | " + " | ".join(cols) + " | ID avg | OOD avg |", "|---" * (len(cols) + 5) + "|"]
+        cols = layout.columns(domain)
+        titles = [c.title for c in cols]
+        out += [f"### {domain}", "", "| model | method | seeds | " + " | ".join(titles) + " | ID avg | OOD avg |", "|---" * (len(cols) + 5) + "|"]
         groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
         for r in rows:
             groups[(r.model, r.method)].append(r)
         for (model, method), group in sorted(groups.items()):
             cells, id_avgs, ood_avgs = [], [], []
             for col in cols:
-                bench = next(k for k, v in COLUMNS.items() if v == col)
-                cells.append(mean_std([a for r in group if (a := r.accuracy(bench)) is not None]))
+                cells.append(mean_std([a for r in group if (a := r.accuracy(col.benchmark)) is not None]))
             for r in group:
-                ids = [r.accuracy(next(k for k, v in COLUMNS.items() if v == c)) for c in id_cols]
-                oods = [r.accuracy(next(k for k, v in COLUMNS.items() if v == c)) for c in ood_cols]
+                ids = [r.accuracy(c.benchmark) for c in id_cols]
+                oods = [r.accuracy(c.benchmark) for c in layout.OUT_OF_DOMAIN]
                 if all(x is not None for x in ids):
                     id_avgs.append(sum(ids) / len(ids))
                 if all(x is not None for x in oods):
@@ -160,7 +153,7 @@ def headline(r: Run) -> float | None:
     """The number a figure plots for a run: ID average of its domain, or synthetic ID accuracy."""
     if r.domain == "synthetic":
         return r.accuracy("synthetic_test")
-    ids = [r.accuracy(next(k for k, v in COLUMNS.items() if v == c)) for c in LAYOUT.get(r.domain, ([], []))[0]]
+    ids = [r.accuracy(c.benchmark) for c in layout.IN_DOMAIN.get(r.domain, ())]
     return sum(ids) / len(ids) if ids and all(x is not None for x in ids) else None
 
 
