@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Con
 
 from vcore.checks import ConfigError
 from vcore.config import ModelConfig, TinyModelConfig
+from vcore.prompts import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ BUILD_VERSION = 3
 STAMP = "vcore_tiny.json"
 PRETRAIN_RECORD = "pretrain.json"
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", THINK_OPEN, THINK_CLOSE]
 
 # Single-turn Qwen3 rendering: reasoning between <think> tags is split out of the content and re-emitted, so a
 # response written with its own <think> block renders exactly once; a response without one gets no empty block.
