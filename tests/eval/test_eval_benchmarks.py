@@ -5,7 +5,7 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import CONF, compose_cfg, load_benchmarks, needs_data
+from conftest import CONF, SHARED_DATA, compose_cfg, load_benchmarks, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -223,6 +223,21 @@ def test_missing_local_files_name_the_option(tmp_path):
     (cfg,) = load_benchmarks(["gsm8k"], [f"benchmark.gsm8k.data_root={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="data_root"):
         load_benchmark(cfg)
+
+
+def test_local_source_without_a_data_root_names_the_option_and_the_variable(monkeypatch, tmp_path):
+    monkeypatch.delenv("VCORE_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # no folder is looked up relative to the repository or the working directory
+    (cfg,) = load_benchmarks(["gsm8k"], ["benchmark.gsm8k.data_root=null"])
+    with pytest.raises(ValueError, match=r"benchmark\.gsm8k\.data_root=.*VCORE_DATA_ROOT=.*gsm8k/test\.jsonl"):
+        load_benchmark(cfg)
+
+
+@needs_data
+def test_data_root_defaults_to_the_environment_variable(monkeypatch):
+    monkeypatch.setenv("VCORE_DATA_ROOT", str(SHARED_DATA))
+    (cfg,) = load_benchmarks(["gsm8k"], ["benchmark.gsm8k.data_root=null", "benchmark.gsm8k.limit=3"])
+    assert len(load_benchmark(cfg).items) == 3
 
 
 def test_config_yaml_is_documented():

@@ -149,7 +149,9 @@ class BenchmarkConfig:
     hub: list[DataSource] = field(default_factory=list)  # the paper's source(s); concatenated in order
     local: list[DataSource] = field(default_factory=list)  # offline copies of the same items
     synthetic: Optional[SyntheticSource] = None
-    data_root: Optional[str] = None  # base of relative local paths; null: $VCORE_SHARED_DATA or <repo>/../shared/data
+    # The folder that relative local ``data_files`` are read from (e.g. holding gsm8k/test.jsonl); null: the
+    # environment variable VCORE_DATA_ROOT. No built-in default: source=local with neither set is an error.
+    data_root: Optional[str] = None
     grader: GraderKind = MISSING
     prompt_domain: str = "math"  # key of vcore.prompts.PROMPT_TEMPLATES, or "none" (fields.prompt as is)
     domain: Domain = Domain.math
@@ -196,20 +198,24 @@ class BenchmarkConfig:
     def active_sources(self) -> list[DataSource]:
         return {SourceKind.hub: self.hub, SourceKind.local: self.local}.get(self.source, [])
 
-    def resolved_data_root(self) -> Path:
-        return resolve_data_root(self.data_root)
+    def resolved_data_root(self, needed_for: str = "") -> Path:
+        return resolve_data_root(self.data_root, f"benchmark.{self.name}.data_root", needed_for)
 
 
-def default_data_root() -> Path:
-    """$VCORE_SHARED_DATA, else ``<repo>/../shared/data`` (the layout of this project's workspace)."""
-    env = os.environ.get("VCORE_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA_ROOT_ENV = "VCORE_DATA_ROOT"  # the default of every benchmark.<name>.data_root
 
 
-def resolve_data_root(data_root: Optional[str]) -> Path:
-    return Path(data_root).expanduser() if data_root else default_data_root()
+def resolve_data_root(data_root: Optional[str], option: str = "benchmark.<name>.data_root", needed_for: str = "") -> Path:
+    """``data_root``, else ``$VCORE_DATA_ROOT``; neither set is an error naming both (there is no default folder)."""
+    root = data_root or os.environ.get(DATA_ROOT_ENV)
+    holding = f" (the folder holding {needed_for})" if needed_for else ""
+    _check(
+        bool(root),
+        option,
+        f"local benchmark files are read relative to a data root and none is set: pass {option}=/path/to/data "
+        f"or export {DATA_ROOT_ENV}=/path/to/data{holding}, or use the published copy (source=hub)",
+    )
+    return Path(root).expanduser()
 
 
 @dataclass
