@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,10 +224,17 @@ class Progress:
 
 
 if __name__ == "__main__":
+    import argparse
+
     from omegaconf import OmegaConf
 
     from vcore.config import compose_config
 
+    parser = argparse.ArgumentParser(
+        prog="python -m vcore.data.curation", description="Curate (and cache) a dataset only; prints the cache dir."
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (dataset=..., dataset.num_proc=...)")
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    dataset_cfg = OmegaConf.to_object(compose_config(sys.argv[1:]).dataset)  # the dataset group alone: no run dir
+    dataset_cfg = OmegaConf.to_object(compose_config(args.overrides).dataset)  # the dataset group alone: no run dir
     print(curate(dataset_cfg).path)
