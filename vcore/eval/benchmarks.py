@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcore.eval.config import DATA_ROOT_ENV, BenchmarkConfig, DataSource, EvalConfigError, FieldMap, GraderKind, SourceKind
+from vcore.eval.config import (
+    DATA_ROOT_ENV,
+    BenchmarkConfig,
+    DataSource,
+    EvalConfigError,
+    FieldMap,
+    GraderKind,
+    SourceKind,
+    is_relative_file,
+)
 from vcore.eval.stratified import stratified_sample
 from vcore.prompts import format_prompt
 
@@ -86,7 +95,7 @@ def _load_rows(src: DataSource, cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     if src.data_files:
         data_files = []
         for f in src.data_files:
-            if "://" in f or Path(f).is_absolute():
+            if not is_relative_file(f):
                 data_files.append(f)
                 continue
             p = cfg.resolved_data_root(needed_for=f) / f  # only relative files need a data root
