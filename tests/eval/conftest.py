@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
+# The benchmark copies of this project's development machines (users set benchmark.<name>.data_root or
+# $VCORE_DATA_ROOT themselves; nothing in vcore/ defaults to this folder). Tests that read it pass it as data_root
+# and are marked needs_data, so they skip where it is absent.
 SHARED_DATA = Path(os.environ.get("VCORE_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
 QWEN3_TOKENIZER = SHARED_DATA / "tokenizers" / "qwen3"
 

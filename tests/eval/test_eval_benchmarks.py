@@ -5,7 +5,7 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import CONF, compose_cfg, load_benchmarks, needs_data
+from conftest import CONF, SHARED_DATA, compose_cfg, load_benchmarks, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -234,6 +234,31 @@ def test_missing_local_files_name_the_option(tmp_path):
     (cfg,) = load_benchmarks(["gsm8k"], [f"benchmark.gsm8k.data_root={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="data_root"):
         load_benchmark(cfg)
+
+
+def test_local_source_without_a_data_root_fails_when_the_config_is_built(monkeypatch, tmp_path):
+    """No default folder: the error names the option and the variable, before anything loads (a training run stops
+    at its start, not when evaluation begins after training)."""
+    from vcore.config import compose_config, to_object
+
+    monkeypatch.delenv("VCORE_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing is looked up relative to the repository or the working directory
+    message = r"benchmark\.gsm8k\.data_root: .*benchmark\.gsm8k\.data_root=.*VCORE_DATA_ROOT=.*gsm8k/test\.jsonl"
+    with pytest.raises(ValueError, match=message):
+        load_benchmarks(["gsm8k"], ["benchmark.gsm8k.data_root=null"])
+    with pytest.raises(ValueError, match=message):
+        to_object(compose_config(["benchmark=gsm8k", "benchmark.gsm8k.source=local", f"output_dir={tmp_path}"]))
+    to_object(compose_config(["benchmark=gsm8k", f"output_dir={tmp_path}"]))  # the hub copy needs no data root
+    monkeypatch.setenv("VCORE_DATA_ROOT", str(tmp_path))
+    cfg = to_object(compose_config(["benchmark=gsm8k", "benchmark.gsm8k.source=local", f"output_dir={tmp_path}"]))
+    assert cfg.benchmark["gsm8k"].data_root == str(tmp_path)  # resolved with the config: config.yaml records it
+
+
+@needs_data
+def test_data_root_defaults_to_the_environment_variable(monkeypatch):
+    monkeypatch.setenv("VCORE_DATA_ROOT", str(SHARED_DATA))
+    (cfg,) = load_benchmarks(["gsm8k"], ["benchmark.gsm8k.source=local", "benchmark.gsm8k.limit=3"], local=False)
+    assert len(load_benchmark(cfg).items) == 3
 
 
 def test_config_yaml_is_documented():

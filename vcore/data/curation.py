@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -226,4 +225,3 @@ class Progress:
             self.last = now
             rows = self.counts["rows"]
             log.info("dataset %s: %d rows read, %d kept so far (%.0f rows/s)", self.name, rows, self.counts["kept"], rows / (now - self.t0))
-

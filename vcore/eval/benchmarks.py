@@ -1,8 +1,9 @@
 """Loading a benchmark config into a list of :class:`EvalItem` (prompt, gold answer, grading inputs).
 
 Hub and local copies go through the same call, ``datasets.load_dataset(path, name, split=..., data_files=...)``
-(a local copy is ``path: json`` or ``parquet`` plus files under ``data_root``); a ``synthetic`` source calls a
-Python function for its records. Then one field mapping, gold clean-up and prompt formatting for all.
+(a local copy is ``path: json`` or ``parquet`` plus files under ``data_root``, by default ``$VCORE_DATA_ROOT``); a
+``synthetic`` source calls a Python function for its records. Then one field mapping, gold clean-up and prompt
+formatting for all.
 
 Data quirks handled by ``answer_transforms`` (each benchmark's YAML lists the ones it needs):
 - ``join_list``: OlympiadBench ``final_answer`` is a list (always one element in OE_TO_maths_en_COMP): joined
@@ -23,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from vcore.checks import ConfigError
-from vcore.eval.config import BenchmarkConfig, DataSource, FieldMap, GraderKind, SourceKind
+from vcore.eval.config import (
+    DATA_ROOT_ENV,
+    BenchmarkConfig,
+    DataSource,
+    FieldMap,
+    GraderKind,
+    SourceKind,
+    is_relative_file,
+)
 from vcore.eval.stratified import stratified_sample
 from vcore.prompts import format_prompt
 
@@ -84,16 +93,15 @@ def _load_rows(src: DataSource, cfg: BenchmarkConfig) -> list[dict[str, Any]]:
 
     data_files: list[str] | None = None
     if src.data_files:
-        root = cfg.resolved_data_root()
         data_files = []
         for f in src.data_files:
-            if "://" in f or Path(f).is_absolute():
+            if not is_relative_file(f):
                 data_files.append(f)
                 continue
-            p = root / f
+            p = cfg.resolved_data_root(needed_for=f) / f  # only relative files need a data root
             if not p.exists():
                 raise FileNotFoundError(
-                    f"benchmark {cfg.name}: {p} not found; set benchmark.{cfg.name}.data_root (or $VCORE_SHARED_DATA) "
+                    f"benchmark {cfg.name}: {p} not found; set benchmark.{cfg.name}.data_root (or ${DATA_ROOT_ENV}) "
                     f"to the folder holding {f}, or use source=hub"
                 )
             data_files.append(str(p))

@@ -143,7 +143,9 @@ class BenchmarkConfig:
     hub: list[DataSource] = field(default_factory=list)  # the paper's source(s); concatenated in order
     local: list[DataSource] = field(default_factory=list)  # offline copies of the same items
     synthetic: Optional[SyntheticSource] = None
-    data_root: Optional[str] = None  # base of relative local paths; null: $VCORE_SHARED_DATA or <repo>/../shared/data
+    # The folder that relative ``data_files`` are read from (e.g. the one holding gsm8k/test.jsonl). Composed configs
+    # default to $VCORE_DATA_ROOT (see register_configs); null and no variable: a local source is an error.
+    data_root: Optional[str] = None
     grader: GraderKind = MISSING
     prompt_domain: str = "math"  # key of vcore.prompts.PROMPT_TEMPLATES, or "none" (fields.prompt as is)
     domain: Domain = Domain.math
@@ -168,6 +170,9 @@ class BenchmarkConfig:
             _check(self.synthetic is not None, f"{opt}.synthetic", "source=synthetic needs a synthetic: {function: ...} block")
         else:
             _check(bool(sources), f"{opt}.{self.source.value}", f"source={self.source.value} but the list is empty")
+        relative = [f for src in self.active_sources() for f in src.data_files if is_relative_file(f)]
+        if relative:  # fail at the start of a run, not when evaluation begins after training
+            self.resolved_data_root(needed_for=relative[0])
         from vcore.prompts import PROMPT_TEMPLATES, RAW_DOMAIN
 
         _check(
@@ -190,20 +195,31 @@ class BenchmarkConfig:
     def active_sources(self) -> list[DataSource]:
         return {SourceKind.hub: self.hub, SourceKind.local: self.local}.get(self.source, [])
 
-    def resolved_data_root(self) -> Path:
-        return resolve_data_root(self.data_root)
+    def resolved_data_root(self, needed_for: str = "") -> Path:
+        return resolve_data_root(self.data_root, f"benchmark.{self.name}.data_root", needed_for)
 
 
-def default_data_root() -> Path:
-    """$VCORE_SHARED_DATA, else ``<repo>/../shared/data`` (the layout of this project's workspace)."""
-    env = os.environ.get("VCORE_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA_ROOT_ENV = "VCORE_DATA_ROOT"  # the default of every benchmark.<name>.data_root
 
 
-def resolve_data_root(data_root: Optional[str]) -> Path:
-    return Path(data_root).expanduser() if data_root else default_data_root()
+def is_relative_file(path: str) -> bool:
+    """A data file read relative to the data root (not a URL such as hf://..., not an absolute path)."""
+    return "://" not in path and not Path(path).is_absolute()
+
+
+def resolve_data_root(
+    data_root: Optional[str], option: str = "benchmark.<name>.data_root", needed_for: str = ""
+) -> Path:
+    """``data_root``, else ``$VCORE_DATA_ROOT``; neither set is an error naming both (there is no default folder)."""
+    root = data_root or os.environ.get(DATA_ROOT_ENV)
+    holding = f" (the folder holding {needed_for})" if needed_for else ""
+    _check(
+        bool(root),
+        option,
+        f"local benchmark files are read relative to a data root and none is set: pass {option}=/path/to/data "
+        f"or export {DATA_ROOT_ENV}=/path/to/data{holding}, or use the published copy (source=hub)",
+    )
+    return Path(root).expanduser()
 
 
 @dataclass
@@ -259,7 +275,11 @@ class GradingConfig:
 def register_configs() -> None:
     """Register ``benchmark/base_benchmark`` and ``decoding/base_decoding`` (idempotent)."""
     cs = ConfigStore.instance()
-    cs.store(group="benchmark", name="base_benchmark", node=BenchmarkConfig)
+    # Composed benchmarks default data_root to the environment variable, resolved with the rest of the config, so a
+    # run's config.yaml records the folder it read.
+    base = OmegaConf.structured(BenchmarkConfig)
+    base.data_root = f"${{oc.env:{DATA_ROOT_ENV},null}}"
+    cs.store(group="benchmark", name="base_benchmark", node=base)
     cs.store(group="decoding", name="base_decoding", node=DecodingConfig)
 
 
