@@ -168,6 +168,8 @@ class TrainerConfig:
         _check(self.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size", "must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
         _check(self.learning_rate > 0, "trainer.learning_rate", f"must be > 0 (got {self.learning_rate})")
+        # transformers reads a warmup of 1 or more as a number of steps: 1.0 would warm up for one step, not the run
+        _check(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", f"must be in [0, 1), a fraction of the training steps (got {self.warmup_ratio})")
         _check(
             self.max_steps > 0 or self.max_steps == -1, "trainer.max_steps",
             f"must be > 0, or -1 to train for trainer.num_train_epochs (got {self.max_steps})",

@@ -154,6 +154,10 @@ class WeightedTrainer(Trainer):
             scheduler.lr_lambdas = [
                 (lambda step, f=f, b=b: max(f(step), self.lr_floor / b)) for f, b in zip(scheduler.lr_lambdas, base)
             ]
+            # The scheduler set the first step's rate from the unfloored schedule when it was built: redo it.
+            for group, lr_lambda, b in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, base):
+                group["lr"] = b * lr_lambda(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
         return scheduler
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
