@@ -20,8 +20,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # as a torchrun worker script, this file is not imported from the repo root
 
-from tests.conftest import TINY_TEST, tiny_causal_lm
-from tests.test_distributed import B, torchrun, train_tiny
+from tests.helpers import RANK_BATCH as B
+from tests.helpers import TINY_TEST, tiny_causal_lm, torchrun, train_tiny
 
 FSDP = {
     "fsdp": True,
@@ -74,9 +74,6 @@ def worker(out: Path) -> None:
     if rank() == 0:
         torch.save({"whole": whole, "resumed": resumed, "files": shards}, out / "fsdp-resume.pt")
         (out / "sharded_references.txt").write_text(str(len(sharded_references)))
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, TINY_TEST
+from tests.helpers import REPO, TINY_TEST
 from vcore.checks import ConfigError
 from vcore.run.preemption import PREEMPTED_EXIT_CODE
 from vcore.run.checkpoints import latest_checkpoint, resolve_resume

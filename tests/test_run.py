@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from tests.conftest import REPO, TINY_TEST
+from tests.helpers import REPO, TINY_TEST
 from vcore.run.loggers import run_name
 
 

@@ -9,8 +9,8 @@ import random
 import time
 
 import pytest
-from conftest import load_benchmarks, needs_data
 
+from tests.eval.eval_helpers import load_benchmarks, needs_data
 from vcore.eval.benchmarks import load_benchmark, transform_answer
 from vcore.eval.boxed import extract_boxed
 from vcore.eval.math_grader import grade_many
