@@ -59,6 +59,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",  # a child's log lines reach its log file as they are written (tests poll them)
     }
     env.update(extra)
     return env
