@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +15,6 @@ from vcore.run.loggers import run_id
 from vcore.run.checkpoints import damaged_file, latest_checkpoint, resolve_resume
 from vcore.run.rundir import CONFIG_FILE, RunDirBusy, fingerprint, hold
 from vcore.run.trainer import NonFiniteTraining
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def train(make_cfg, *overrides, method="sft"):
     from vcore.run.training import run

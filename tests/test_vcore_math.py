@@ -170,7 +170,7 @@ def test_variance_control_choices_change_only_alpha(tmp_path):
 
 
 @pytest.mark.parametrize("variance_control", ["paper", "loss_ratio"])
-def test_tau_zero_trains_bit_for_bit_like_sft(make_cfg, tmp_path, one_thread, variance_control):
+def test_tau_zero_trains_bit_for_bit_like_sft(make_cfg, tmp_path, variance_control):
     """τ = 0 is SFT exactly: same losses, weights and final parameters, bit for bit (the probe still runs, so this
     also shows it leaves no trace: parameters restored, no RNG drawn from the Trainer's streams)."""
     from omegaconf import OmegaConf
@@ -231,7 +231,7 @@ def test_tau_for_ess_hits_the_target(target):
     assert float(tau_for_ess([flat], [torch.ones(3, 6, dtype=torch.bool)], 0.5)) == pytest.approx(1e6)
 
 
-def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_path, one_thread):
+def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_path):
     from vcore.run.training import train
 
     train(make_cfg("trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false", "method.target_ess=0.6"))
