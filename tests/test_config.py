@@ -37,6 +37,12 @@ def option_file(group: str, option: str) -> tuple[type, DictConfig]:
     return schema, OmegaConf.merge(values, own)
 
 
+def family(group: str, option: str) -> str:
+    """The option that ``option`` extends, followed to its root: a preset (vcore_qwen3_8b) is of its family (vcore)."""
+    parents = [e for e in OmegaConf.load(CONF / group / f"{option}.yaml").get("defaults", []) if e != "_self_" and not e.startswith("base_")]
+    return family(group, parents[0]) if parents else option
+
+
 def expected_group(group: str, option: str) -> dict:
     """What choosing ``option`` must give: its schema's defaults with the file's values on top (unresolved)."""
     schema, values = option_file(group, option)
@@ -47,11 +53,14 @@ def expected_group(group: str, option: str) -> dict:
 def test_every_option_composes_and_instantiates(tmp_path, group, option):
     """Choosing an option gives its schema's dataclass holding exactly the file's values, and the schema is attached
     (a misspelt key fails at compose time). Fails if an option lost its ``base_<kind>`` (a plain dict, no checks), if
-    a value were dropped or changed between the file and the object, or if a key escaped the schema."""
+    a value were dropped or changed between the file and the object, if an option named after one method or logger
+    built another, or if a key escaped the schema."""
     cfg = compose_config([f"{group}={option}", f"output_dir={tmp_path}"])
     schema, _ = option_file(group, option)
     obj = getattr(to_object(cfg), group)
     assert type(obj) is schema
+    if hasattr(obj, "name"):  # what the code dispatches on: the file's name (e.g. sft.yaml on DFT's schema trains DFT)
+        assert obj.name == family(group, option)
     assert OmegaConf.to_container(cfg[group], resolve=False) == expected_group(group, option)
     assert OmegaConf.to_container(OmegaConf.structured(obj), resolve=True) == OmegaConf.to_container(cfg[group], resolve=True)
     with pytest.raises((ConfigCompositionException, ConfigAttributeError, ConfigKeyError)):
