@@ -100,8 +100,9 @@ def test_fsdp_two_ranks_equal_one_rank_with_twice_the_batch(fsdp_params, tmp_pat
 @pytest.mark.parametrize(
     ("method", "lora"),
     [
-        ("vcore", False),
-        pytest.param("vcore", True, marks=pytest.mark.slow),  # smoke runs; the sharded maths is tested above
+        # ~25 s each (two torchrun launches): smoke runs; the sharded maths and the sharded resume are tested above
+        pytest.param("vcore", False, marks=pytest.mark.slow),
+        pytest.param("vcore", True, marks=pytest.mark.slow),
         pytest.param("iw_sft", True, marks=pytest.mark.slow),
     ],
     ids=["vcore-full", "vcore-lora", "iw_sft-lora"],

@@ -73,7 +73,9 @@ def tiny_args(case: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("case", CASES)
+# ~25 s each (three runs of run.py). "lora" resumes the most state (global RNG for dropout, the probe stream and a
+# stored direction, the W&B run); "full" (the jvp probe, full fine-tuning) is a slow test.
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "full" else c for c in CASES])
 def test_sigterm_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path, case):
     args = tiny_args(case)
     reference = start(args, tmp_path / "reference", tmp_path / "reference.log")  # runs alongside (2 cores)

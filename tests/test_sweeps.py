@@ -43,11 +43,10 @@ def test_every_sweep_has_a_two_job_shape():
     assert set(SWEEPS) == set(TWO_JOBS), "add the new sweep's two-job shape to TWO_JOBS"
 
 
-# Each sweep is a two-job multirun in a subprocess (~15-20 s on 2 cores). The default suite runs the CPU study and
-# one paper sweep (its grid also overrides the model); the others are slow tests. Every overlay they use trains for a
-# step in tests/test_experiments.py, and the synthetic ablations share the synthetic_study overlay.
+# Each sweep is a two-job multirun in a subprocess (~12 s on 2 cores). The default suite runs the CPU study; the
+# others are slow tests. Every overlay they use trains for a step in tests/test_experiments.py (in-process, ~2 s).
 SLOW = {"synthetic_lr", "synthetic_variance_control", "synthetic_data_scaling", "synthetic_tau_eps",
-        "main_table_qwen3_4b_code", "data_scaling", "tau_eps", "variance_control"}
+        "main_table_qwen3_4b_math", "main_table_qwen3_4b_code", "data_scaling", "tau_eps", "variance_control"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SWEEPS])
