@@ -10,17 +10,15 @@ import hydra
 from omegaconf import DictConfig
 
 from vcore.config import register_configs
-from vcore.run.evaluation import evaluate
 from vcore.run.launch import hydra_argv
-from vcore.run.training import pretrain, train
+from vcore.run.tasks import run_task
 
 register_configs()
-TASKS = {"train": train, "eval": evaluate, "pretrain": pretrain}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    TASKS[cfg.task](cfg)
+    run_task(cfg)
 
 
 if __name__ == "__main__":

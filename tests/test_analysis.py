@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from vcore.tools import analysis
 from vcore.eval.intervals import bootstrap_ci, paired_bootstrap
+from vcore.tools import analysis
 from vcore.tools.report import load_local, main
 
 N = 200

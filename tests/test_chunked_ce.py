@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import random_lm_batch, tiny_causal_lm
+from tests.helpers import random_lm_batch, tiny_causal_lm
 from vcore.methods.probe import jvp_scores, trainable_parameters
 from vcore.ops.chunked_ce import check_supported, chunked_token_cross_entropy
 from vcore.ops.forward import model_token_loss

@@ -1,13 +1,16 @@
 """Every config option and experiment composes and instantiates; bad values fail early, naming the option."""
 
-from pathlib import Path
+import copy
 
+import numpy as np
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from tests.conftest import CONF
-from vcore.config import ConfigError, compose_config, to_object
+from tests.helpers import CONF, random_lm_batch, reference_weights, tiny_causal_lm
+from vcore.config import SCHEMAS, ConfigError, compose_config, to_object
 
 GROUPS = ["model", "dataset", "method", "trainer", "logger"]
 
@@ -16,12 +19,52 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def option_file(group: str, option: str) -> tuple[type, DictConfig]:
+    """``(schema, values)`` of ``conf/<group>/<option>.yaml``: the schema its defaults list names (``base_<kind>``, or
+    through the option it extends) and the values it sets, over those of the option it extends."""
+    raw = OmegaConf.load(CONF / group / f"{option}.yaml")
+    schema, values = None, OmegaConf.create({})
+    for entry in raw.get("defaults", []):
+        if entry == "_self_":
+            continue
+        if entry.startswith("base_"):
+            schema = SCHEMAS[group][entry]
+        else:
+            schema, values = option_file(group, entry)
+    own = copy.deepcopy(raw)
+    own.pop("defaults", None)
+    assert schema is not None, f"conf/{group}/{option}.yaml names no schema (base_<kind>) in its defaults"
+    return schema, OmegaConf.merge(values, own)
+
+
+def family(group: str, option: str) -> str:
+    """The option that ``option`` extends, followed to its root: a preset (vcore_qwen3_8b) is of its family (vcore)."""
+    parents = [e for e in OmegaConf.load(CONF / group / f"{option}.yaml").get("defaults", []) if e != "_self_" and not e.startswith("base_")]
+    return family(group, parents[0]) if parents else option
+
+
+def expected_group(group: str, option: str) -> dict:
+    """What choosing ``option`` must give: its schema's defaults with the file's values on top (unresolved)."""
+    schema, values = option_file(group, option)
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), values), resolve=False)
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_and_instantiates(make_cfg, group, option):
-    method = option if group == "method" else "vcore"
-    cfg = make_cfg(f"{group}={option}", method=method, tiny=group != "model")
-    obj = to_object(cfg)
-    assert type(getattr(obj, group)).__name__.endswith("Config")
+def test_every_option_composes_and_instantiates(tmp_path, group, option):
+    """Choosing an option gives its schema's dataclass holding exactly the file's values, and the schema is attached
+    (a misspelt key fails at compose time). Fails if an option lost its ``base_<kind>`` (a plain dict, no checks), if
+    a value were dropped or changed between the file and the object, if an option named after one method or logger
+    built another, or if a key escaped the schema."""
+    cfg = compose_config([f"{group}={option}", f"output_dir={tmp_path}"])
+    schema, _ = option_file(group, option)
+    obj = getattr(to_object(cfg), group)
+    assert type(obj) is schema
+    if hasattr(obj, "name"):  # what the code dispatches on: the file's name (e.g. sft.yaml on DFT's schema trains DFT)
+        assert obj.name == family(group, option)
+    assert OmegaConf.to_container(cfg[group], resolve=False) == expected_group(group, option)
+    assert OmegaConf.to_container(OmegaConf.structured(obj), resolve=True) == OmegaConf.to_container(cfg[group], resolve=True)
+    with pytest.raises((ConfigCompositionException, ConfigAttributeError, ConfigKeyError)):
+        compose_config([f"{group}={option}", f"output_dir={tmp_path}", f"{group}.no_such_key=1"])
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -63,12 +106,61 @@ def test_method_specific_keys_do_not_leak_between_methods(make_cfg):
         make_cfg("method.tau=1.0", method="sft")
 
 
-def test_vcore_yaml_documents_conventions():
-    text = (CONF / "method" / "vcore.yaml").read_text()
-    for needle in ("τ·ε", "vcore_temperature", "tau = 1/T", "Table 5"):
-        assert needle in text, needle
+# Paper Table 5 (ε, τ·ε) per preset, as conf/method/vcore.yaml transcribes it.
+TABLE5 = {
+    "vcore_qwen3_4b_math": (1e-4, 0.5), "vcore_qwen3_4b_code": (1e-4, 0.8), "vcore_qwen3_8b": (1e-5, 0.5),
+    "vcore_qwen3_32b": (1e-4, 0.8), "vcore_llama3_1_8b": (1e-5, 0.8),
+}
 
 
-def test_configs_live_in_their_groups():
-    assert (CONF / "train.yaml").exists()
-    assert {p.name for p in Path(CONF).iterdir() if p.is_dir()} >= set(GROUPS) | {"experiment"}
+def test_vcore_presets_follow_table_5_in_the_documented_convention(tmp_path):
+    """tau is the paper's τ, so a preset's tau · probe.epsilon is Table 5's τ·ε. Fails if a preset stored τ·ε (or
+    1/T) in ``tau``, or another ε, or if a new preset has no Table 5 entry here."""
+    assert set(TABLE5) == {o for o in options("method") if o.startswith("vcore_")}
+    for preset, (eps, tau_eps) in TABLE5.items():
+        m = to_object(compose_config([f"method={preset}", f"output_dir={tmp_path}"])).method
+        assert m.probe.epsilon == pytest.approx(eps, rel=1e-12) and m.tau * m.probe.epsilon == pytest.approx(tau_eps, rel=1e-12), preset
+
+
+def test_tau_is_one_over_the_authors_vcore_temperature(tmp_path):
+    """The authors' code weighs tokens by softmax((l_t(θ) - l_t(θ - εg)) / (ε·T)); with tau = 1/T our probe and Gibbs
+    weights give the same n·softmax. The reference shifts a copy of the model by hand (float64 GPT-2). Fails if the
+    probe stepped along +g, divided by anything but ε, or if tau entered the weights other than as a factor."""
+    from vcore.methods import gibbs_weights
+    from vcore.methods.probe import finite_difference_scores, trainable_parameters
+    from vcore.ops.forward import model_token_loss
+
+    model = tiny_causal_lm(tmp_path, arch="gpt2").eval()
+    batch = random_lm_batch()
+    params = trainable_parameters(model)
+    g = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype) * 1e-2 for i, p in enumerate(params.values())]
+    eps, T = 1e-4, 0.05
+
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        for (name, p), d in zip(params.items(), g):
+            shifted.get_parameter(name).sub_(eps * d)
+        l0, mask = model_token_loss(model, batch)
+        l1, _ = model_token_loss(shifted, batch)
+    utility = ((l0 - l1) / (eps * T)).numpy()
+    m = mask.numpy()
+    w_ref, _ = reference_weights(utility, m, 1.0)  # the authors' softmax of the utility, times n
+
+    _, (scores,) = finite_difference_scores(model, params, g, [batch], eps)
+    w, _ = gibbs_weights(scores, mask, 1 / T)
+    assert np.abs(w_ref[m] - 1).max() > 0.05  # the weights are not all ~1: the comparison has power
+    np.testing.assert_allclose(w.numpy(), w_ref, rtol=1e-6, atol=1e-9)
+
+
+def test_train_yaml_only_picks_among_the_groups(tmp_path):
+    """conf/train.yaml chooses one option per group and sets nothing inside a group: each group of the default
+    config is exactly the chosen option file on its schema. Fails if train.yaml (or any other file) edited a group's
+    values, or chose an option that is not a file of the group's folder."""
+    train = OmegaConf.load(CONF / "train.yaml")
+    choices = {k: v for entry in train.defaults if isinstance(entry, DictConfig) for k, v in entry.items()}
+    assert set(GROUPS) <= set(choices) and choices.get("experiment") is None  # no experiment unless asked
+    assert not set(train) & {*GROUPS, "experiment"}, "train.yaml sets values inside a group"
+    default = compose_config([f"output_dir={tmp_path}"])
+    for group in GROUPS:
+        assert (CONF / group / f"{choices[group]}.yaml").is_file(), (group, choices[group])
+        assert OmegaConf.to_container(default[group], resolve=False) == expected_group(group, choices[group]), group

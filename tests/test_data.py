@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 from vcore.boxed import final_answer_box
 from vcore.config import SyntheticDatasetConfig, to_object
 from vcore.data.build import build_data, normalise_openmath

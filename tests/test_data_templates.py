@@ -14,7 +14,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 from vcore.checks import ConfigError
 from vcore.data.encode import BadRecord, encode_example, end_of_turn_id
 from vcore.data.think import apply_think_policy

@@ -9,8 +9,6 @@ rather than float32 noise amplified by Adam.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,81 +18,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # as a torchrun worker script, this file is not imported from the repo root
 
-from tests.conftest import TINY_TEST, tiny_causal_lm
+from tests.helpers import RANK_BATCH as B
+from tests.helpers import TINY_TEST, tiny_causal_lm, torchrun, train_tiny, varied_rows
 
 METHODS = ("sft", "dft", "vcore", "vcore_jvp")
-B, K, STEPS = 2, 2, 4  # per-rank micro-batch, accumulation steps, optimizer steps
-
-
-def torchrun(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def rows(n: int = 32, vocab: int = 37, seed: int = 0) -> list[dict]:
-    """Examples of different lengths (padding differs between batchings), each with a 2-token prompt."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        length = 5 + (i * 3) % 11
-        ids = torch.randint(vocab, (length,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [-100, -100] + ids[2:], "answer_mask": [False] * (length - 2) + [True, True], "example_id": i})
-    return out
-
-
-def train_tiny(
-    out: Path,
-    method: str,
-    per_device: int,
-    probe_batch: int,
-    every: int = 1,
-    resume: str | None = None,
-    loss_chunk: int = 0,
-    checkpointing: bool = False,
-    **training_args,
-) -> dict[str, torch.Tensor]:
-    """A few optimizer steps of the real Trainer on a float64 model; returns the final (full) parameters.
-
-    ``loss_chunk``/``checkpointing``: chunked cross-entropy and gradient checkpointing, as ``model.loss_chunk_size``
-    and ``model.gradient_checkpointing`` set them up."""
-    from transformers import TrainingArguments
-
-    from vcore.config import IwSFTConfig, ProbeConfig, VCOREConfig
-    from vcore.data.collate import Collator
-    from vcore.distributed import rank_zero_first
-    from vcore.methods import build_method
-    from vcore.run.trainer import WeightedTrainer
-
-    with rank_zero_first():  # save_pretrained writes on rank 0 only; the others load what it wrote
-        model = tiny_causal_lm(out / f"model-{method}", arch="gpt2")
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    data = rows()
-    collate = Collator(pad_token_id=0)
-    # ε = 1e-3: rounding in l_t(θ) - l_t(θ - εg) is divided by ε, and the paper-α variances then amplify it.
-    probe = ProbeConfig(
-        epsilon=1e-3, batch_size=probe_batch, accumulation=2, seed=1, every=every,
-        mode="jvp" if method == "vcore_jvp" else "finite_difference",
-    )
-    if method.startswith("vcore"):
-        cfg = VCOREConfig(tau=3.0, probe=probe)
-    else:
-        cfg = IwSFTConfig() if method == "iw_sft" else type("C", (), {"name": method})()
-    args = TrainingArguments(
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=K,
-        max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        logging_steps=1, seed=0, use_cpu=True, report_to="none", remove_unused_columns=False,
-        **{"output_dir": str(out / f"ckpt-{method}"), "save_strategy": "no", **training_args},
-    )
-    trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_chunk_size=loss_chunk,
-                              weighting=build_method(cfg, model, data, collate, loss_chunk_size=loss_chunk))
-    trainer.train(resume_from_checkpoint=resume)
-    # Under FSDP the parameters are shards (DTensors): gather the whole tensors.
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}
 
 
 def worker(out: Path) -> None:
@@ -105,9 +32,6 @@ def worker(out: Path) -> None:
         params = train_tiny(out, method, per_device=B, probe_batch=B)
         if rank() == 0:
             torch.save(params, out / f"ddp-{method}.pt")
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +110,7 @@ def test_auto_probe_mode_resolving_to_jvp_is_refused_under_fsdp(tmp_path):
     cfg = VCOREConfig()
     check_parallel_backend("vcore", fsdp=True, deepspeed=False, **probe_settings(cfg))  # as configured: auto
     model = tiny_causal_lm(tmp_path / "bf16", dtype=torch.bfloat16)
-    method = build_method(cfg, model, rows(4), Collator(pad_token_id=0))
+    method = build_method(cfg, model, varied_rows(4, spread=11), Collator(pad_token_id=0))
     assert probe_settings(method) == {"probe_mode": "jvp", "fidelity_every": 0}
     with pytest.raises(ConfigError, match="probe.mode=jvp under FSDP"):
         check_parallel_backend("vcore", fsdp=True, deepspeed=False, **probe_settings(method))
@@ -226,14 +150,14 @@ def step_gradients(tmp_path: Path, mode: str, lora: bool, checkpointing: bool) -
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], lora_dropout=0.0, init_lora_weights=False))
     calls = []
-    if checkpointing:  # as vcore.run.modeling does for model.gradient_checkpointing=true
+    if checkpointing:  # as vcore.modeling does for model.gradient_checkpointing=true
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora:
             model.enable_input_require_grads()
         for m in model.modules():
             if getattr(m, "gradient_checkpointing", False):
                 m._gradient_checkpointing_func = lambda f, *a, _f=m._gradient_checkpointing_func: calls.append(1) or _f(f, *a)
-    data, collate = rows(8), Collator(pad_token_id=0)
+    data, collate = varied_rows(8, spread=11), Collator(pad_token_id=0)
     cfg = VCOREConfig(tau=3.0, probe=ProbeConfig(mode=mode, epsilon=1e-3, batch_size=2, accumulation=2, seed=1))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=build_method(cfg, model, data, collate))

@@ -20,8 +20,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # as a torchrun worker script, this file is not imported from the repo root
 
-from tests.conftest import TINY_TEST, tiny_causal_lm
-from tests.test_distributed import B, torchrun, train_tiny
+from tests.helpers import RANK_BATCH as B
+from tests.helpers import TINY_TEST, tiny_causal_lm, torchrun, train_tiny
 
 FSDP = {
     "fsdp": True,
@@ -76,9 +76,6 @@ def worker(out: Path) -> None:
         (out / "sharded_references.txt").write_text(str(len(sharded_references)))
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def fsdp_params(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
@@ -103,8 +100,9 @@ def test_fsdp_two_ranks_equal_one_rank_with_twice_the_batch(fsdp_params, tmp_pat
 @pytest.mark.parametrize(
     ("method", "lora"),
     [
-        ("vcore", False),
-        pytest.param("vcore", True, marks=pytest.mark.slow),  # smoke runs; the sharded maths is tested above
+        # ~25 s each (two torchrun launches): smoke runs; the sharded maths and the sharded resume are tested above
+        pytest.param("vcore", False, marks=pytest.mark.slow),
+        pytest.param("vcore", True, marks=pytest.mark.slow),
         pytest.param("iw_sft", True, marks=pytest.mark.slow),
     ],
     ids=["vcore-full", "vcore-lora", "iw_sft-lora"],

@@ -3,15 +3,18 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
+from tests.helpers import reference_paper_alpha
 from vcore.run.training import train
 from vcore.tools.inspector import main
 
 
 @pytest.mark.parametrize("method", ["vcore", "sft", "random"])
 def test_inspector_schema_and_values(make_cfg, tmp_path, method):
-    train(make_cfg("trainer.max_steps=1", method=method))
+    # VCORE with α uncapped (alpha_max=null): batch_alpha is then checked against the SPEC formula, not against a cap.
+    train(make_cfg("trainer.max_steps=1", *(["method.alpha_max=null"] if method == "vcore" else []), method=method))
     out = tmp_path / "w.jsonl"
     assert main([str(tmp_path), "--num-examples", "5", "--out", str(out)]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -25,7 +28,7 @@ def test_inspector_schema_and_values(make_cfg, tmp_path, method):
         assert all(x["weight"][i] == 0.0 for i in range(n) if not x["supervised"][i])
         assert all(isinstance(t, str) for t in x["tokens"]) and "<think>" in x["tokens"]
         if method == "vcore":
-            assert len(x["score"]) == n and len(x["q"]) == n and 0 < x["batch_alpha"] <= 1
+            assert len(x["score"]) == n and len(x["q"]) == n
             assert math.isclose(sum(x["q"][i] for i in sup), 1.0, rel_tol=1e-5)
             assert all(math.isclose(x["weight"][i], len(sup) * x["q"][i], rel_tol=1e-4) for i in sup)
             assert all(x["score"][i] is None for i in range(n) if not x["supervised"][i])
@@ -35,6 +38,16 @@ def test_inspector_schema_and_values(make_cfg, tmp_path, method):
             assert all(x["weight"][i] == 1.0 for i in sup)
         if method == "random":
             assert sum(w > 0 for w in x["weight"]) == max(1, math.floor(0.2 * len(sup) + 0.5))
+    if method == "vcore":
+        # The five examples fall in one step batch (4 x 2 per step): one α, the SPEC §4.6 value over their scores and
+        # Gibbs probabilities (float64 reference). Fails if the inspector reported another batch's α or a capped one.
+        assert len({x["batch_alpha"] for x in lines}) == 1
+        width = max(len(x["tokens"]) for x in lines)
+        pad = lambda v: [0.0 if t is None else t for t in v] + [0.0] * (width - len(v))  # noqa: E731
+        scores = np.array([pad(x["score"]) for x in lines])
+        q = np.array([pad(x["q"]) for x in lines])
+        mask = np.array([list(x["supervised"]) + [False] * (width - len(x["supervised"])) for x in lines])
+        assert lines[0]["batch_alpha"] == pytest.approx(reference_paper_alpha(scores, q, mask, None), rel=1e-5)
 
 
 def test_inspector_on_a_checkpoint_and_bad_path(make_cfg, tmp_path):

@@ -4,11 +4,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tests.conftest import random_lm_batch, tiny_causal_lm
+from tests.helpers import random_lm_batch, tiny_causal_lm
 from vcore.config import ProbeConfig, ProbeMode, VCOREConfig, to_object
-from vcore.ops.forward import model_token_loss
-from vcore.methods.vcore import VCORE, pearson
 from vcore.methods.probe import finite_difference_scores, jvp_scores, trainable_parameters
+from vcore.methods.vcore import VCORE, pearson
+from vcore.ops.forward import model_token_loss
 from vcore.run.training import build_job
 
 

@@ -64,3 +64,19 @@ def test_config_hash_ignores_paths_inside_the_output_dir():
     b = {"output_dir": "/runs/b", "model": {"name_or_path": "/runs/b/init_model"}, "seed": 1}
     c = {"output_dir": "/runs/b", "model": {"name_or_path": "/elsewhere/init_model"}, "seed": 1}
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_a_rerun_in_the_same_dir_continues_its_wandb_run(make_cfg, tmp_path):
+    """A requeued job (same config, same run dir) logs into the same W&B run id; the same config in another dir is
+    another run. In-process through train(); tests/test_sweeps.py does it through a multirun (slow)."""
+    from vcore.run.training import train
+
+    def run_ids(out):
+        return {r.name.rsplit("-", 1)[-1] for r in (out / "wandb").glob("offline-run-*")}
+
+    quick = ["logger=wandb", "trainer.max_steps=1", "eval.after_train=false", "trainer.eval_at_end=false"]
+    for out in (tmp_path / "a", tmp_path / "a", tmp_path / "b"):
+        train(make_cfg(*quick, f"output_dir={out}", method="sft"))
+    assert len(list((tmp_path / "a" / "wandb").glob("offline-run-*"))) == 2  # two attempts...
+    assert len(run_ids(tmp_path / "a")) == 1  # ...one W&B run
+    assert run_ids(tmp_path / "a").isdisjoint(run_ids(tmp_path / "b")) and len(run_ids(tmp_path / "b")) == 1

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vcore.ops.losses import IGNORE_INDEX, supervised_mask, token_cross_entropy, weighted_loss
 from vcore.methods import dft_weights, iw_sft_weights, sft_weights
+from vcore.ops.losses import IGNORE_INDEX, supervised_mask, token_cross_entropy, weighted_loss
 
 
 def random_batch(B=3, T=7, V=11, seed=0, dtype=torch.float64):

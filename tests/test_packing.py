@@ -4,19 +4,18 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from tests.conftest import tiny_causal_lm
-from tests.test_trainer import METHOD_CONFIGS, rows
+from tests.helpers import step_method_config, tiny_causal_lm, varied_rows
 from vcore.data.collate import Collator
-from vcore.ops.forward import model_token_loss
 from vcore.methods import METHODS, build_method
+from vcore.ops.forward import model_token_loss
 from vcore.run.trainer import WeightedTrainer
 
 
 def run_step(tmp_path, method, pack, attn="sdpa", normalization="token", pack_length=0):
     model = tiny_causal_lm(tmp_path / f"{pack}", attn=attn)  # Qwen3, float64 weights
-    data = rows()
+    data = varied_rows()
     collate = Collator(pad_token_id=0, pack=pack, pack_length=pack_length)
-    weighting = build_method(METHOD_CONFIGS[method](), model, data, collate)
+    weighting = build_method(step_method_config(method), model, data, collate)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, loss_normalization=normalization)
     micro = [collate(data[:4]), collate(data[4:])]
@@ -45,9 +44,9 @@ def test_packed_equals_padded(tmp_path, method, pack_length):
 
 
 def test_packed_rows_have_no_padding_and_restarting_positions():
-    batch = Collator(0, pack=True)(rows()[:3])
+    batch = Collator(0, pack=True)(varied_rows()[:3])
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
-    lengths = [len(r["input_ids"]) for r in rows()[:3]]
+    lengths = [len(r["input_ids"]) for r in varied_rows()[:3]]
     assert batch["input_ids"].shape[1] == sum(lengths)
     starts = (batch["position_ids"][0] == 0).nonzero().squeeze(1).tolist()
     assert starts == [0, lengths[0], lengths[0] + lengths[1]]
@@ -56,7 +55,7 @@ def test_packed_rows_have_no_padding_and_restarting_positions():
 
 
 def test_rows_of_bounded_length_fill_in_order_with_a_separate_padding_segment():
-    data = rows()[:4]  # lengths 5, 8, 11, 7
+    data = varied_rows()[:4]  # lengths 5, 8, 11, 7
     batch = Collator(9, pack=True, pack_length=16)(data)
     # 5 + 8 fit in 16; 11 does not fit after them; 11 then 7 would be 18: three rows, padded to the widest (13).
     assert batch["input_ids"].shape == (3, 13)
@@ -79,7 +78,7 @@ def test_packed_jvp_probe_keeps_attention_inside_examples(tmp_path, pack_length)
     out = {}
     for pack in (False, True):
         model = tiny_causal_lm(tmp_path / f"j{pack}").eval()
-        batch = Collator(0, pack=pack, pack_length=pack_length)(rows()[:4])
+        batch = Collator(0, pack=pack, pack_length=pack_length)(varied_rows()[:4])
         params = trainable_parameters(model)
         g = [torch.ones_like(p) * 1e-2 for p in params.values()]
         _, (s,) = jvp_scores(model, params, g, [batch], block=5)

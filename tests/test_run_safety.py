@@ -23,8 +23,6 @@ from vcore.run.checkpoints import (
 from vcore.run.loggers import run_id
 from vcore.run.trainer import NonFiniteTraining
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def train(make_cfg, *overrides, method="sft"):
     from vcore.run.training import train as run

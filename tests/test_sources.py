@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 from vcore.checks import ConfigError
 from vcore.data import curation
 from vcore.data.build import build_data

@@ -1,13 +1,12 @@
 """Every study's sweep runs as a two-job multirun in a tiny setting; a rerun resumes its W&B run id."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, subprocess_env
 
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 # Shrink any study to the tiny model on the synthetic task; the grid is overridden to two jobs below.
@@ -32,7 +31,7 @@ TWO_JOBS = {
 
 
 def multirun(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "VCORE_CACHE": str(out.parent / "cache")}
+    env = subprocess_env(VCORE_CACHE=str(out.parent / "cache"))
     args = [sys.executable, str(REPO / "run.py"), "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", name,
             *TINY, *TWO_JOBS[name], f"hydra.sweep.dir={out}", *extra]
     proc = subprocess.run(args, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
@@ -44,8 +43,10 @@ def test_every_sweep_has_a_two_job_shape():
     assert set(SWEEPS) == set(TWO_JOBS), "add the new sweep's two-job shape to TWO_JOBS"
 
 
-# The synthetic ablations share the synthetic_study overlay that the default suite runs; their own runs are slow tests.
-SLOW = {"synthetic_lr", "synthetic_variance_control", "synthetic_data_scaling", "synthetic_tau_eps"}
+# Each sweep is a two-job multirun in a subprocess (~12 s on 2 cores). The default suite runs the CPU study; the
+# others are slow tests. Every overlay they use trains for a step in tests/test_experiments.py (in-process, ~2 s).
+SLOW = {"synthetic_lr", "synthetic_variance_control", "synthetic_data_scaling", "synthetic_tau_eps",
+        "main_table_qwen3_4b_math", "main_table_qwen3_4b_code", "data_scaling", "tau_eps", "variance_control"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SWEEPS])
@@ -59,6 +60,7 @@ def test_sweep_runs_two_separate_jobs(tmp_path, name):
     assert f"group: {name}" in configs[0]
 
 
+@pytest.mark.slow  # ~75 s: three multiruns; tests/test_loggers.py checks the same in-process
 def test_rerun_resumes_the_same_wandb_run(tmp_path):
     """A requeued job (same config, same run dir) continues its W&B run; the same config in another dir is another run."""
 

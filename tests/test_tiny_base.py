@@ -34,16 +34,10 @@ def spec(tmp_path, steps=30, **pretrain) -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """One small base, built through ensure_tiny into its cache."""
-    import torch as _torch
-
-    threads = _torch.get_num_threads()
-    _torch.set_num_threads(1)
+    """One small base, built through ensure_tiny into its cache (on one thread: tests/conftest.py's policy)."""
     tmp = tmp_path_factory.mktemp("base")
     cfg = spec(tmp)
-    path = ensure_tiny(cfg)
-    _torch.set_num_threads(threads)
-    return tmp, cfg, path
+    return tmp, cfg, ensure_tiny(cfg)
 
 
 def test_the_base_is_a_from_pretrained_dir_that_learned_from_its_corpus(built):
@@ -73,14 +67,14 @@ def test_a_second_request_reuses_the_cache_and_a_change_builds_anew(built, monke
     assert tiny_path(other) != path  # any setting is part of the key
 
 
-def test_builds_are_deterministic(built, tmp_path, one_thread):
+def test_builds_are_deterministic(built, tmp_path):
     _, cfg, path = built
     again = ensure_tiny(spec(tmp_path))  # same settings, another cache dir, built from scratch
     a, b = load_file(path / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_failed_build_leaves_nothing_and_an_explicit_dir_is_never_clobbered(tmp_path, monkeypatch, one_thread):
+def test_a_failed_build_leaves_nothing_and_an_explicit_dir_is_never_clobbered(tmp_path, monkeypatch):
     import vcore.run.tiny as tiny
 
     cfg = spec(tmp_path, steps=2)
@@ -137,7 +131,7 @@ def test_bad_pretraining_settings_name_their_option(make_cfg):
         ModelConfig()
 
 
-def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(make_cfg, tmp_path, one_thread):
+def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(make_cfg, tmp_path):
     """``task=pretrain`` evaluates the base zero-shot (intervals included) and caches the result in the base's dir; a
     training run with eval.before_train then reports the same start-model numbers without evaluating again."""
     from omegaconf import OmegaConf
@@ -176,7 +170,7 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
     assert (tmp_path / "train" / "eval_before" / "synthetic_test.jsonl").exists()
 
 
-def test_under_a_launcher_only_rank_zero_builds(tmp_path, monkeypatch, one_thread):
+def test_under_a_launcher_only_rank_zero_builds(tmp_path, monkeypatch):
     """transformers writes weights from rank 0 only: a build on another rank would be stamped without them."""
     import vcore.run.tiny as tiny
 
@@ -198,7 +192,7 @@ def test_under_a_launcher_only_rank_zero_builds(tmp_path, monkeypatch, one_threa
         ensure_tiny(spec(tmp_path / "other", steps=3))
 
 
-def test_a_build_without_weights_is_never_stamped(tmp_path, monkeypatch, one_thread):
+def test_a_build_without_weights_is_never_stamped(tmp_path, monkeypatch):
     import vcore.run.tiny as tiny
 
     cfg = spec(tmp_path, steps=0)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from vcore.tools.fidelity import main as fidelity_main
 
 
@@ -21,21 +21,43 @@ def test_fidelity_table_cli(tmp_path, capsys):
     assert set(rows) == {"fp32", "bf16_autocast", "bf16_weights"}  # tf32 only on CUDA
 
 
+# The benchmarks run with a bare environment (no PYTHONPATH: the scripts find the repo themselves), one thread each.
+BENCH_ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def bench(tmp_path, *extra):
     out = tmp_path / "b.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "bench_step.py"), f"--out={out}", *extra],
-        capture_output=True, text=True, timeout=900, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=900, env=BENCH_ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: four processes import torch (each variant is measured in a fresh one)
 def test_step_benchmark_smoke(tmp_path):
+    """The JSON and the printed table report the same measurements: each variant's median seconds, its ratio to SFT
+    of the same run, its peak memory, and the trainable bytes of the benchmark's model, counted here from its config.
+    Fails if a variant is missing or mislabelled, if the ratio column were not seconds / SFT seconds, or if the
+    trainable-bytes denominator were not the model's (float32) parameters."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
     stdout, data = bench(tmp_path, "--lengths=64", "--variants=sft,vcore_fd,vcore_jvp", "--repeats=1", "--warmup=0")
-    assert [r["variant"] for r in data["rows"]] == ["sft", "vcore_fd", "vcore_jvp"]
-    assert all(r["seconds"] > 0 for r in data["rows"])
-    assert "| 64 | vcore_jvp |" in stdout and "x SFT" in stdout
+    rows = data["rows"]
+    assert [(r["variant"], r["T"]) for r in rows] == [("sft", 64), ("vcore_fd", 64), ("vcore_jvp", 64)]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(Qwen3Config(**data["model"], tie_word_embeddings=True))
+    trainable = 4 * sum(p.numel() for p in model.parameters())  # float32 weights, tied embeddings counted once
+    assert all(r["trainable_bytes"] == trainable for r in rows)
+    table = {cells[1]: cells for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in stdout.splitlines()) if cells and cells[0] == "64"}
+    sft = rows[0]
+    for r in rows:
+        t, variant, seconds, ratio, peak, extra = table[r["variant"]]
+        assert seconds == f"{r['seconds']:.3f}" and ratio == f"{r['seconds'] / sft['seconds']:.2f}x"
+        assert peak == f"{r['peak_bytes'] / 2**20:.0f}"
+        assert extra == f"{(r['peak_bytes'] - sft['peak_bytes']) / trainable:.2f}"
 
 
 @pytest.mark.slow
@@ -44,12 +66,13 @@ def test_step_benchmark_cpu_preset(tmp_path):
     assert {r["T"] for r in data["rows"]} == {256, 1024, 2048}
 
 
+@pytest.mark.slow  # ~55 s on 2 cores
 def test_memory_benchmark_smoke(tmp_path):
     out = tmp_path / "m.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "bench_memory.py"), f"--out={out}", "--lengths=256",
          "--steps=1", "--batch=2", "--length-scale=0.02"],
-        capture_output=True, text=True, timeout=900, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=900, env=BENCH_ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())

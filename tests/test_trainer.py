@@ -4,41 +4,20 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from tests.conftest import tiny_causal_lm
-from vcore.config import IwSFTConfig, ProbeConfig, RandomConfig, VCOREConfig, to_object
+from tests.helpers import step_method_config, tiny_causal_lm, varied_rows
+from vcore.config import to_object
 from vcore.data.collate import Collator
 from vcore.methods import METHODS, build_method
-from vcore.run.training import build_job
 from vcore.run.trainer import WeightedTrainer
-
-METHOD_CONFIGS = {
-    "sft": lambda: type("C", (), {"name": "sft"})(),
-    "dft": lambda: type("C", (), {"name": "dft"})(),
-    "random": lambda: RandomConfig(seed=3),
-    "iw_sft": lambda: IwSFTConfig(),
-    "vcore": lambda: VCOREConfig(tau=3.0, probe=ProbeConfig(epsilon=1e-5, batch_size=2, accumulation=2, seed=1)),
-}
-
-
-def rows(n=8, vocab=37, seed=0):
-    """Examples of different lengths (so padding differs between batchings), each with a 2-token prompt."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        length = 5 + (i * 3) % 7
-        ids = torch.randint(vocab, (length,), generator=g).tolist()
-        labels = [-100, -100] + ids[2:]
-        answer = [False] * (length - 2) + [True, True]
-        out.append({"input_ids": ids, "labels": labels, "answer_mask": answer, "example_id": i})
-    return out
+from vcore.run.training import build_job
 
 
 def step_gradients(tmp_path, method: str, k: int, b: int, normalization="token"):
     """Gradients of one optimizer step over 8 examples as k micro-batches of b, via the Trainer's hooks."""
     model = tiny_causal_lm(tmp_path / f"m{k}", arch="gpt2")  # float64 throughout
-    data = rows()
+    data = varied_rows()
     collate = Collator(pad_token_id=0)
-    cfg = METHOD_CONFIGS[method]()
+    cfg = step_method_config(method)
     weighting = build_method(cfg, model, data, collate)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=b, gradient_accumulation_steps=k, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, loss_normalization=normalization)
@@ -68,11 +47,11 @@ def test_accumulation_equals_one_big_batch(tmp_path, method, normalization):
 def test_micro_batch_without_supervised_tokens(tmp_path, method):
     """No NaN, no hang, and a graph-connected loss (DDP/ZeRO would hang on a detached one)."""
     model = tiny_causal_lm(tmp_path, arch="gpt2")
-    data = rows()
+    data = varied_rows()
     for r in data[:2]:
         r["labels"] = [-100] * len(r["labels"])
     collate = Collator(pad_token_id=0)
-    weighting = build_method(METHOD_CONFIGS[method](), model, data, collate)
+    weighting = build_method(step_method_config(method), model, data, collate)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting)
     batches, _ = trainer.get_batch_samples(iter([collate(data[:2]), collate(data[2:4])]), 2, torch.device("cpu"))

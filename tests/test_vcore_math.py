@@ -8,39 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import random_lm_batch, tiny_causal_lm
-from vcore.config import ConfigError, ProbeConfig, ProbeMode, VarianceControl, VCOREConfig
-from vcore.ops.forward import model_token_loss
-from vcore.ops.losses import supervised_mask
+from tests.helpers import random_lm_batch, reference_paper_alpha, reference_weights, tiny_causal_lm
+from vcore.config import ConfigError, LossNormalization, ProbeConfig, ProbeMode, VarianceControl, VCOREConfig
 from vcore.methods import gibbs_weights, loss_ratio_alpha, paper_alpha
-from vcore.methods.vcore import VCORE
 from vcore.methods.precision import check_finite_difference_precision
 from vcore.methods.probe import finite_difference_scores, trainable_parameters
-
-
-def reference_weights(scores: np.ndarray, mask: np.ndarray, tau: float):
-    """SPEC §4.4-5, one example at a time, float64: q = softmax(τ s) over supervised tokens, w = n q."""
-    w, q = np.zeros_like(scores), np.zeros_like(scores)
-    for i in range(scores.shape[0]):
-        idx = np.flatnonzero(mask[i])
-        if idx.size == 0:
-            continue
-        z = tau * scores[i, idx]
-        e = np.exp(z - z.max())
-        q[i, idx] = e / e.sum()
-        w[i, idx] = idx.size * q[i, idx]
-    return w, q
-
-
-def reference_paper_alpha(scores, q, mask, alpha_max):
-    """SPEC §4.6: V_q = Var(Σ q s), V_u = Var(mean s) over examples; α = sqrt(V_u / V_q)."""
-    keep = mask.sum(1) > 0
-    a = (q * scores * mask).sum(1)[keep]
-    u = ((scores * mask).sum(1) / np.maximum(mask.sum(1), 1))[keep]
-    if a.size < 2 or np.var(a) == 0:
-        return 1.0
-    alpha = math.sqrt(np.var(u) / np.var(a))
-    return alpha if alpha_max is None else min(alpha, alpha_max)
+from vcore.methods.vcore import VCORE
+from vcore.ops.forward import model_token_loss
+from vcore.ops.losses import supervised_mask
 
 
 def make_scores(seed=0, B=5, T=9):
@@ -139,11 +114,16 @@ def test_vcore_step_restores_parameters_bit_for_bit(tmp_path):
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
         assert p.grad is None  # the probe gradient never lands in .grad
-    for b in batches:
-        w = b["weighting"]["weights"]
-        m = supervised_mask(b["labels"])
-        assert torch.isfinite(w).all() and (w[~m] == 0).all()
-    assert 0 < diag["vcore/alpha"].item() <= 1.0
+    # The step's weights and α against the float64 references, from the scores the probe stored (α over both
+    # micro-batches: wrong if α were computed per micro-batch, or if the weights left the SPEC formula).
+    scores = np.concatenate([b["weighting"]["scores"].double().numpy() for b in batches])
+    mask = np.concatenate([supervised_mask(b["labels"]).numpy() for b in batches])
+    w_ref, q_ref = reference_weights(scores, mask, 1.0)
+    w = np.concatenate([b["weighting"]["weights"].double().numpy() for b in batches])
+    np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-7)
+    assert (w[~mask] == 0).all()
+    uncapped = reference_paper_alpha(scores, q_ref, mask, None)
+    assert diag["vcore/alpha"].item() == pytest.approx(min(uncapped, 1.0), rel=1e-5)  # alpha_max=1 (the default)
 
 
 def test_precision_guard_names_the_fix(tmp_path):
@@ -175,11 +155,22 @@ def test_variance_control_choices_change_only_alpha(tmp_path):
     assert out["none"]["alpha"].item() == 1.0
     assert torch.equal(out["none"]["weights"], out["paper"]["weights"])
     assert torch.equal(out["none"]["weights"], out["loss_ratio"]["weights"])
-    assert 0 < out["loss_ratio"]["alpha"].item() <= 1.0
+    # Each α against its definition, uncapped (alpha_max=null), from float64 sums of this batch's values: fails if
+    # a variant computed another quantity, or swapped with the other.
+    batch = random_lm_batch(seed=4)
+    with torch.no_grad():
+        loss, m = model_token_loss(model.eval(), batch)
+    loss, m = loss.double().numpy(), m.numpy()
+    w = out["loss_ratio"]["weights"].double().numpy()
+    expected = min(1.0, (loss * m).sum() / (w * loss * m).sum())
+    assert expected < 0.999  # the case where min(1, ·) does not decide the value
+    assert out["loss_ratio"]["alpha"].item() == pytest.approx(expected, rel=1e-5)
+    scores = out["paper"]["scores"].double().numpy()
+    assert out["paper"]["alpha"].item() == pytest.approx(reference_paper_alpha(scores, reference_weights(scores, m, 2.0)[1], m, None), rel=1e-5)
 
 
 @pytest.mark.parametrize("variance_control", ["paper", "loss_ratio"])
-def test_tau_zero_trains_bit_for_bit_like_sft(make_cfg, tmp_path, one_thread, variance_control):
+def test_tau_zero_trains_bit_for_bit_like_sft(make_cfg, tmp_path, variance_control):
     """τ = 0 is SFT exactly: same losses, weights and final parameters, bit for bit (the probe still runs, so this
     also shows it leaves no trace: parameters restored, no RNG drawn from the Trainer's streams)."""
     from omegaconf import OmegaConf
@@ -240,7 +231,7 @@ def test_tau_for_ess_hits_the_target(target):
     assert float(tau_for_ess([flat], [torch.ones(3, 6, dtype=torch.bool)], 0.5)) == pytest.approx(1e6)
 
 
-def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_path, one_thread):
+def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_path):
     from vcore.run.training import train
 
     train(make_cfg("trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false", "method.target_ess=0.6"))
@@ -253,3 +244,62 @@ def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_p
         from vcore.config import to_object
 
         to_object(make_cfg("method.target_ess=1.5"))
+
+
+def loss_ratio_case():
+    """A step of two micro-batches whose examples have 1 to 8 supervised tokens (one has none), per-token losses, and
+    scores that lean towards the high-loss tokens (so the weighted loss exceeds the uniform one and α < 1)."""
+    rng = np.random.default_rng(7)
+    counts = [[2, 7, 0], [4, 8, 1]]
+    T = 10
+    batches, losses, scores = [], [], []
+    for micro in counts:
+        labels = torch.full((len(micro), T), -100, dtype=torch.long)
+        for i, n in enumerate(micro):
+            labels[i, 1 : 1 + n] = 5  # position 0 is never supervised
+        loss = torch.tensor(rng.uniform(0.1, 4.0, size=(len(micro), T)))
+        batches.append({"labels": labels})
+        losses.append(loss)
+        scores.append(loss + torch.tensor(rng.normal(scale=0.5, size=(len(micro), T))))
+    return batches, losses, scores
+
+
+def reference_loss_ratio(losses, scores, masks, tau, normalization):
+    """min(1, L_uniform / L_weighted), both normalised as SPEC §2 says, in float64 over the whole step."""
+    per_token_u, per_token_w, per_example_u, per_example_w = [], [], [], []
+    for loss, s, m in zip(losses, scores, masks):
+        w, _ = reference_weights(s, m, tau)
+        for i in range(m.shape[0]):
+            if m[i].any():
+                per_token_u += list(loss[i][m[i]])
+                per_token_w += list((w[i] * loss[i])[m[i]])
+                per_example_u.append(loss[i][m[i]].mean())
+                per_example_w.append((w[i] * loss[i])[m[i]].mean())
+    if normalization == "token":  # (1/N) Σ over tokens; N cancels in the ratio but is kept for clarity
+        u, wl = np.sum(per_token_u) / len(per_token_u), np.sum(per_token_w) / len(per_token_w)
+    else:  # (1/|B|) Σ_i (1/n_i) Σ_t, over the examples with a supervised token
+        u, wl = np.mean(per_example_u), np.mean(per_example_w)
+    return min(1.0, u / wl)
+
+
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_loss_ratio_alpha_is_normalised_as_the_loss_is(tmp_path, normalization):
+    """variance_control=loss_ratio: α = min(1, L_uniform / L_weighted) with both losses normalised like the training
+    loss (method.loss_normalization), over every micro-batch of the step. Fails if α ignored the normalisation
+    (the two cases differ by far more than the tolerance), or were computed per micro-batch."""
+    batches, losses, scores = loss_ratio_case()
+    masks = [supervised_mask(b["labels"]).numpy() for b in batches]
+    expected = {
+        norm: reference_loss_ratio([x.numpy() for x in losses], [s.numpy() for s in scores], masks, 1.5, norm)
+        for norm in ("token", "sequence")
+    }
+    assert abs(expected["token"] - expected["sequence"]) > 0.01 and expected[normalization] < 0.99
+    cfg = VCOREConfig(
+        tau=1.5, variance_control=VarianceControl.loss_ratio, alpha_max=None,
+        loss_normalization=LossNormalization(normalization),
+    )
+    method = VCORE(cfg, tiny_causal_lm(tmp_path, dtype=torch.float32), [1], lambda rows: rows)  # the probe is not run
+    diag = method.weigh_step(batches, losses, scores)
+    assert diag["vcore/alpha"].item() == pytest.approx(expected[normalization], rel=1e-6)
+    for b in batches:  # every micro-batch of the step carries the one step-level α
+        assert b["weighting"]["alpha"].item() == pytest.approx(expected[normalization], rel=1e-12)

@@ -5,14 +5,14 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import CONF, SHARED_DATA, compose_cfg, load_benchmarks, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from tests.eval.eval_helpers import CONF, SHARED_DATA, compose_cfg, lcb_local_overrides, load_benchmarks, needs_data
 from vcore.checks import ConfigError
 from vcore.eval import layout
 from vcore.eval.benchmarks import load_benchmark
-from vcore.eval.code_grader import decode_tests, encode_private_tests
+from vcore.eval.code_grader import decode_tests
 from vcore.eval.config import (
     BenchmarkConfig,
     DecodingConfig,
@@ -176,35 +176,6 @@ def test_rbench_schema_fixture(tmp_path):
     assert [it.gold for it in items] == ["C", "B"]
     assert items[0].options == ["4", "6", "7", "8", "9", "10"] and "(F): 10" in items[0].prompt
     assert items[1].options == ["yes", "no"] and "(C)" not in items[1].prompt
-
-
-def lcb_rows():
-    """Two problems in LiveCodeBench's code_generation_lite schema: stdin (A+B) and functional (LeetCode)."""
-    stdin_public = [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]
-    stdin_private = [{"input": "10 -4\n", "output": "6\n", "testtype": "stdin"}, {"input": "0 0\n", "output": "0\n", "testtype": "stdin"}]
-    fn_public = [{"input": "[1, 2, 3]\n2", "output": "[2, 4, 6]", "testtype": "functional"}]
-    fn_private = [{"input": "[]\n5", "output": "[]", "testtype": "functional"}, {"input": "[-1]\n-3", "output": "[3]", "testtype": "functional"}]
-    return [
-        {
-            "question_title": "A+B", "question_content": "Read two integers and print their sum.", "platform": "atcoder",
-            "question_id": "abc000_a", "contest_id": "abc000", "contest_date": "2025-01-01T00:00:00", "starter_code": "",
-            "difficulty": "easy", "public_test_cases": json.dumps(stdin_public), "private_test_cases": encode_private_tests(stdin_private),
-            "metadata": "{}",
-        },
-        {
-            "question_title": "Scale", "question_content": "Multiply every element of nums by k.", "platform": "leetcode",
-            "question_id": "9999", "contest_id": "weekly-contest-0", "contest_date": "2025-01-02T00:00:00",
-            "starter_code": "class Solution:\n    def scale(self, nums: List[int], k: int) -> List[int]:\n        ",
-            "difficulty": "easy", "public_test_cases": json.dumps(fn_public), "private_test_cases": json.dumps(fn_private),
-            "metadata": json.dumps({"func_name": "scale"}),
-        },
-    ]
-
-
-def lcb_local_overrides(tmp_path):
-    (tmp_path / "lcb.jsonl").write_text("\n".join(json.dumps(r) for r in lcb_rows()))
-    fields = "{question: question_content, answer: null, id: question_id, public_tests: public_test_cases, private_tests: private_test_cases, metadata: metadata, starter_code: starter_code}"
-    return ["benchmark.lcb.source=local", f"benchmark.lcb.data_root={tmp_path}", f"benchmark.lcb.local=[{{path: json, data_files: [lcb.jsonl], fields: {fields}}}]"]
 
 
 def test_lcb_schema_fixture(tmp_path):

@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 
+from tests.eval.eval_helpers import FN_PY, PY
 from vcore.eval.code_grader import (
     decode_tests,
     encode_private_tests,
@@ -32,20 +33,6 @@ CPP = {
     "RE": "#include <cstdlib>\n#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; if(a>5) std::abort(); std::cout<<a+b<<\"\\n\";}",
     "CE": "#include <iostream>\nint main(){ this is not C++ }",
     "TLE": "#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; volatile unsigned long x=0; if(a>5) for(;;) x++; std::cout<<a+b<<\"\\n\";}",
-}
-PY = {
-    "AC": "a, b = map(int, input().split())\nprint(a + b)",
-    "WA": "a, b = map(int, input().split())\nprint(a * b)",
-    "RE": "a, b = map(int, input().split())\nassert a <= 5\nprint(a + b)",
-    "CE": "a, b = map(int, input().split()\nprint(a + b)",
-    "TLE": "a, b = map(int, input().split())\nwhile a > 5:\n    pass\nprint(a + b)",
-}
-FN_PY = {
-    "AC": "class Solution:\n    def scale(self, nums: List[int], k: int) -> List[int]:\n        return [x * k for x in nums]",
-    "WA": "class Solution:\n    def scale(self, nums: List[int], k: int) -> List[int]:\n        return [x + k for x in nums]",
-    "RE": "class Solution:\n    def scale(self, nums, k):\n        return [x * k for x in nums] if nums else 1 / 0",
-    "CE": "class Solution:\n    def scale(self, nums, k)\n        return nums",
-    "TLE": "class Solution:\n    def scale(self, nums, k):\n        while not nums:\n            pass\n        return [x * k for x in nums]",
 }
 _FN_CPP_BODY = (
     "#include <cctype>\n#include <iostream>\n#include <string>\n#include <vector>\n"

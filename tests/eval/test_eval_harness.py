@@ -4,9 +4,8 @@ whatever the model generates, the pipeline writes well-formed per-sample records
 import json
 
 import pytest
-from conftest import load_benchmarks, needs_data
-from test_eval_benchmarks import lcb_local_overrides
 
+from tests.eval.eval_helpers import FN_PY, PY, lcb_local_overrides, load_benchmarks, needs_data
 from vcore.eval import DecodingConfig, GradingConfig, evaluate, evaluate_checkpoint
 from vcore.eval.generate import chat_prompts
 
@@ -134,8 +133,6 @@ class ScriptedGenerator:
 @needs_data
 def test_scores_through_evaluate(monkeypatch, tmp_path):
     """Right answers score 1, wrong ones 0, on math, multiple choice and code, through the whole pipeline."""
-    from test_eval_code import FN_PY, PY
-
     from vcore.eval import harness
 
     benches = load_benchmarks(["gsm8k", "sgpqa_1k"], ["benchmark.gsm8k.limit=6", "benchmark.sgpqa_1k.limit=6"])

@@ -9,8 +9,8 @@ import random
 import time
 
 import pytest
-from conftest import load_benchmarks, needs_data
 
+from tests.eval.eval_helpers import load_benchmarks, needs_data
 from vcore.boxed import extract_boxed
 from vcore.eval.benchmarks import load_benchmark, transform_answer
 from vcore.eval.math_grader import grade_many
@@ -88,6 +88,7 @@ def _assert_self_check(report):
         assert r["ok"] / r["n"] >= 0.995, (name, r["failures"])
 
 
+@pytest.mark.slow  # grades all 2,554 golds of the shared math benchmarks (~11 s on 2 cores): a check of the data
 @needs_data
 def test_gold_self_check():
     report = _self_check()

@@ -21,7 +21,17 @@ import pytest
 
 from vcore.eval import cgroups
 from vcore.eval.code_grader import CPP_COMPILE, PYTHON_RUN, judge, judge_lcb, judge_ojbench
-from vcore.eval.sandbox import MARKER_VAR, OUTER_PREFIX, Isolation, Limits, Sandbox, ipc_objects, probe_isolation, reclaim, uid_for
+from vcore.eval.sandbox import (
+    MARKER_VAR,
+    OUTER_PREFIX,
+    Isolation,
+    Limits,
+    Sandbox,
+    ipc_objects,
+    probe_isolation,
+    reclaim,
+    uid_for,
+)
 from vcore.eval.workers import map_with_timeout
 
 ISO = probe_isolation()
