@@ -196,7 +196,7 @@ def test_a_build_without_weights_is_never_stamped(tmp_path, monkeypatch):
     import vcore.run.tiny as tiny
 
     cfg = spec(tmp_path, steps=0)
-    monkeypatch.setattr(tiny, "_build", lambda path, spec: path.mkdir(parents=True) or (path / "tokenizer.json").write_text("{}"))
+    monkeypatch.setattr(tiny, "_build", lambda path, spec, pretrain: path.mkdir(parents=True) or (path / "tokenizer.json").write_text("{}"))
     with pytest.raises(RuntimeError, match="config.json, model.safetensors not written"):
         ensure_tiny(cfg)
     assert not tiny_path(cfg).exists()
