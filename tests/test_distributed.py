@@ -53,6 +53,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(ddp_params, tmp_path, met
         torch.testing.assert_close(ddp[name], p, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{method} {name}: {m}")
 
 
+@pytest.mark.slow  # ~13 s: the default suite keeps one run of each kind (test_sweeps, the two-rank tests)
 def test_run_py_under_torchrun_writes_one_run_dir_from_rank_zero(tmp_path):
     """No hydra.run.dir given: both ranks still share rank 0's timestamped dir; one config, one W&B run."""
     overrides = [o for o in TINY_TEST if not o.startswith("logger=")] + [

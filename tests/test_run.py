@@ -105,6 +105,7 @@ def test_run_py_end_to_end(tmp_path):
     assert (out / ".hydra" / "config.yaml").exists() and (out / "config.yaml").exists()
 
 
+@pytest.mark.slow  # ~13 s: the default suite keeps one run of each kind (test_sweeps, the two-rank tests)
 def test_multirun_gives_separate_runs_and_wandb_runs(tmp_path):
     # No generation: what is checked here is the jobs and their W&B runs (test_run_py_end_to_end evaluates).
     proc = run(["-m", "method=sft,vcore", *tiny("wandb", probe=False), "eval.after_train=false", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)

@@ -112,7 +112,7 @@ for _ in range(6):
     pid = os.fork()
     if pid == 0:
         block = bytearray(b"x") * (100 << 20)  # touched: resident, not just reserved
-        time.sleep(5)
+        time.sleep(2)
         os._exit(0)
     kids.append(pid)
 for pid in kids:
@@ -195,7 +195,7 @@ def test_a_killed_grader_leaves_nothing_behind(level):
         pytest.skip("outside namespaces only root can find a killed grader's programs (by their uid)")
     boxes_before, cgroups_before = _boxes(), _run_cgroups()
     payload = lcb_payload(STUCK, time_limit_s=120, isolation=level)
-    [res] = map_with_timeout(judge, [payload], workers=1, timeout_s=6, progress=False, after_worker_exit=reclaim)
+    [res] = map_with_timeout(judge, [payload], workers=1, timeout_s=3, progress=False, after_worker_exit=reclaim)
     assert res.status == "timeout"
     assert wait_until(lambda: not sandbox_processes()), f"left running: {sandbox_processes()}"
     assert _boxes() <= boxes_before
@@ -206,7 +206,7 @@ def test_a_killed_grader_leaves_nothing_behind(level):
 def test_the_program_dies_with_its_grader_even_without_clean_up():
     """The parent-death signal alone: nothing removes the grader's leftovers, yet its program does not survive."""
     boxes_before = _boxes()
-    [res] = map_with_timeout(judge, [lcb_payload(STUCK, time_limit_s=120)], workers=1, timeout_s=6, progress=False)
+    [res] = map_with_timeout(judge, [lcb_payload(STUCK, time_limit_s=120)], workers=1, timeout_s=3, progress=False)
     assert res.status == "timeout"
     assert wait_until(lambda: not sandbox_processes()), f"left running: {sandbox_processes()}"
     for box in _boxes() - boxes_before:  # what reclaim() is for

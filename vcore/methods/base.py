@@ -37,7 +37,7 @@ def step_counts(batches: list[Batch]) -> dict[str, torch.Tensor]:
     counts = torch.tensor(
         [float(sum(int(m.sum()) for m in masks)), float(sum(int((m.sum(1) > 0).sum()) for m in masks))],
         dtype=torch.float64,
-        device=batches[0]["input_ids"].device,
+        device=masks[0].device,
     )
     num_tokens, num_examples = all_reduce_sum(counts)
     return {"num_tokens": num_tokens, "num_examples": num_examples}
