@@ -202,8 +202,12 @@ def _run_verdict(res: RunResult) -> str | None:
     return None
 
 
-def _why(res: RunResult) -> str:
-    """How a failed run ended, for a verdict's detail."""
+def _why(verdict: str, res: RunResult) -> str:
+    """" (how the run ended)" for a TLE or RE verdict's detail, else ""."""
+    return f" ({_ending(res)})" if verdict in (RE, TLE) else ""
+
+
+def _ending(res: RunResult) -> str:
     if res.memory_limit:
         return f"memory limit exceeded (peak {res.peak_memory_mb or 0:.0f} MB)"
     if res.timed_out:
@@ -297,7 +301,7 @@ def judge_lcb(payload: dict) -> dict:
         if first_fail is None:
             return asdict(CodeVerdict(AC, passed, len(tests), isolation=sb.isolation.level, tests=per_test))
         i, verdict, res = first_fail
-        detail = f"test {i}: {verdict}" + (f" ({_why(res)})" if verdict in (RE, TLE) else "") + (f"; stderr: {_tail(res.stderr)}" if res.stderr else "")
+        detail = f"test {i}: {verdict}{_why(verdict, res)}" + (f"; stderr: {_tail(res.stderr)}" if res.stderr else "")
         return asdict(CodeVerdict(verdict, passed, len(tests), detail, sb.isolation.level, per_test))
 
 
@@ -435,8 +439,7 @@ def judge_ojbench(payload: dict) -> dict:
                 verdict = _run_verdict(res) or _check_output(problem, checker, inp, res.stdout, ans, limits)
                 per_test.append(verdict)
                 if verdict != AC:
-                    why = f" ({_why(res)})" if verdict in (RE, TLE) else ""
-                    return asdict(CodeVerdict(verdict, i, n, f"test {i} ({fin}): {verdict}{why}", sb.isolation.level, per_test))
+                    return asdict(CodeVerdict(verdict, i, n, f"test {i} ({fin}): {verdict}{_why(verdict, res)}", sb.isolation.level, per_test))
             return asdict(CodeVerdict(AC, n, n, isolation=sb.isolation.level, tests=per_test))
 
 

@@ -133,7 +133,7 @@ def _chosen(iso: Isolation, requested: str) -> Isolation:
             iso.level, "; ".join(ISOLATION_NOTES[iso.level]),
         )
     if cgroups.support() is None:
-        log.warning("code sandbox: %s", MEMORY_NOTES["watchdog"])
+        log.warning("code sandbox: %s", WATCHDOG_NOTE)
     return iso
 
 
@@ -145,16 +145,8 @@ def _run_cgroup(sup: cgroups.Support, limit_bytes: int) -> cgroups.RunCgroup | N
         return None
 
 
-def _count_processes(uid: int) -> int:
-    n = 0
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.stat(f"/proc/{d}").st_uid == uid:
-                    n += 1
-            except OSError:
-                pass
-    return n
+def _processes_of(uid: int) -> list[int]:
+    return [pid for pid, (_, u) in _proc_table().items() if u == uid]
 
 
 @functools.cache
@@ -301,11 +293,7 @@ class _Watchdog(threading.Thread):
             if used > self.limit:
                 self.tripped = True
                 self.kill()
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+                _kill_pids(pids)
                 return
 
 
@@ -432,7 +420,7 @@ def reclaim(pid: int) -> None:
     uid = uid_for(pid)
     if os.geteuid() == 0:
         for _ in range(3):  # a fork in flight can add one after a pass
-            _kill_pids([p for p, (_, u) in _proc_table().items() if u == uid])
+            _kill_pids(_processes_of(uid))
         _remove_ipc([k for k, u in ipc_objects().items() if u == uid])
         _remove_files_of(uid)
     for outer in Path(tempfile.gettempdir()).glob(f"{OUTER_PREFIX}{pid}-*"):
@@ -452,7 +440,7 @@ class Sandbox:
         self.isolation = probe_isolation(isolation) if isinstance(isolation, str) else isolation
         self.outer = Path(tempfile.mkdtemp(prefix=f"{OUTER_PREFIX}{os.getpid()}-"))
         os.chmod(self.outer, 0o711)  # the sandbox uid must traverse it to reach the box (levels below "full")
-        for sub in ("seed", "export", "box", "root"):
+        for sub in ("seed", "export", "box", "root"):  # root: the mount point of a "full" run's minimal root
             (self.outer / sub).mkdir(mode=0o700)
         for name, data in (files or {}).items():
             self.add_file(name, data)
@@ -523,7 +511,7 @@ class Sandbox:
         }
         cmd, cwd = self._command(argv, limits, export)
         # RLIMIT_NPROC counts every process of the uid; for our own uid leave room for what already runs.
-        nproc = limits.max_processes if uid is not None else _count_processes(os.getuid()) + limits.max_processes
+        nproc = limits.max_processes if uid is not None else len(_processes_of(os.getuid())) + limits.max_processes
         sup = cgroups.support()
         cgroup = _run_cgroup(sup, limits.memory_mb << 20) if sup is not None else None
         ipc_before = ipc_objects() if level == "none" else {}
@@ -592,7 +580,7 @@ class Sandbox:
         if level != "full":
             sweep_marker(marker)
             if uid is not None and uid != os.getuid():
-                _kill_pids([p for p, (_, u) in _proc_table().items() if u == uid])
+                _kill_pids(_processes_of(uid))
                 _reap_orphans(uid)
                 _remove_files_of(uid)
         if level == "none":  # no IPC namespace: remove the objects this run created
@@ -655,7 +643,7 @@ class IsolationReport:
 def isolation_report(requested: str = "auto") -> IsolationReport:
     iso = probe_isolation(requested)
     sup = cgroups.support()
-    memory = sup.description if sup is not None else MEMORY_NOTES["watchdog"]
+    memory = sup.description if sup is not None else WATCHDOG_NOTE
     return IsolationReport(iso.level, iso.uid, ISOLATION_NOTES[iso.level], memory)
 
 
@@ -673,7 +661,7 @@ ISOLATION_NOTES = {
         " writable (cleaned after each run when running as root)"
     ],
 }
-MEMORY_NOTES = {
-    "watchdog": "no usable memory cgroup: the run's memory limit is a watchdog sampling its processes' resident memory"
-    f" every {WATCHDOG_PERIOD_S * 1000:.0f} ms (a fast allocator can overshoot by one period's worth)",
-}
+WATCHDOG_NOTE = (
+    "no usable memory cgroup: the run's memory limit is a watchdog sampling its processes' resident memory"
+    f" every {WATCHDOG_PERIOD_S * 1000:.0f} ms (a fast allocator can overshoot by one period's worth)"
+)

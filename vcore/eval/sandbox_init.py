@@ -51,6 +51,11 @@ def ro_bind(src: str, dst: str) -> None:
     mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
 
 
+def _copy(fin, fout) -> None:
+    while chunk := fin.read(1 << 20):
+        fout.write(chunk)
+
+
 def build_root(outer: str, size_mb: int, uid: int) -> tuple[str, str]:
     root, box = outer + "/root", outer + "/root" + outer + "/box"
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here propagates to the host
@@ -77,8 +82,7 @@ def build_root(outer: str, size_mb: int, uid: int) -> tuple[str, str]:
     for name in os.listdir(seed):  # flat: Sandbox.add_file takes plain names only
         src, dst = seed + "/" + name, box + "/" + name
         with open(src, "rb") as fin, open(dst, "wb") as fout:
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
+            _copy(fin, fout)
         os.chmod(dst, os.stat(src).st_mode & 0o777)
         os.chown(dst, uid, uid)
     return root, box
@@ -132,8 +136,7 @@ def main(args: list[str]) -> None:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 continue
             with open(outer + "/export/" + name, "wb") as fout:
-                while chunk := fin.read(1 << 20):
-                    fout.write(chunk)
+                _copy(fin, fout)
     with open(outer + "/status", "w") as f:
         f.write(f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
 
