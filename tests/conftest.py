@@ -20,8 +20,7 @@ if "VCORE_TEST_SESSION_CACHE" not in os.environ:
     os.environ["VCORE_TEST_SESSION_CACHE"] = tempfile.mkdtemp(prefix="vcore-test-cache-")
 os.environ["VCORE_CACHE"] = os.environ["VCORE_TEST_SESSION_CACHE"]
 
-# Tests import shared helpers from tests.helpers; these names stay importable from here for older imports.
-from tests.helpers import CONF, REPO, SHARED_DATA, TINY_TEST, random_lm_batch, tiny_causal_lm  # noqa: E402,F401
+from tests.helpers import CONF, TINY_TEST  # noqa: E402
 
 # Thread policy, deliberate per workload:
 # - in this process, one torch thread for every test: the suite's models are tiny, and on the 2-core test machine a

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict, read_write
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "sweeps" / "README.md"]
 

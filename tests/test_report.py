@@ -7,7 +7,7 @@ import matplotlib
 import pytest
 import yaml
 
-from tests.conftest import CONF
+from tests.helpers import CONF
 from vcore.eval.results import table1 as results_table1
 from vcore.tools.report import load_local, main, table1
 

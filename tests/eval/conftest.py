@@ -12,17 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Test modules import these from tests.eval.eval_helpers; they stay importable from here for older imports.
-from tests.eval.eval_helpers import (  # noqa: E402,F401
-    CONF,
-    QWEN3_TOKENIZER,
-    REPO,
-    SHARED_DATA,
-    compose_cfg,
-    load_benchmarks,
-    needs_data,
-    needs_qwen3,
-)
+from tests.eval.eval_helpers import QWEN3_TOKENIZER  # noqa: E402
 
 
 @pytest.fixture(scope="session")
