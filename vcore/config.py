@@ -21,8 +21,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from vcore.checks import ConfigError
 from vcore.checks import check as _check
 from vcore.data.config import DATASET_SCHEMAS, DatasetConfig, SyntheticDatasetConfig  # noqa: F401 (re-exported)
+from vcore.eval.config import benchmark_schema
 from vcore.eval.config import register_configs as register_eval_configs
 from vcore.modeling import LoraConfig, ModelConfig, TinyModelConfig, TinyPretrainConfig  # noqa: F401 (re-exported)
+from vcore.rl.config import RLConfig
 
 
 # --------------------------------------------------------------------------------------------------- methods
@@ -233,14 +235,20 @@ class TrainConfig:
     logger: Any = MISSING  # a LoggerConfig subclass
     seed: int = 42
     output_dir: str = "${hydra:runtime.output_dir}"
-    task: str = "train"  # train | eval (see eval.model) | pretrain (build the tiny base and evaluate it zero-shot)
+    # train | eval (see eval.model) | pretrain (build the tiny base and evaluate it zero-shot) | rl (GRPO, see rl)
+    task: str = "train"
     eval: EvalRunConfig = field(default_factory=EvalRunConfig)
     benchmark: Any = None  # {name: BenchmarkConfig}, from the benchmark group (conf/benchmark/)
     decoding: Any = None  # a DecodingConfig, from the decoding group (conf/decoding/)
+    rl: Optional[RLConfig] = None  # task=rl: the rl group (conf/rl/: tiny | paper)
 
     def __post_init__(self) -> None:
-        _check(self.task in ("train", "eval", "pretrain"), "task", f"{self.task!r} is not train|eval|pretrain")
+        _check(self.task in TASKS, "task", f"{self.task!r} is not {'|'.join(TASKS)}")
         _check(self.task != "eval" or bool(self.eval.model), "eval.model", "task=eval needs eval.model=<run dir | checkpoint | hub id>")
+        _check(self.task != "rl" or self.rl is not None, "rl", "task=rl needs an rl preset: rl=tiny (CPU miniature) or rl=paper (Table 8)")
+
+
+TASKS = ("train", "eval", "pretrain", "rl")
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -255,6 +263,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"base_model": ModelConfig},
     "trainer": {"base_trainer": TrainerConfig},
     "logger": {"base_none": NoLoggerConfig, "base_wandb": WandbConfig},
+    "rl": {"base_rl": RLConfig},
 }
 
 
@@ -266,6 +275,7 @@ def register_configs() -> None:
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
             cs.store(group=group, name=name, node=node)
+    cs.store(group="rl/data", name="base_rl_data", node=benchmark_schema())  # RL prompts: a benchmark-style source
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

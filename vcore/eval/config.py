@@ -275,12 +275,17 @@ class GradingConfig:
 def register_configs() -> None:
     """Register ``benchmark/base_benchmark`` and ``decoding/base_decoding`` (idempotent)."""
     cs = ConfigStore.instance()
+    cs.store(group="benchmark", name="base_benchmark", node=benchmark_schema())
+    cs.store(group="decoding", name="base_decoding", node=DecodingConfig)
+
+
+def benchmark_schema() -> DictConfig:
+    """The schema node of a composed benchmark (also of the RL prompts, ``rl/data``)."""
     # Composed benchmarks default data_root to the environment variable, resolved with the rest of the config, so a
     # run's config.yaml records the folder it read.
     base = OmegaConf.structured(BenchmarkConfig)
     base.data_root = f"${{oc.env:{DATA_ROOT_ENV},null}}"
-    cs.store(group="benchmark", name="base_benchmark", node=base)
-    cs.store(group="decoding", name="base_decoding", node=DecodingConfig)
+    return base
 
 
 def benchmarks_from_cfg(node: DictConfig | dict | None) -> list[BenchmarkConfig]:

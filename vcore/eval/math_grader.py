@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vcore.eval.workers import map_with_timeout
+from vcore.eval.workers import WorkerPool, map_with_timeout
 
 
 @dataclass
@@ -42,13 +42,20 @@ def grade_many(
     workers: int,
     timeout_s: float = 10.0,
     progress: bool = True,
+    pool: WorkerPool | None = None,
 ) -> list[MathVerdict]:
-    """Grade aligned gold/prediction lists; a missing prediction is wrong without asking math-verify."""
+    """Grade aligned gold/prediction lists; a missing prediction is wrong without asking math-verify.
+
+    ``pool``: workers kept across calls (the RL reward grades every generation batch); else ``workers`` new ones."""
     if len(golds) != len(preds):
         raise ValueError(f"{len(golds)} golds but {len(preds)} predictions")
     todo = [i for i, p in enumerate(preds) if p is not None and p.strip()]
     out = [MathVerdict(False, "no_answer") for _ in preds]
-    results = map_with_timeout(grade_one, [(golds[i], preds[i]) for i in todo], workers=workers, timeout_s=timeout_s, desc="math-verify", progress=progress)
+    pairs = [(golds[i], preds[i]) for i in todo]
+    if pool is not None:
+        results = pool.map(grade_one, pairs, timeout_s=timeout_s, desc="math-verify", progress=progress)
+    else:
+        results = map_with_timeout(grade_one, pairs, workers=workers, timeout_s=timeout_s, desc="math-verify", progress=progress)
     for i, res in zip(todo, results):
         if res.status == "ok":
             correct, parsed = res.value

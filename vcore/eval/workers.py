@@ -127,60 +127,96 @@ def map_with_timeout(
     worker has exited, killed at a deadline or stopped at the end: it removes what a killed worker could not (the
     code sandbox's processes and folders, :func:`vcore.eval.sandbox.reclaim`).
     """
-    n = len(payloads)
-    timeouts = [float(timeout_s)] * n if isinstance(timeout_s, (int, float)) else [float(t) for t in timeout_s]
-    if len(timeouts) != n:
-        raise ValueError(f"{len(timeouts)} timeouts for {n} payloads")
-    results: list[TaskResult | None] = [None] * n
-    bar = tqdm(total=n, desc=desc, disable=not progress or n == 0, leave=False)
     if workers == 0:
-        for i, p in enumerate(payloads):
+        results = []
+        for p in tqdm(payloads, desc=desc, disable=not progress or not payloads, leave=False):
             try:
-                results[i] = TaskResult("ok", fn(p))
-            except Exception as err:
-                results[i] = TaskResult("error", error=f"{type(err).__name__}: {err}")
-            bar.update(1)
-        bar.close()
-        return results  # type: ignore[return-value]
+                results.append(TaskResult("ok", fn(p)))
+            except Exception as err:  # reported per item, as a worker would
+                results.append(TaskResult("error", error=f"{type(err).__name__}: {err}"))
+        return results
+    with WorkerPool(min(workers, max(len(payloads), 1)), after_worker_exit) as pool:
+        return pool.map(fn, payloads, timeout_s=timeout_s, desc=desc, progress=progress)
 
-    pool = [_Worker(after_worker_exit) for _ in range(min(workers, n))]
-    next_task = 0
 
-    def replace(i: int) -> None:
-        pool[i].kill()
-        pool[i] = _Worker(after_worker_exit)
+class WorkerPool:
+    """Worker processes kept for many :meth:`map` calls, each item with its own deadline.
 
-    try:
-        while any(r is None for r in results):
-            for w in pool:
-                if w.task is None and next_task < n:
-                    w.task, w.deadline = next_task, time.monotonic() + timeouts[next_task]
-                    next_task += 1
-                    try:
-                        w.send((w.task, fn, payloads[w.task]))
-                    except (BrokenPipeError, OSError):
-                        pass  # a dead worker shows up as EOF below
-            busy = [w for w in pool if w.task is not None]
-            wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready = wait([w.proc.stdout for w in busy], timeout=wait_s)
-            for i, w in enumerate(pool):
-                if w.task is None:
-                    continue
-                if w.proc.stdout in ready:
-                    try:
-                        index, status, value, error = _recv(w.proc.stdout)
-                        results[index] = TaskResult(status, value, error)
-                        w.task = None
-                    except (EOFError, OSError, pickle.UnpicklingError):  # died (OOM killer, segfault in a C library)
-                        results[w.task] = TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})")
-                        replace(i)
-                    bar.update(1)
-                elif time.monotonic() >= w.deadline:
-                    results[w.task] = TaskResult("timeout", error=f"no result within {timeouts[w.task]:.0f} s")
-                    replace(i)
-                    bar.update(1)
-    finally:
-        for w in pool:
+    :func:`map_with_timeout` starts a pool per call; a caller that grades every few seconds (the RL reward, once per
+    generation batch) keeps one, so that each call does not pay for starting Python and importing sympy again.
+    Workers start on the first :meth:`map`; :meth:`close` (or leaving the ``with`` block) stops them.
+    """
+
+    def __init__(self, workers: int, after_worker_exit: Callable[[int], None] | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"a worker pool needs at least one worker (got {workers}); map_with_timeout(workers=0) runs in-process")
+        self.size, self.after_worker_exit = workers, after_worker_exit
+        self.workers: list[_Worker] = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self.workers:
             w.stop()
-        bar.close()
-    return results  # type: ignore[return-value]
+        self.workers = []
+
+    def map(
+        self, fn: Callable[[Any], Any], payloads: Sequence[Any], *, timeout_s: float | Sequence[float], desc: str | None = None, progress: bool = True
+    ) -> list[TaskResult]:
+        """``[fn(p) for p in payloads]`` on the pool's workers (see :func:`map_with_timeout`)."""
+        n = len(payloads)
+        timeouts = [float(timeout_s)] * n if isinstance(timeout_s, (int, float)) else [float(t) for t in timeout_s]
+        if len(timeouts) != n:
+            raise ValueError(f"{len(timeouts)} timeouts for {n} payloads")
+        results: list[TaskResult | None] = [None] * n
+        if n == 0:
+            return []
+        while len(self.workers) < self.size:
+            self.workers.append(_Worker(self.after_worker_exit))
+        pool = self.workers
+        bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+        next_task = 0
+
+        def replace(i: int) -> None:
+            pool[i].kill()
+            pool[i] = _Worker(self.after_worker_exit)
+
+        try:
+            while any(r is None for r in results):
+                for w in pool:
+                    if w.task is None and next_task < n:
+                        w.task, w.deadline = next_task, time.monotonic() + timeouts[next_task]
+                        next_task += 1
+                        try:
+                            w.send((w.task, fn, payloads[w.task]))
+                        except (BrokenPipeError, OSError):
+                            pass  # a dead worker shows up as EOF below
+                busy = [w for w in pool if w.task is not None]
+                wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                ready = wait([w.proc.stdout for w in busy], timeout=wait_s)
+                for i, w in enumerate(pool):
+                    if w.task is None:
+                        continue
+                    if w.proc.stdout in ready:
+                        try:
+                            index, status, value, error = _recv(w.proc.stdout)
+                            results[index] = TaskResult(status, value, error)
+                            w.task = None
+                        except (EOFError, OSError, pickle.UnpicklingError):  # died (OOM killer, segfault in a C library)
+                            results[w.task] = TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})")
+                            replace(i)
+                        bar.update(1)
+                    elif time.monotonic() >= w.deadline:
+                        results[w.task] = TaskResult("timeout", error=f"no result within {timeouts[w.task]:.0f} s")
+                        replace(i)
+                        bar.update(1)
+        except BaseException:
+            self.close()  # a worker may be mid-task: none of them can be reused
+            raise
+        finally:
+            bar.close()
+        return results  # type: ignore[return-value]

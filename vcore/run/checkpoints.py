@@ -69,7 +69,18 @@ RESUMABLE_CHANGES = (
     "logger",
     "decoding",
     "benchmark",
+    "rl.max_steps",
+    "rl.num_train_epochs",
+    "rl.save_steps",
+    "rl.save_total_limit",
+    "rl.logging_steps",
+    "rl.resume",
+    "rl.resume_config_change",
+    "rl.eval_before",
+    "rl.grading_workers",
 )
+# Config groups a task does not read: they never decide what its checkpoints contain.
+UNUSED_BY_TASK = {"train": ("rl",), "rl": ("method", "dataset", "trainer")}
 
 
 class RunDirBusy(RuntimeError):
@@ -106,8 +117,11 @@ def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
 
 
 def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config as flat ``{"a.b.c": value}``, without :data:`RESUMABLE_CHANGES`."""
+    """The resolved config as flat ``{"a.b.c": value}``, without :data:`RESUMABLE_CHANGES` and the groups its task
+    does not read (:data:`UNUSED_BY_TASK`)."""
     flat: dict[str, Any] = {}
+    unused = UNUSED_BY_TASK.get(str(resolved.get("task", "train")), ())
+    resolved = {k: v for k, v in resolved.items() if k not in unused}
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict) and value:
@@ -127,8 +141,9 @@ def save_fingerprint(checkpoint: Path, settings: dict[str, Any]) -> None:
     (checkpoint / CONFIG_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
 
 
-def check_resume(checkpoint: Path, resolved: dict[str, Any], allow: bool) -> None:
-    """Refuse to continue ``checkpoint`` under settings other than those it was written with (unless ``allow``)."""
+def check_resume(checkpoint: Path, resolved: dict[str, Any], allow: bool, group: str = "trainer") -> None:
+    """Refuse to continue ``checkpoint`` under settings other than those it was written with (unless ``allow``);
+    ``group`` holds the resume options the message names (``trainer``, or ``rl`` for task=rl)."""
     saved_file = checkpoint / CONFIG_FILE
     if not saved_file.is_file():
         log.warning("%s records no settings (%s; written by an older version): resuming without checking them", checkpoint, CONFIG_FILE)
@@ -142,12 +157,12 @@ def check_resume(checkpoint: Path, resolved: dict[str, Any], allow: bool) -> Non
     more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
     message = (
         f"{checkpoint} was written by a run with other settings: {lines}{more}. Resuming would continue that run "
-        "under this config. Use another run dir (hydra.run.dir=...), start afresh here with trainer.resume=never, "
-        "or continue on purpose with trainer.resume_config_change=allow"
+        f"under this config. Use another run dir (hydra.run.dir=...), start afresh here with {group}.resume=never, "
+        f"or continue on purpose with {group}.resume_config_change=allow"
     )
     if not allow:
         raise ConfigError(message)
-    log.warning("%s", message.replace("Resuming would", "Resuming anyway (trainer.resume_config_change=allow) will"))
+    log.warning("%s", message.replace("Resuming would", f"Resuming anyway ({group}.resume_config_change=allow) will"))
 
 
 # ---------------------------------------------------------------------------------------------------- resume
@@ -210,8 +225,8 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return None
 
 
-def resolve_resume(option: str, checkpoints: Path) -> Path | None:
-    """The checkpoint to resume from, or None to start fresh."""
+def resolve_resume(option: str, checkpoints: Path, name: str = "trainer.resume") -> Path | None:
+    """The checkpoint to resume from, or None to start fresh (``name``: the option, for messages)."""
     if option == "never":
         return None
     if option == "auto":
@@ -219,12 +234,12 @@ def resolve_resume(option: str, checkpoints: Path) -> Path | None:
     path = Path(option)
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(
-            f"trainer.resume={option}: not a checkpoint dir (no trainer_state.json); give a "
+            f"{name}={option}: not a checkpoint dir (no trainer_state.json); give a "
             "<output_dir>/checkpoints/checkpoint-<step> dir, or auto | never"
         )
     problem = damaged_file(path)
     if problem is not None:
-        raise ConfigError(f"trainer.resume={option}: the checkpoint is damaged: {problem}")
+        raise ConfigError(f"{name}={option}: the checkpoint is damaged: {problem}")
     return path
 
 

@@ -30,6 +30,9 @@ from vcore.run.checkpoints import RunDirBusy, check_resume, hold, resolve_resume
 from vcore.run.loggers import NullLogger, build_logger
 from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted
 
+# Tasks that write checkpoints and resume from them, and the config group holding their resume options.
+RESUMING_TASKS = {"train": "trainer", "rl": "rl"}
+
 # A task: (validated config, resolved config, run dir, logger, checkpoint to resume or None) -> metrics
 Task = Callable[[Any, dict[str, Any], Path, NullLogger, "Path | None"], dict[str, Any]]
 
@@ -64,10 +67,13 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     with _hold_run_dir(out):
         checkpoint = None
-        if c.task == "train":  # before config.yaml is rewritten: a run dir continues only the run it holds
-            checkpoint = broadcast_object(resolve_resume(c.trainer.resume, out / "checkpoints"))  # rank 0's view decides
+        group = RESUMING_TASKS.get(c.task)  # where the task's resume options live
+        if group is not None:  # before config.yaml is rewritten: a run dir continues only the run it holds
+            settings = getattr(c, group)
+            # rank 0's view decides
+            checkpoint = broadcast_object(resolve_resume(settings.resume, out / "checkpoints", name=f"{group}.resume"))
             if checkpoint is not None:
-                check_resume(checkpoint, resolved, allow=c.trainer.resume_config_change == "allow")
+                check_resume(checkpoint, resolved, allow=settings.resume_config_change == "allow", group=group)
         if rank() == 0:
             (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         overrides, sweep = hydra_job()

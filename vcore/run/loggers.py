@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +130,14 @@ def git_commit() -> str | None:
 
 
 class LoggerCallback(TrainerCallback):
-    """Forwards the Trainer's log lines to our logger, keyed by optimizer step."""
+    """Forwards the Trainer's log lines to our logger, keyed by optimizer step; ``rename`` maps a trainer's own metric
+    names to ours (TRL's GRPO metrics, :func:`vcore.rl.grpo.rl_log_key`)."""
 
-    def __init__(self, logger: NullLogger) -> None:
-        self.logger = logger
+    def __init__(self, logger: NullLogger, rename: Callable[[str], str] | None = None) -> None:
+        self.logger, self.rename = logger, rename or (lambda k: k)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
-            self.logger.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+            numbers = {self.rename(k): v for k, v in logs.items() if isinstance(v, (int, float))}
+            self.logger.log(numbers, step=state.global_step)
         return control

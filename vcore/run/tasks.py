@@ -7,11 +7,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from vcore.run.evaluation import evaluate
+from vcore.run.rl import rl
 from vcore.run.training import pretrain, train
 
-TASKS = {"train": train, "eval": evaluate, "pretrain": pretrain}
+TASKS = {"train": train, "eval": evaluate, "pretrain": pretrain, "rl": rl}
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
-    """Run the job ``cfg.task`` names (train | eval | pretrain); returns its metrics."""
+    """Run the job ``cfg.task`` names (train | eval | pretrain | rl); returns its metrics."""
     return TASKS[cfg.task](cfg)

@@ -159,9 +159,7 @@ def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint:
         torch.save(trainer.weighting.state_dict(), out / "final" / METHOD_STATE)
 
     if rank() == 0:  # every logged step, for loss curves in reports without W&B
-        with (out / "history.jsonl").open("w") as f:
-            for line in trainer.state.log_history:
-                f.write(json.dumps(line) + "\n")
+        write_history(out / "history.jsonl", trainer.state.log_history)
     metrics: dict[str, Any] = {
         "train": summarize_train(trainer.state.log_history, result.metrics),
         "method": resolved["method"],
@@ -184,6 +182,13 @@ def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint:
     metrics["runtime_s"] = time.perf_counter() - t_start
     write_metrics(out, metrics, logger)
     return metrics
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    """Every logged step, one JSON object per line (loss curves in reports without W&B)."""
+    with path.open("w") as f:
+        for line in history:
+            f.write(json.dumps(line) + "\n")
 
 
 def save_final_model(trainer: WeightedTrainer, path: Path) -> None:
@@ -254,9 +259,7 @@ def pretrain_tiny_base(init_dir: Path, work: Path, spec: TinyModelConfig) -> dic
     result = job.trainer.train()
     job.trainer.save_model(str(work / "model"))
     history = job.trainer.state.log_history
-    with (work / "history.jsonl").open("w") as f:
-        for line in history:
-            f.write(json.dumps(line) + "\n")
+    write_history(work / "history.jsonl", history)
     nll = [h["train/nll"] for h in history if "train/nll" in h]
     return {
         "steps": p.steps,
@@ -268,31 +271,38 @@ def pretrain_tiny_base(init_dir: Path, work: Path, spec: TinyModelConfig) -> dic
     }
 
 
-def summarize_train(history: list[dict[str, Any]], run_metrics: dict[str, Any]) -> dict[str, Any]:
-    """Final values (last log line) and run means of the per-step diagnostics.
+def summarize_train(
+    history: list[dict[str, Any]],
+    run_metrics: dict[str, Any],
+    marker: str = "train/nll",
+    prefixes: tuple[str, ...] = ("train/", "weights/", "vcore/"),
+) -> dict[str, Any]:
+    """Final values (last log line) and run means of the per-step diagnostics (keys starting with ``prefixes``, on
+    the log lines that hold ``marker``: ``train/nll`` for SFT, ``rl/reward_mean`` for RL).
 
     Each log line holds the mean over the steps since the line before it, so run means weigh lines by the steps they
     cover: a run that logged an extra line (at a preemption) or resumed from a checkpoint (its history restored from
     it) gives the same means as the uninterrupted run. ``train_loss`` is computed the same way; the Trainer's own
     covers only what this process trained.
     """
-    lines = [h for h in history if "train/nll" in h]
+    lines = [h for h in history if marker in h]
     if not lines:
         return dict(run_metrics)
     last = lines[-1]
-    keys = [k for k in last if k.startswith(("train/", "weights/", "vcore/"))]
+    keys = [k for k in last if k.startswith(prefixes)]
     summary = {f"final/{k}": last[k] for k in keys}
     covered, previous = [], 0
     for h in lines:
         covered.append(max(h.get("step", previous + 1) - previous, 1))
         previous = h.get("step", previous + 1)
     for k in keys:
-        pairs = [(h[k], n) for h, n in zip(lines, covered) if k in h and not math.isnan(h[k])]
+        pairs = [(h[k], n) for h, n in zip(lines, covered) if isinstance(h.get(k), (int, float)) and not math.isnan(h[k])]
         if pairs:
             summary[f"mean/{k}"] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
-    summary["nll"] = last["train/nll"]
-    summary["weighted_loss"] = last["train/weighted_loss"]
-    summary["tokens_per_s"] = summary.get("mean/train/tokens_per_s")
+    if "train/nll" in last:
+        summary["nll"] = last["train/nll"]
+        summary["weighted_loss"] = last["train/weighted_loss"]
+        summary["tokens_per_s"] = summary.get("mean/train/tokens_per_s")
     summary.update({k: v for k, v in run_metrics.items() if isinstance(v, (int, float))})
     losses = [(h["loss"], n) for h, n in zip(lines, covered) if "loss" in h and not math.isnan(h["loss"])]
     if losses:

@@ -1,0 +1,182 @@
+"""``task=rl``: GRPO from a fine-tuned checkpoint with TRL's ``GRPOTrainer``, evaluated before and after (Table 2).
+
+    python run.py task=rl rl=tiny rl.start=outputs/<sft run>                     # CPU miniature
+    python run.py task=rl rl=paper rl.start=outputs/<sft run> benchmark=table2 decoding=paper
+    accelerate launch --num_processes 8 run.py task=rl rl=paper rl.start=...     # the paper's 8 GPUs
+
+The start (``rl.start``) is a run dir or checkpoint of ours (loaded as its own config.yaml says: full weights or LoRA
+adapters on their base), a hub id or model dir, or, when unset, the ``model`` group. The job runs like an SFT run:
+the run dir is locked, ``config.yaml`` written, W&B offline by default with the same naming; checkpoints every
+``rl.save_steps`` carry the settings they were written under, and ``rl.resume=auto`` continues the newest complete
+one; SIGTERM saves and exits with status 75. The reward is evaluation's math grader (:mod:`vcore.rl.reward`).
+
+Outputs, as an SFT run's: ``final/`` (always a full ``from_pretrained`` model: LoRA adapters are merged, so
+``task=eval`` and vLLM load it alone), ``history.jsonl`` (metrics as logged, ``rl/...``), ``eval_before/`` and
+``eval/`` (per-item results), ``metrics.json`` with ``start`` (what RL started from: the SFT method, the model),
+``rl`` (final and mean of the logged metrics), ``eval_before`` and ``eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from transformers import TrainerCallback
+
+from vcore.checks import ConfigError
+from vcore.distributed import barrier, rank, world_size
+from vcore.methods.base import METHOD_STATE
+from vcore.modeling import check_source, load_checkpoint, load_pretrained, load_tokenizer
+from vcore.rl.data import build_prompts
+from vcore.rl.grpo import grpo_args, rl_log_key, use_vllm
+from vcore.rl.reward import BoxedMathReward
+from vcore.run.benchmarks import evaluate_start_model, run_benchmarks
+from vcore.run.checkpoints import find_run, fingerprint, save_fingerprint
+from vcore.run.lifecycle import run_job, write_metrics
+from vcore.run.loggers import LoggerCallback, NullLogger
+from vcore.run.preemption import Preempted, PreemptionCallback
+from vcore.run.training import prepare_model, resolve_model, summarize_train, write_history
+
+log = logging.getLogger(__name__)
+
+
+def rl(cfg: DictConfig) -> dict[str, Any]:
+    """``task=rl``: GRPO as ``cfg.rl`` says, from ``rl.start``; metrics also go to ``<output_dir>/metrics.json``."""
+    return run_job(cfg, _rl)
+
+
+@dataclass
+class Start:
+    """The model RL starts from and what it is (for Table 2's rows)."""
+
+    tokenizer: Any
+    model: Any
+    source: str  # rl.start as given, or the model group's path
+    method: str | None  # the SFT method of a run of ours; None for any other model
+    model_name: str  # the base model the start was fine-tuned from (or the start itself)
+    lora: bool
+
+
+def load_start(c) -> Start:
+    """The start model: a run of ours (run dir or checkpoint, full or LoRA), a hub id / dir, or the model group."""
+    if c.rl.start is None:
+        tokenizer, model = prepare_model(c)
+        path = str(resolve_model(c.model).name_or_path)
+        return Start(tokenizer, model, path, None, _short(path), c.model.lora.enabled)
+    source = Path(c.rl.start).expanduser()
+    ours = source.exists() and ((source / "adapter_config.json").exists() or not (source / "config.json").exists())
+    if not ours:  # a full model dir or a hub id
+        check_source(str(c.rl.start), "rl.start")
+        return Start(load_tokenizer(str(c.rl.start)), load_pretrained(str(c.rl.start), c.model.dtype), str(c.rl.start), None, _short(str(c.rl.start)), False)
+    from vcore.config import load_run_config
+
+    try:
+        run_dir, checkpoint = find_run(source)
+    except FileNotFoundError as err:
+        raise ConfigError(f"rl.start={c.rl.start}: not a run dir or checkpoint of this project, nor a model dir ({err})") from err
+    if not checkpoint.is_dir():
+        raise ConfigError(f"rl.start={c.rl.start}: {run_dir} has no {checkpoint.name}/ (did the run finish?); pass a checkpoint dir inside it instead")
+    run_cfg = load_run_config(run_dir / "config.yaml")
+    tokenizer, model = load_checkpoint(resolve_model(run_cfg.model), checkpoint)
+    method = run_cfg.method.name if run_cfg.task == "train" else None
+    return Start(tokenizer, model, str(checkpoint), method, _short(str(run_cfg.model.name_or_path or "tiny")), run_cfg.model.lora.enabled)
+
+
+def _short(path: str) -> str:
+    return path.rstrip("/").split("/")[-1]
+
+
+class _SealCheckpoints(TrainerCallback):
+    """Into every checkpoint: the settings it was written under, then the marker of a complete checkpoint (the
+    method-state file, empty for GRPO), as SFT checkpoints have (:mod:`vcore.run.checkpoints`)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        barrier()  # every rank has written its part
+        if state.is_world_process_zero and ckpt.is_dir():
+            save_fingerprint(ckpt, self.settings)
+            torch.save({}, ckpt / METHOD_STATE)  # last: marks the checkpoint complete
+        return control
+
+
+def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None) -> dict[str, Any]:
+    from trl import GRPOTrainer
+
+    t_start = time.perf_counter()
+    start = load_start(c)
+    log.info("RL from %s (method %s, model %s)", start.source, start.method, start.model_name)
+    prompts, data_stats = build_prompts(c.rl, start.tokenizer)
+    logger.log({f"data/{k}": v for k, v in data_stats.items()}, step=0)
+    before = {}
+    if c.rl.eval_before and c.benchmark:
+        before = evaluate_start_model(c, start.model, start.tokenizer, start.source, out, cache=False)
+        logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
+
+    args = grpo_args(c.rl, out, c.seed, world_size(), use_vllm(c.rl))
+    reward = BoxedMathReward(start.tokenizer, c.rl.data.answer_scope.value, workers=c.rl.grading_workers)
+    preemption = PreemptionCallback()
+    trainer = GRPOTrainer(
+        model=start.model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=prompts,
+        processing_class=start.tokenizer,
+        callbacks=[LoggerCallback(logger, rename=rl_log_key), _SealCheckpoints(fingerprint(resolved)), preemption],
+    )
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    try:
+        with preemption.handle_sigterm():
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    finally:
+        reward.close()
+    if preemption.stopped:
+        raise Preempted(trainer.state.global_step)
+
+    model = save_final(trainer, start.tokenizer, out / "final")
+    history = [{rl_log_key(k): v for k, v in line.items()} for line in trainer.state.log_history]
+    if rank() == 0:
+        write_history(out / "history.jsonl", history)
+    metrics: dict[str, Any] = {
+        "start": {"source": start.source, "method": start.method, "model": start.model_name, "lora": start.lora},
+        "rl": summarize_train(history, result.metrics, marker="rl/reward_mean", prefixes=("rl/",)),
+        "data": data_stats,
+    }
+    if before:
+        metrics["eval_before"] = before
+    if c.eval.after_train and c.benchmark:
+        metrics["eval"] = run_benchmarks(c, model, start.tokenizer, out / "eval", logger, model_name=f"{out / 'final'} (GRPO from {start.source})")
+    metrics["runtime_s"] = time.perf_counter() - t_start
+    write_metrics(out, metrics, logger)
+    return metrics
+
+
+def save_final(trainer, tokenizer, path: Path):
+    """The trained policy as a full ``from_pretrained`` dir (LoRA adapters merged into their base); returns it."""
+    from peft import PeftModel
+
+    model = trainer.model
+    if isinstance(model, PeftModel):
+        if "ref" in model.peft_config:  # TRL's frozen copy of the start adapters, the KL reference
+            model.delete_adapter("ref")
+        model = model.merge_and_unload()
+        if rank() == 0:
+            model.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+        barrier()
+    else:
+        trainer.save_model(str(path))
+        if rank() == 0:
+            tokenizer.save_pretrained(path)
+    if rank() == 0:
+        (path / "vcore_rl.json").write_text(json.dumps({"algorithm": "grpo", "steps": trainer.state.global_step}))
+    return model
