@@ -251,3 +251,40 @@ def test_rl_data_without_an_answer_field_is_named(tiny_dir, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"rl.data \(bigmath\).*'answer'"):
         run_task(cfg)
+
+
+# --------------------------------------------------------------------------------------------------- report
+def _fake_rl_run(root: Path, method: str, seed: int, before: list[int], after: list[int]) -> None:
+    """An RL run dir as task=rl writes it: config, metrics, per-item results before and after, history."""
+    import yaml
+
+    run = root / f"{method}-{seed}"
+    for sub, correct in (("eval_before", before), ("eval", after)):
+        (run / sub).mkdir(parents=True)
+        lines = [json.dumps({"id": str(i), "sample": 0, "correct": bool(c)}) for i, c in enumerate(correct)]
+        (run / sub / "synthetic_test.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "rl", "seed": seed, "method": {"name": "vcore"}}))
+    metrics = {
+        "start": {"source": f"sft/{method}/final", "method": method, "model": "tiny", "lora": False},
+        "eval_before": {"synthetic_test/accuracy": sum(before) / len(before)},
+        "eval": {"synthetic_test/accuracy": sum(after) / len(after)},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "history.jsonl").write_text("\n".join(json.dumps({"step": s, "rl/accuracy": 0.5 + 0.1 * s}) for s in (1, 2)) + "\n")
+
+
+def test_report_renders_table2_from_a_sweep_dir(tmp_path):
+    """Rows by the SFT method RL started from (not the rl run's unused method group), before/after per benchmark with
+    intervals, and the change paired over the same items."""
+    from vcore.tools.report import main
+
+    _fake_rl_run(tmp_path, "dft", 1, before=[1, 0, 0, 1] * 5, after=[1, 1, 0, 1] * 5)
+    _fake_rl_run(tmp_path, "vcore", 1, before=[1, 1, 0, 1] * 5, after=[1, 1, 0, 1] * 5)
+    assert main([str(tmp_path)]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Table 2" in report
+    rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| tiny |")}
+    assert set(rows) == {"dft", "vcore"}
+    assert "| 50.0 [" in rows["dft"] and "| 75.0 [" in rows["dft"] and "**+25.0 [" in rows["dft"]  # 5 of 20 items gained
+    assert "+0.0 [+0.0, +0.0] p=1" in rows["vcore"]  # nothing changed: no interval around a change
+    assert (tmp_path / "report" / "rl_accuracy.png").is_file()

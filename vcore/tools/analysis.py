@@ -288,3 +288,64 @@ def tau_table(runs: list[Any], bench: str = "synthetic_test") -> str:
             + " | ".join(cells) + " |"
         )
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------- RL (Table 2)
+@dataclass
+class RLCell:
+    before: Interval
+    after: Interval
+    change: Any  # vcore.eval.intervals.Comparison: after - before, paired over seeds and items
+
+
+def rl_groups(runs: list[Any]) -> dict[tuple[str, str], dict[int, Any]]:
+    """RL runs (task=rl) by what they started from: ``(model, SFT method) -> {seed: run}``."""
+    groups: dict[tuple[str, str], dict[int, Any]] = defaultdict(dict)
+    for r in runs:
+        start = r.metrics.get("start", {})
+        groups[(str(start.get("model", "?")), str(start.get("method") or "none"))][int(r.get("seed", 0))] = r
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1])))
+
+
+def rl_cell(runs_by_seed: dict[int, Any], bench: str) -> RLCell | None:
+    """Accuracy before and after RL on ``bench`` with intervals, and the change, paired item by item within each
+    seed's run (the start model and the RL model answer the same items). None without per-item files."""
+    seeds = sorted(runs_by_seed)
+    before = [item_results(runs_by_seed[s], bench, before=True) for s in seeds]
+    after = [item_results(runs_by_seed[s], bench) for s in seeds]
+    if not seeds or any(x is None for x in before + after):
+        return None
+    ids = _ordered(set.intersection(*(set(x) for x in before + after)))
+    if not ids:
+        return None
+    b = np.array([[x[i] for i in ids] for x in before])
+    a = np.array([[x[i] for i in ids] for x in after])
+    return RLCell(bootstrap_ci(b), bootstrap_ci(a), paired_bootstrap(a, b))
+
+
+def rl_table(runs: list[Any]) -> str:
+    """Markdown in the layout of the paper's Table 2: one row per (model, SFT method), per benchmark the accuracy
+    before and after RL with 95% intervals and the change (paired bootstrap, p)."""
+    groups = rl_groups(runs)
+    benches = benchmarks_in(runs)
+    if not groups or not benches:
+        return ""
+    head = ["model", "SFT method", "seeds"]
+    for b in benches:
+        name = SPLITS.get(b, b)
+        head += [f"{name}: before", f"{name}: after RL", f"{name}: change"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for (model, method), by_seed in groups.items():
+        cells = [model, method, ",".join(str(s) for s in sorted(by_seed))]
+        for b in benches:
+            cell = rl_cell(by_seed, b)
+            if cell is None:
+                cells += ["-", "-", "-"]
+                continue
+            d = cell.change.diff
+            sign = "+" if d.mean >= 0 else ""
+            change = f"{sign}{100 * d.mean:.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] p={cell.change.p_value:.2g}"
+            cells += [cell.before.fmt(), cell.after.fmt(), f"**{change}**" if d.low > 0 or d.high < 0 else change]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -66,8 +66,9 @@ class Run:
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def load_local(root: Path) -> list[Run]:
-    """Every run under ``root`` (a run dir itself, a sweep dir, or any tree of them)."""
+def load_local(root: Path, task: str = "train") -> list[Run]:
+    """Every run of ``task`` (train: the fine-tuning runs; rl: the RL runs) under ``root`` (a run dir itself, a
+    sweep dir, or any tree of them)."""
     runs = []
     for metrics_file in sorted(root.rglob("metrics.json")):
         run_dir = metrics_file.parent
@@ -77,7 +78,7 @@ def load_local(root: Path) -> list[Run]:
         history_file = run_dir / "history.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] if history_file.exists() else []
         run = Run(str(run_dir.relative_to(root)) or ".", yaml.safe_load(cfg_file.read_text()), json.loads(metrics_file.read_text()), history, run_dir)
-        if run.config.get("task", "train") == "train":  # task=eval / task=pretrain dirs hold no training run
+        if run.config.get("task", "train") == task:  # e.g. task=eval / task=pretrain dirs hold no training run
             runs.append(run)
     return runs
 
@@ -274,6 +275,24 @@ def fig_nll_curves(runs: list[Run], path: Path) -> Path | None:
     return _line_figure(path, "step", "training NLL (plain, per token)", "Training curves", draw, legend_size=7)
 
 
+def fig_rl_curves(runs: list[Run], path: Path, key: str = "rl/accuracy") -> Path | None:
+    """The rollouts' accuracy over RL steps, one line per run, coloured by the SFT method it started from."""
+    curves = {}
+    for (model, method), by_seed in analysis.rl_groups(runs).items():
+        for seed, r in sorted(by_seed.items()):
+            pts = analysis.nll_curve(r, key)
+            if pts:
+                curves[f"{method} (seed {seed})" if len(by_seed) > 1 else method] = pts
+    if not curves:
+        return None
+
+    def draw(ax):
+        for label, pts in curves.items():
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], label=label, color=_color(label, list(curves)))
+
+    return _line_figure(path, "RL step", "rollout accuracy (%, sampled)", "GRPO from each SFT model", draw)
+
+
 def fig_accuracy_bars(runs: list[Run], path: Path) -> Path | None:
     """Accuracy per variant and split with 95% interval bars, the start model first."""
     benches = analysis.benchmarks_in(runs)
@@ -395,13 +414,17 @@ def html_heatmap(weights_jsonl: Path, path: Path, k: int = 8) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- main
-def write_report(runs: list[Run], out: Path, weights: Path | None = None) -> Path:
+def write_report(runs: list[Run], out: Path, weights: Path | None = None, rl_runs: list[Run] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# Report ({len(runs)} runs)", ""]
+    rl_runs = rl_runs or []
+    md = [f"# Report ({len(runs)} runs" + (f", {len(rl_runs)} RL runs)" if rl_runs else ")"), ""]
     t1 = table1(runs)
     if t1:
         md += ["## Table 1 (accuracy, %)", "", t1]
     md += synthetic_sections(runs)
+    t2 = analysis.rl_table(rl_runs)
+    if t2:
+        md += ["## Table 2: RL from the fine-tuned models (accuracy %, 95% intervals; change paired over items)", "", t2, ""]
     figures = [
         fig_nll_curves(runs, out / "training_nll.png"),
         fig_accuracy_bars([r for r in runs if r.domain == "synthetic"], out / "accuracy.png"),
@@ -409,6 +432,7 @@ def write_report(runs: list[Run], out: Path, weights: Path | None = None) -> Pat
         fig_data_scaling(runs, out / "data_scaling.png"),
         fig_tau_eps(runs, out / "tau_eps.png"),
         fig_variance_control(runs, out / "variance_control.png"),
+        fig_rl_curves(rl_runs, out / "rl_accuracy.png"),
     ]
     if weights is not None:
         figures.append(fig_token_heatmap(weights, out / "token_weights.png"))
@@ -425,15 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output dir (default <runs>/report)")
     parser.add_argument("--weights", default=None, help="inspector JSONL for the token-weight heatmap")
     args = parser.parse_args(argv)
+    rl_runs: list[Run] = []
     if args.runs.startswith("wandb:"):
         runs, out = load_wandb(args.runs[len("wandb:"):]), Path(args.out or "report")
     else:
         root = Path(args.runs)
         runs, out = load_local(root), Path(args.out) if args.out else root / "report"
-    if not runs:
+        rl_runs = load_local(root, task="rl")
+    if not runs and not rl_runs:
         print(f"no runs (config.yaml + metrics.json) found under {args.runs}", file=sys.stderr)
         return 1
-    report = write_report(runs, out, Path(args.weights) if args.weights else None)
+    report = write_report(runs, out, Path(args.weights) if args.weights else None, rl_runs)
     print(report.read_text())
     print(f"written to {out}", file=sys.stderr)
     return 0
