@@ -5,8 +5,8 @@ A :class:`TokenWeightsCallback` on the Trainer weighs a few fixed held-out examp
 splits are drawn from the dataset's seed, so the examples are the same in every run of a sweep) with the method's
 own step hooks (:func:`vcore.tools.inspector.weigh_examples`) and hands the inspector lines to
 ``logger.log_token_weights`` (W&B: an HTML page and a per-token table; ``logger=none``: nothing). It runs at the end
-of training and, with ``logger.token_weights_every=k``, every k optimizer steps. Enable it in ``train.yaml``'s
-logger group; nothing to run by hand.
+of training and, with ``logger.token_weights_every=k``, every k optimizer steps. On by default with ``logger=wandb``
+(``logger.token_weights_examples=0`` turns it off); nothing to run by hand.
 
 The weighing runs on every rank (VCORE's probe is collective under data parallelism); only rank 0's logger writes.
 It does not change training: the model's train/eval mode and the method's state (VCORE's probe stream) are put back

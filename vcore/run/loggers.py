@@ -4,8 +4,10 @@ Under data parallelism only rank 0 logs. A requeued job (same config, same outpu
 gets the same run id (a hash of the resolved config) and continues that W&B run.
 
 W&B runs are offline by default (files under ``<run dir>/wandb``; ``wandb sync`` uploads them later), named after
-the job's Hydra overrides, grouped by sweep, carry the resolved config, and are always finished, also when
-training raises (jobs of one multirun share a process and would otherwise log into each other's runs).
+the job's Hydra overrides, grouped by sweep, typed by task (``job_type``), tagged with ``logger.tags`` and the
+method, carry the resolved config, and are always finished, also when training raises (jobs of one multirun share
+a process and would otherwise log into each other's runs). The dashboard (:mod:`vcore.tools.dashboard`) groups and
+filters by these.
 """
 
 from __future__ import annotations
