@@ -39,7 +39,7 @@ def test_optuna_sweep_composes_to_a_validation_search(name):
     cfg = compose_sweep(name, "method=dft" if name == "optuna_lr" else "method=vcore", "output_dir=/unused")
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    assert sweeper.direction == "maximize" and sweeper.storage == "sqlite:///optuna.db"
+    assert sweeper.direction == "maximize" and sweeper.storage == "sqlite:///optuna.db" and sweeper.max_failure_rate == 1.0
     assert sweeper.study_name == {"optuna_lr": "optuna_lr_dft", "optuna_vcore": "optuna_vcore"}[name]
     assert cfg.logger.group == sweeper.study_name  # one W&B group per study, whatever the invocation
     expected = {
