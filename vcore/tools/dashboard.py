@@ -136,8 +136,9 @@ def config_column(path: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- workspace
-def _line(wr, title: str, keys: tuple[str, ...], log_y: bool = False):
-    return wr.LinePlot(title=title, y=list(keys), groupby_aggfunc="mean", groupby_rangefunc="stddev", log_y=log_y or None)
+def _line(wr, title: str, keys: tuple[str, ...]):
+    """A step plot of grouped runs: the group's mean, its std over seeds as a band."""
+    return wr.LinePlot(title=title, y=list(keys), groupby_aggfunc="mean", groupby_rangefunc="stddev")
 
 
 def build_workspace(entity: str, project: str, group: str | None = None, runs: Iterable | None = None):
