@@ -11,14 +11,16 @@ from omegaconf import DictConfig
 
 from vcore.config import register_configs
 from vcore.run.launch import hydra_argv
+from vcore.run.lifecycle import objective_value
 from vcore.run.tasks import run_task
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_task(cfg)
+def main(cfg: DictConfig) -> float | None:
+    # A sweeper that optimises (Optuna, sweeps/optuna_*.yaml) reads the returned metric named by cfg.objective.
+    return objective_value(run_task(cfg), cfg.objective)
 
 
 if __name__ == "__main__":

@@ -214,8 +214,11 @@ def sweep_jobs(overrides: list[str]) -> tuple[int, list[list[str]]]:
     lists: dict[str, list[str]] = {}
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.get_key_element()
-        if o.is_sweep_override():
-            assert o.is_discrete_sweep(), f"{o.input_line}: only comma-separated sweeps are checked"
+        if o.is_interval_sweep():
+            # An Optuna search space (sweeps/optuna_*.yaml): its two ends stand for the values it draws.
+            lists[key] = [f"{key}={o.value().start}", f"{key}={o.value().end}"]
+        elif o.is_sweep_override():
+            assert o.is_discrete_sweep(), f"{o.input_line}: only comma-separated and interval sweeps are checked"
             lists[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
         else:
             lists[key] = [f"{key}={o.get_value_element_as_str()}"]
@@ -340,15 +343,16 @@ def test_documented_module_command_exists_with_its_flags(command, tmp_path_facto
 
 # ------------------------------------------------------------------------------------------------ sweeps/README table
 def test_sweeps_readme_job_counts():
-    """The "jobs" column of sweeps/README.md equals the size of each sweep's grid."""
+    """The "jobs" column of sweeps/README.md equals the size of each sweep's grid (Optuna: its trials per run)."""
     text = (REPO / "sweeps" / "README.md").read_text()
     rows = re.findall(r"^\|([^|]*\.yaml[^|]*)\|[^|]*\|\s*(\d+)\s*\|$", text, re.M)
     assert rows
     listed = set()
     for files, jobs in rows:
         for name in re.findall(r"`([\w.]+)\.yaml`", files):
-            params = OmegaConf.load(REPO / "sweeps" / f"{name}.yaml").hydra.sweeper.params
-            count, _ = sweep_jobs([f"{k}={v}" for k, v in params.items()])
+            sweeper = OmegaConf.load(REPO / "sweeps" / f"{name}.yaml").hydra.sweeper
+            count, _ = sweep_jobs([f"{k}={v}" for k, v in sweeper.params.items()])
+            count = sweeper.get("n_trials", count)
             assert count == int(jobs), f"sweeps/README.md lists {jobs} jobs for {name}.yaml; its grid has {count}"
             listed.add(name)
     assert listed == {p.stem for p in (REPO / "sweeps").glob("*.yaml")}, "every sweep has a row in the table"

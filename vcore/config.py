@@ -190,6 +190,16 @@ class LoggerConfig:
     group: Optional[str] = None  # default: the multirun sweep dir name, else none
     run_name: Optional[str] = None  # default: the job's overrides (seeds and paths excluded)
     tags: list[str] = field(default_factory=list)
+    # The token-weight heatmap of a few fixed held-out examples (the first k of an eval split) as W&B media
+    # ("token_weights/heatmap", "token_weights/table"), logged at the end of training and, with every > 0, every that
+    # many optimizer steps (vcore.run.heatmap). 0 examples: off. split null: the dataset's first eval split.
+    token_weights_examples: int = 4
+    token_weights_every: int = 0
+    token_weights_split: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(self.token_weights_examples >= 0, "logger.token_weights_examples", "must be >= 0 (0: no heatmap)")
+        _check(self.token_weights_every >= 0, "logger.token_weights_every", "must be >= 0 (0: only at the end of training)")
 
 
 @dataclass
@@ -206,6 +216,7 @@ class WandbConfig(LoggerConfig):
     resume_by_config_hash: bool = True  # run id from the config's hash and the run dir: a requeued job resumes its run
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.mode in ("offline", "online", "disabled"), "logger.mode", f"{self.mode!r} is not offline|online|disabled")
 
 
@@ -241,6 +252,9 @@ class TrainConfig:
     benchmark: Any = None  # {name: BenchmarkConfig}, from the benchmark group (conf/benchmark/)
     decoding: Any = None  # a DecodingConfig, from the decoding group (conf/decoding/)
     rl: Optional[RLConfig] = None  # task=rl: the rl group (conf/rl/: tiny | paper)
+    # The metric run.py returns to a sweeper that optimises it (Optuna, sweeps/optuna_*.yaml): a key of the job's
+    # metrics.json, "/"-joined (e.g. eval/synthetic_val/accuracy). null: run.py returns nothing.
+    objective: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(self.task in TASKS, "task", f"{self.task!r} is not {'|'.join(TASKS)}")

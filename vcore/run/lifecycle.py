@@ -122,3 +122,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def objective_value(metrics: dict[str, Any], key: str | None) -> float | None:
+    """``metrics[key]`` ("/"-joined, as in :func:`flatten`) as a float for a sweeper (``objective``); None without a key."""
+    if key is None:
+        return None
+    flat = flatten(metrics)
+    if key not in flat:
+        numeric = sorted(k for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        raise ConfigError(f"objective={key!r} is not a metric this job wrote; choose one of: {', '.join(numeric)}")
+    return float(flat[key])

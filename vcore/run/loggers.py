@@ -4,8 +4,10 @@ Under data parallelism only rank 0 logs. A requeued job (same config, same outpu
 gets the same run id (a hash of the resolved config) and continues that W&B run.
 
 W&B runs are offline by default (files under ``<run dir>/wandb``; ``wandb sync`` uploads them later), named after
-the job's Hydra overrides, grouped by sweep, carry the resolved config, and are always finished, also when
-training raises (jobs of one multirun share a process and would otherwise log into each other's runs).
+the job's Hydra overrides, grouped by sweep, typed by task (``job_type``), tagged with ``logger.tags`` and the
+method, carry the resolved config, and are always finished, also when training raises (jobs of one multirun share
+a process and would otherwise log into each other's runs). The dashboard (:mod:`vcore.tools.dashboard`) groups and
+filters by these.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from transformers import TrainerCallback
 from vcore.distributed import rank
 from vcore.run.preemption import PREEMPTED_EXIT_CODE
 
+# Where a run's token-weight heatmap goes (vcore.run.heatmap), and the table's columns.
+TOKEN_WEIGHTS_HTML = "token_weights/heatmap"
+TOKEN_WEIGHTS_TABLE = "token_weights/table"
+TOKEN_WEIGHT_COLUMNS = ("example", "position", "token", "supervised", "weight", "loss", "batch_alpha")
+
 # Overrides that identify a job's place, not its experiment: left out of run names and config hashes.
 NAME_EXCLUDED = ("seed", "output_dir", "hydra.", "logger.", "trainer.use_cpu", "task")
 
@@ -38,6 +45,9 @@ class NullLogger:
 
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
+
+    def log_token_weights(self, examples: list[dict[str, Any]], step: int) -> None:
+        """Per-token weights of a few examples (inspector lines, :func:`vcore.tools.inspector.weigh_examples`)."""
 
     def finish(self, exit_code: int = 0) -> None:
         pass
@@ -55,8 +65,9 @@ class WandbLogger(NullLogger):
             project=cfg.project,
             entity=cfg.entity,
             group=cfg.group or sweep,
+            job_type=resolved.get("task", "train"),  # train | eval | pretrain: a dashboard can split a group by it
             name=cfg.run_name or run_name(overrides),
-            tags=list(cfg.tags),
+            tags=run_tags(cfg.tags, resolved),
             mode=cfg.mode,
             dir=str(output_dir),
             id=self.run_id,
@@ -73,6 +84,18 @@ class WandbLogger(NullLogger):
 
     def summary(self, metrics: dict[str, Any]) -> None:
         self.run.summary.update(metrics)
+
+    def log_token_weights(self, examples: list[dict[str, Any]], step: int) -> None:
+        """As a page (the report's heatmap renderer) and a table, one row per token, under ``token_weights/``."""
+        from vcore.tools.report import heatmap_html
+
+        rows = [
+            [ex["example"], i, tok, bool(sup), ex["weight"][i], ex["loss"][i], ex["batch_alpha"]]
+            for ex in examples
+            for i, (tok, sup) in enumerate(zip(ex["tokens"], ex["supervised"]))
+        ]
+        table = self.wandb.Table(columns=list(TOKEN_WEIGHT_COLUMNS), data=rows)
+        self.run.log({TOKEN_WEIGHTS_HTML: self.wandb.Html(heatmap_html(examples)), TOKEN_WEIGHTS_TABLE: table}, step=step)
 
     def finish(self, exit_code: int = 0) -> None:
         if exit_code == PREEMPTED_EXIT_CODE:
@@ -94,6 +117,13 @@ def run_name(overrides: list[str]) -> str:
     kept = [o for o in overrides if not o.lstrip("+~").startswith(NAME_EXCLUDED)]
     name = ",".join(kept) or "default"
     return re.sub(r"[/\\]", "-", name)[:128]
+
+
+def run_tags(tags: list[str], resolved: dict[str, Any]) -> list[str]:
+    """``logger.tags`` and the run's method name (``method=vcore``), so W&B's tag filter splits a group by method."""
+    method = (resolved.get("method") or {}).get("name")
+    auto = [f"method={method}"] if method else []
+    return list(dict.fromkeys([*tags, *auto]))
 
 
 def config_hash(resolved: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ from vcore.modeling import load_model, load_tokenizer
 from vcore.ops.forward import model_token_loss
 from vcore.run.benchmarks import evaluate_start_model, run_benchmarks
 from vcore.run.checkpoints import fingerprint
+from vcore.run.heatmap import TokenWeightsCallback, heatmap_examples
 from vcore.run.lifecycle import run_job, write_metrics
 from vcore.run.loggers import LoggerCallback, NullLogger
 from vcore.run.preemption import Preempted, PreemptionCallback
@@ -149,6 +150,11 @@ def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint:
         log.info("resuming from %s", checkpoint)
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
+    if rows := heatmap_examples(c.logger, job.data.eval):  # the token-weight heatmap on W&B (vcore.run.heatmap)
+        heatmap = TokenWeightsCallback(
+            trainer, logger, rows, Collator(job.tokenizer.pad_token_id), c.logger.token_weights_every, lambda: preemption.stopped
+        )
+        trainer.add_callback(heatmap)
     with preemption.handle_sigterm():
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if preemption.stopped:

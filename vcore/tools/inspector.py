@@ -48,26 +48,44 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
     weighting = build_method(c.method, model, data.train, collate, reference=reference, loss_chunk_size=c.model.loss_chunk_size)
     if (checkpoint / METHOD_STATE).exists():
         weighting.load_state_dict(torch.load(checkpoint / METHOD_STATE, weights_only=False))
-    autocast = (
-        torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if c.trainer.precision == "bf16" else contextlib.nullcontext()
-    )
-    b, k = c.trainer.per_device_train_batch_size, c.trainer.gradient_accumulation_steps
+    def autocast():
+        bf16 = c.trainer.precision == "bf16"
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     n = min(num_examples, len(dataset))
-    lines: list[dict] = []
     model.eval()
-    for start in range(0, n, b * k):
-        rows = [dataset[i] for i in range(start, min(start + b * k, n))]
+    return weigh_examples(
+        model, weighting, [dataset[i] for i in range(n)], collate, tokenizer, c.method.name,
+        c.trainer.per_device_train_batch_size, c.trainer.gradient_accumulation_steps, c.model.loss_chunk_size, device, autocast,
+    )
+
+
+def weigh_examples(
+    model, weighting, rows: list[dict], collate, tokenizer, method: str, batch_size: int, accumulation: int,
+    chunk_size: int = 0, device="cpu", autocast=contextlib.nullcontext,
+) -> list[dict]:
+    """The inspector's lines for ``rows``: grouped into step batches of ``batch_size × accumulation`` rows, each
+    weighted by the method's own step hooks (``prepare_step``, ``weights``), as the training step weighs them, inside
+    a fresh ``autocast()`` context per step batch (the run's precision).
+
+    Also what a training run logs as its token-weight heatmap (:mod:`vcore.run.heatmap`). ``model`` is used in the
+    mode it is in; the method's state (VCORE's probe stream) advances, so a caller inside training restores it.
+    """
+    lines: list[dict] = []
+    step = batch_size * accumulation
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
         batches = [
-            {key: v.to(device) for key, v in collate(rows[i : i + b]).items()} for i in range(0, len(rows), b)
+            {key: v.to(device) for key, v in collate(chunk[i : i + batch_size]).items()} for i in range(0, len(chunk), batch_size)
         ]
-        with autocast:
+        with autocast():
             weighting.prepare_step(model, batches)
             for batch in batches:
                 with torch.no_grad():
-                    token_loss, mask = model_token_loss(model, batch, chunk_size=c.model.loss_chunk_size)
+                    token_loss, mask = model_token_loss(model, batch, chunk_size=chunk_size)
                 w = weighting.weights(token_loss, mask, batch)
                 alpha = batch.get("weighting", {}).get("alpha")
-                lines.extend(rows_to_lines(tokenizer, c.method.name, batch, token_loss, mask, w, alpha))
+                lines.extend(rows_to_lines(tokenizer, method, batch, token_loss, mask, w, alpha))
     return lines
 
 

@@ -387,11 +387,18 @@ def fig_token_heatmap(weights_jsonl: Path, path: Path, k: int = 3, width: int = 
 
 def html_heatmap(weights_jsonl: Path, path: Path, k: int = 8) -> Path:
     """A self-contained page: every token of each example, supervised ones shaded by weight (hover: values)."""
+    path.write_text(heatmap_html(_examples(weights_jsonl, k)), encoding="utf-8")
+    return path
+
+
+def heatmap_html(examples: list[dict]) -> str:
+    """The page of :func:`html_heatmap` for inspector lines (:func:`vcore.tools.inspector.weigh_examples`); also the
+    per-run W&B heatmap (:mod:`vcore.run.heatmap`)."""
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>token weights</title>",
              "<style>body{font-family:monospace;max-width:70em;margin:2em auto}span.t{white-space:pre-wrap}"
              "span.p{color:#888}.ex{border-top:1px solid #ccc;padding:.5em 0}</style></head><body>",
              "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> (darker = larger); hover for loss, score, q, weight.</p>"]
-    for ex in _examples(weights_jsonl, k):
+    for ex in examples:
         ws = [w for w, s in zip(ex["weight"], ex["supervised"]) if s]
         top = max(ws) if ws else 1.0
         alpha = ex.get("batch_alpha")
@@ -409,8 +416,7 @@ def html_heatmap(weights_jsonl: Path, path: Path, k: int = 8) -> Path:
             parts.append(f"<span class='t' style='background:rgba(255,120,0,{shade:.3f})' title='{info}'>{text}</span>")
         parts.append("</div>")
     parts.append("</body></html>")
-    path.write_text("".join(parts), encoding="utf-8")
-    return path
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------- main
