@@ -54,6 +54,25 @@ def sweep(tmp_path_factory, tiny_dir):
     return root, read_offline_run(run_files)
 
 
+@pytest.fixture(scope="module")
+def rl_run(sweep, tmp_path_factory, tiny_dir):
+    """A tiny RL run (task=rl, W&B offline, evaluated before and after) from the sweep's run, read back."""
+    from tests.test_rl import TINY_RL
+    from vcore.run.tasks import run_task
+    from vcore.tools.wandb_files import read_offline_run
+
+    pytest.importorskip("trl")
+    root, _ = sweep
+    out = tmp_path_factory.mktemp("rl") / "0"
+    rl = [o for o in TINY_RL if not o.startswith(("rl.eval_before", "eval.after_train"))]
+    run_task(_compose(
+        *rl, "logger=wandb", f"logger.group={GROUP}", f"output_dir={out}", f"model.name_or_path={tiny_dir}",
+        f"rl.start={root / '0'}", "dataset.eval_examples=4", "decoding.max_new_tokens=8", "benchmark=synthetic_test",
+    ))
+    (run_files,) = (out / "wandb").glob("offline-run-*")
+    return out.parent, read_offline_run(run_files)
+
+
 def _config_paths(config: dict, prefix: str = "") -> set[str]:
     out = set()
     for k, v in config.items():
@@ -100,18 +119,26 @@ def panel_keys(panels) -> dict[str, set[str]]:
     return keys
 
 
-def test_every_dashboard_key_is_logged_by_a_real_run(sweep):
+def _runset_configs(runsets) -> set[str]:
+    return {k.removeprefix("config.") for r in runsets for k in r.groupby} | {c for r in runsets for c in _filter_configs(r.filters)}
+
+
+def test_every_dashboard_key_is_logged_by_a_real_run(sweep, rl_run):
+    """SFT panels against an SFT run, RL panels (the workspace's RL section, the report's RL grid) against an RL run."""
     from vcore.tools.dashboard import build_report, build_workspace
     from vcore.tools.report import load_local
 
     root, run = sweep
+    rl_root, rl = rl_run
     runs = load_local(root)
     workspace = build_workspace("ent", "proj", GROUP, runs)
-    report = build_report("ent", "proj", GROUP, runs, bind_runsets=False)
+    report = build_report("ent", "proj", GROUP, runs, bind_runsets=False, rl_runs=load_local(rl_root, task="rl"))
 
-    panels = [p for s in workspace.sections for p in s.panels]
+    panels = [p for s in workspace.sections if s.name != "RL" for p in s.panels]
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
-    keys = panel_keys(panels + [p for g in grids for p in g.panels])
+    rl_grids = [g for g in grids if g.runsets[0].name == "RL"]
+    sft_grids = [g for g in grids if g not in rl_grids]
+    keys = panel_keys(panels + [p for g in sft_grids for p in g.panels])
     rs = workspace.runset_settings
     keys["config"] |= {g.name for g in rs.groupby} | _filter_configs(rs.filters)
     for column in rs.pinned_columns:
@@ -120,12 +147,10 @@ def test_every_dashboard_key_is_logged_by_a_real_run(sweep):
             keys["config"].add(name.replace(".value", "", 1))
         elif section == "summary":
             keys["summary"].add(name)
-    for g in grids:
-        for r in g.runsets:
-            keys["config"] |= {k.removeprefix("config.") for k in r.groupby} | _filter_configs(r.filters)
+    keys["config"] |= _runset_configs([r for g in sft_grids for r in g.runsets])
 
     # The sections cover what the issue lists (so this test fails if a section loses its panels)...
-    assert [s.name for s in workspace.sections] == ["training", "token weights", "VCORE", "evaluation"]
+    assert [s.name for s in workspace.sections] == ["training", "token weights", "VCORE", "RL", "evaluation"]
     assert {"train/nll", "train/weighted_loss", "learning_rate", "grad_norm", "train/tokens_per_s", "weights/ess_frac",
             "weights/max", "weights/frac_below_0_1", "weights/eos_mean", "vcore/alpha", "vcore/score_mean",
             "vcore/score_std", "vcore/probe_grad_norm", "vcore/fidelity_pearson", "eval/synthetic_test/accuracy",
@@ -138,7 +163,17 @@ def test_every_dashboard_key_is_logged_by_a_real_run(sweep):
     assert keys["summary"] - set(run.summary) == set()
     assert keys["config"] - _config_paths(run.config) == set()
     titles = [b.text for b in report.blocks if isinstance(b, wr.H2)]
-    assert titles == ["Table 1: synthetic", "Data scaling", "τ × ε (VCORE)", "Variance control (VCORE)"]
+    assert titles == ["Table 1: synthetic", "Data scaling", "τ × ε (VCORE)", "Variance control (VCORE)", "RL: before and after (Table 2)"]
+
+    # RL: the rollouts' metrics, accuracy before and after, grouped by the SFT method RL started from.
+    rl_keys = panel_keys([p for s in workspace.sections if s.name == "RL" for p in s.panels] + [p for g in rl_grids for p in g.panels])
+    rl_keys["config"] |= _runset_configs([r for g in rl_grids for r in g.runsets])
+    assert {"rl/reward_mean", "rl/accuracy", "rl/kl", "rl/entropy", "rl/completion_length", "rl/truncation_rate",
+            "eval_before/synthetic_test/accuracy", "eval/synthetic_test/accuracy"} <= rl_keys["history"]
+    assert rl_keys["history"] - rl.history_keys() == set()
+    assert rl_keys["config"] == {"start.method", "task"} and rl.config["start"]["method"] == "vcore"
+    assert rl_keys["config"] - _config_paths(rl.config) == set()
+    assert rl.run["job_type"] == "rl" and "method=vcore" not in rl.run["tags"]  # its own method group is unused
 
 
 def test_dry_run_writes_specs_the_library_validates(sweep, tmp_path):
@@ -155,13 +190,13 @@ def test_dry_run_writes_specs_the_library_validates(sweep, tmp_path):
     report = report_model.ReportViewspec.model_validate(spec["report"])
     assert view.model_dump(mode="json", by_alias=True, exclude_none=True) == spec["workspace"]
     sections = view.spec.section.panel_bank_config.sections
-    assert [s.name for s in sections] == ["training", "token weights", "VCORE", "evaluation"]
+    assert [s.name for s in sections] == ["training", "token weights", "VCORE", "RL", "evaluation"]
     assert (view.entity, view.project, view.display_name) == ("ent", "proj", f"vcore: {GROUP}")
     # Back into the library's user-facing objects: the workspace filters on the group and groups by method.
     back = ws.Workspace._from_model(view)
     assert GROUP in back.runset_settings.filters and back.runset_settings.groupby[0].name == "method.name"
     assert report.display_name == f"vcore: {GROUP}" and report.project.name == "proj"
-    assert sum(b.type == "panel-grid" for b in report.spec.blocks) == 4
+    assert sum(b.type == "panel-grid" for b in report.spec.blocks) == 5
     # Without --group: the workspace only.
     assert main(["ent/proj", "--dry-run", str(out)]) == 0
     assert set(json.loads(out.read_text())) == {"workspace"}

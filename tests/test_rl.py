@@ -171,7 +171,7 @@ def test_rl_from_a_full_checkpoint_through_run_py(sft_runs, tiny_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["start"] == {"source": str(sft_runs["full"] / "final"), "method": "sft", "model": tiny_dir.name, "lora": False}
+    assert metrics["start"] == {"source": str(sft_runs["full"] / "final"), "method": "sft", "model": tiny_dir.name, "lora": False, "seed": 42}
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     for key in ("rl/reward_mean", "rl/accuracy", "rl/kl", "rl/entropy", "rl/completion_length", "rl/truncation_rate", "rl/no_answer_rate"):
         assert any(key in h for h in history), key
@@ -265,7 +265,7 @@ def _fake_rl_run(root: Path, method: str, seed: int, before: list[int], after: l
         (run / sub / "synthetic_test.jsonl").write_text("\n".join(lines) + "\n")
     (run / "config.yaml").write_text(yaml.safe_dump({"task": "rl", "seed": seed, "method": {"name": "vcore"}}))
     metrics = {
-        "start": {"source": f"sft/{method}/final", "method": method, "model": "tiny", "lora": False},
+        "start": {"source": f"sft/{method}/final", "method": method, "model": "tiny", "lora": False, "seed": seed},
         "eval_before": {"synthetic_test/accuracy": sum(before) / len(before)},
         "eval": {"synthetic_test/accuracy": sum(after) / len(after)},
     }

@@ -46,6 +46,9 @@ class NullLogger:
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
 
+    def update_config(self, values: dict[str, Any]) -> None:
+        """Add to the run's config what is only known once the job runs (an RL run's start: its SFT method...)."""
+
     def log_token_weights(self, examples: list[dict[str, Any]], step: int) -> None:
         """Per-token weights of a few examples (inspector lines, :func:`vcore.tools.inspector.weigh_examples`)."""
 
@@ -85,6 +88,9 @@ class WandbLogger(NullLogger):
     def summary(self, metrics: dict[str, Any]) -> None:
         self.run.summary.update(metrics)
 
+    def update_config(self, values: dict[str, Any]) -> None:
+        self.run.config.update(values, allow_val_change=True)
+
     def log_token_weights(self, examples: list[dict[str, Any]], step: int) -> None:
         """As a page (the report's heatmap renderer) and a table, one row per token, under ``token_weights/``."""
         from vcore.tools.report import heatmap_html
@@ -120,8 +126,10 @@ def run_name(overrides: list[str]) -> str:
 
 
 def run_tags(tags: list[str], resolved: dict[str, Any]) -> list[str]:
-    """``logger.tags`` and the run's method name (``method=vcore``), so W&B's tag filter splits a group by method."""
-    method = (resolved.get("method") or {}).get("name")
+    """``logger.tags`` and the run's method name (``method=vcore``), so W&B's tag filter splits a group by method.
+    Jobs that do not train with the method group (task=rl, eval, pretrain) get no method tag (an RL run's SFT method
+    goes into its config as ``start.method``)."""
+    method = (resolved.get("method") or {}).get("name") if resolved.get("task", "train") == "train" else None
     auto = [f"method={method}"] if method else []
     return list(dict.fromkeys([*tags, *auto]))
 

@@ -61,6 +61,7 @@ class Start:
     method: str | None  # the SFT method of a run of ours; None for any other model
     model_name: str  # the base model the start was fine-tuned from (or the start itself)
     lora: bool
+    seed: int | None = None  # the SFT run's seed (a Table 2 row's repeats are RL runs from SFT runs of several seeds)
 
 
 def load_start(c) -> Start:
@@ -85,7 +86,8 @@ def load_start(c) -> Start:
     run_cfg = load_run_config(run_dir / "config.yaml")
     tokenizer, model = load_checkpoint(resolve_model(run_cfg.model), checkpoint)
     method = run_cfg.method.name if run_cfg.task == "train" else None
-    return Start(tokenizer, model, str(checkpoint), method, _short(str(run_cfg.model.name_or_path or "tiny")), run_cfg.model.lora.enabled)
+    name = _short(str(run_cfg.model.name_or_path or "tiny"))
+    return Start(tokenizer, model, str(checkpoint), method, name, run_cfg.model.lora.enabled, run_cfg.seed)
 
 
 def _short(path: str) -> str:
@@ -114,6 +116,8 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
     t_start = time.perf_counter()
     start = load_start(c)
     log.info("RL from %s (method %s, model %s)", start.source, start.method, start.model_name)
+    info = {"source": start.source, "method": start.method, "model": start.model_name, "lora": start.lora, "seed": start.seed}
+    logger.update_config({"start": info})  # W&B groups RL runs by the SFT method they started from (vcore.dashboard)
     prompts, data_stats = build_prompts(c.rl, start.tokenizer)
     logger.log({f"data/{k}": v for k, v in data_stats.items()}, step=0)
     before = {}
@@ -147,7 +151,7 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
     if rank() == 0:
         write_history(out / "history.jsonl", history)
     metrics: dict[str, Any] = {
-        "start": {"source": start.source, "method": start.method, "model": start.model_name, "lora": start.lora},
+        "start": info,
         "rl": summarize_train(history, result.metrics, marker="rl/reward_mean", prefixes=("rl/",)),
         "data": data_stats,
     }

@@ -298,23 +298,30 @@ class RLCell:
     change: Any  # vcore.eval.intervals.Comparison: after - before, paired over seeds and items
 
 
-def rl_groups(runs: list[Any]) -> dict[tuple[str, str], dict[int, Any]]:
-    """RL runs (task=rl) by what they started from: ``(model, SFT method) -> {seed: run}``."""
-    groups: dict[tuple[str, str], dict[int, Any]] = defaultdict(dict)
+def rl_groups(runs: list[Any]) -> dict[tuple[str, str], list[Any]]:
+    """RL runs (task=rl) by what they started from: ``(model, SFT method) -> runs``, ordered by the seed of the SFT
+    run they started from (their repeats), then their own seed."""
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for r in runs:
         start = r.metrics.get("start", {})
-        groups[(str(start.get("model", "?")), str(start.get("method") or "none"))][int(r.get("seed", 0))] = r
+        groups[(str(start.get("model", "?")), str(start.get("method") or "none"))].append(r)
+    for g in groups.values():
+        g.sort(key=lambda r: (int(r.metrics.get("start", {}).get("seed") or 0), int(r.get("seed", 0))))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1])))
 
 
-def rl_cell(runs_by_seed: dict[int, Any], bench: str) -> RLCell | None:
+def rl_seeds(runs: list[Any]) -> str:
+    """The seeds of a group's runs: their SFT runs' seeds (what varies between repeats)."""
+    return ",".join(str(r.metrics.get("start", {}).get("seed", r.get("seed", "?"))) for r in runs)
+
+
+def rl_cell(runs: list[Any], bench: str) -> RLCell | None:
     """Accuracy before and after RL on ``bench`` with intervals, and the change, paired item by item within each
-    seed's run (the start model and the RL model answer the same items). None without per-item files."""
-    seeds = sorted(runs_by_seed)
-    before = [item_results(runs_by_seed[s], bench, before=True) for s in seeds]
-    after = [item_results(runs_by_seed[s], bench) for s in seeds]
-    if not seeds or any(x is None for x in before + after):
+    run (the start model and the RL model answer the same items). None without per-item files."""
+    before = [item_results(r, bench, before=True) for r in runs]
+    after = [item_results(r, bench) for r in runs]
+    if not runs or any(x is None for x in before + after):
         return None
     ids = _ordered(set.intersection(*(set(x) for x in before + after)))
     if not ids:
@@ -336,10 +343,10 @@ def rl_table(runs: list[Any]) -> str:
         name = SPLITS.get(b, b)
         head += [f"{name}: before", f"{name}: after RL", f"{name}: change"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for (model, method), by_seed in groups.items():
-        cells = [model, method, ",".join(str(s) for s in sorted(by_seed))]
+    for (model, method), group in groups.items():
+        cells = [model, method, rl_seeds(group)]
         for b in benches:
-            cell = rl_cell(by_seed, b)
+            cell = rl_cell(group, b)
             if cell is None:
                 cells += ["-", "-", "-"]
                 continue

@@ -12,9 +12,11 @@ run sets get their project ids from the server at save time, so the dry run leav
 Workspace sections: training (plain NLL next to the weighted loss, learning rate, grad norm, tokens/s), token weights
 (ESS, max, fraction below 0.1, EOS weight, the per-run heatmap page and table), VCORE (α, score mean/std, probe
 gradient norm, τ, q entropy, probe fidelity when logged), evaluation (accuracy and truncation per benchmark, held-out
-NLL per eval split); the runs table pins method, τ, ε, variance control, data size and seed and groups runs by
+NLL per eval split), RL (reward and rollout accuracy, KL, entropy, completion length, truncation and no-answer
+rate of task=rl runs); the runs table pins method, τ, ε, variance control, data size and seed and groups runs by
 method, so every curve is the mean over seeds with its spread. Report (``--group``): Table 1 per domain, data
-scaling, τ × ε, loss curves with and without variance control, each over grouped runs (mean, std over seeds).
+scaling, τ × ε, loss curves with and without variance control, RL before and after per benchmark (Table 2, RL runs
+grouped by the SFT method they started from), each over grouped runs (mean, std over seeds).
 
 Every key a panel reads is in this module's tables below (``SECTIONS``, ``EVAL_*``, ``CONFIG_COLUMNS``, ...);
 tests/test_dashboard.py checks them against the keys a real offline run logs. Benchmarks and eval splits come from
@@ -81,9 +83,32 @@ CONFIG_COLUMNS = {
 GROUP_BY = "method.name"  # runs of one method (a sweep's seeds) are one line: mean, std band
 
 
-def rl_blocks(entity: str, project: str, group: str, runset: Any) -> list:
-    """The report's "RL before/after" view: empty until RL runs (task=rl) log metrics; add their panels here."""
-    return []
+# RL runs (task=rl, vcore.run.rl): the rollouts per step (TRL's metrics as vcore.rl.grpo.RL_LOG_KEYS names them),
+# accuracy before and after RL per benchmark (summary), grouped by the SFT method RL started from (run config).
+RL_SECTION: list[tuple[str, tuple[str, ...]]] = [
+    ("reward and rollout accuracy", ("rl/reward_mean", "rl/accuracy")),
+    ("reward std, groups without signal", ("rl/reward_std", "rl/frac_groups_zero_std")),
+    ("KL to the start model", ("rl/kl",)),
+    ("entropy", ("rl/entropy",)),
+    ("completion length", ("rl/completion_length", "rl/completion_length_max")),
+    ("truncation and no-answer rate", ("rl/truncation_rate", "rl/no_answer_rate")),
+]
+RL_BEFORE_AFTER = ("eval_before/{bench}/accuracy", "eval/{bench}/accuracy")
+RL_GROUP_BY = "start.method"
+RL_BENCHMARKS = ["olympiad", "sgpqa_1k", "synthetic_test", "synthetic_ood_template"]  # Table 2's, and its miniature's
+
+
+def rl_blocks(wr, runset, rl_runs: Iterable | None = None) -> list:
+    """The report's "RL: before and after" view (the paper's Table 2): per benchmark, accuracy before and after RL of
+    each SFT method's model, and the rollouts' reward over RL steps."""
+    benches = RL_BENCHMARKS
+    if rl_runs:
+        evals = {k for r in rl_runs for k in r.metrics.get("eval", {})}
+        benches = sorted(k.split("/")[0] for k in evals if k.endswith("/accuracy"))
+    panels = [wr.BarPlot(title=f"{b}: before and after RL", metrics=[t.format(bench=b) for t in RL_BEFORE_AFTER],
+                         groupby_aggfunc="mean", groupby_rangefunc="stddev") for b in benches]
+    panels += [_line(wr, title, keys) for title, keys in RL_SECTION[:3]]
+    return [wr.PanelGrid(runsets=[runset("RL", f"Config('task') == {'rl'!r}", groupby=(RL_GROUP_BY,))], panels=panels)]
 
 
 # --------------------------------------------------------------------------------------------------- benchmarks
@@ -149,7 +174,7 @@ def build_workspace(entity: str, project: str, group: str | None = None, runs: I
 
     seen = what_runs_log(runs)
     sections = []
-    for name, charts in SECTIONS.items():
+    for name, charts in [*SECTIONS.items(), ("RL", RL_SECTION)]:
         panels = [_line(wr, title, keys) for title, keys in charts]
         if name in MEDIA:
             page, table = MEDIA[name]
@@ -187,9 +212,12 @@ def _eval_panels(wr, seen: dict[str, Any]) -> list:
 
 
 # --------------------------------------------------------------------------------------------------- report
-def build_report(entity: str, project: str, group: str, runs: Iterable | None = None, bind_runsets: bool = True):
+def build_report(
+    entity: str, project: str, group: str, runs: Iterable | None = None, bind_runsets: bool = True, rl_runs: Iterable | None = None
+):
     """The sweep group's report (``wandb_workspaces.reports.v2.Report``). ``bind_runsets=False``: run sets without
-    entity/project (their ids are looked up on the server; the dry run has none)."""
+    entity/project (their ids are looked up on the server; the dry run has none). ``rl_runs``: the group's RL runs
+    (their benchmarks; default Table 2's and its miniature's)."""
     import wandb_workspaces.reports.v2 as wr
 
     seen = what_runs_log(runs)
@@ -233,9 +261,7 @@ def build_report(entity: str, project: str, group: str, runs: Iterable | None = 
         panels=[_line(wr, "weighted loss", ("train/weighted_loss",)), _line(wr, "plain NLL", ("train/nll",)),
                 _line(wr, "α", ("vcore/alpha",))],
     )]
-    rl = rl_blocks(entity, project, group, runset)
-    if rl:
-        blocks += [wr.H2("RL: before and after"), *rl]
+    blocks += [wr.H2("RL: before and after (Table 2)"), *rl_blocks(wr, runset, rl_runs)]
     return wr.Report(entity=entity, project=project, title=f"vcore: {group}", blocks=blocks, width="fluid",
                      description=f"The paper's views for the W&B group {group} (built by python -m vcore.dashboard).")
 
@@ -259,23 +285,23 @@ def main(argv: list[str] | None = None) -> int:
     entity, sep, project = args.target.partition("/")
     if not (entity and sep and project):
         parser.error(f"target must be ENTITY/PROJECT (got {args.target!r})")
-    runs = None
+    runs = rl_runs = None
     if args.runs:
         from vcore.tools.report import load_local
 
-        runs = load_local(Path(args.runs))
-        if not runs:
+        runs, rl_runs = load_local(Path(args.runs)), load_local(Path(args.runs), task="rl")
+        if not runs and not rl_runs:
             parser.error(f"no runs (config.yaml + metrics.json) under {args.runs}")
     workspace = build_workspace(entity, project, args.group, runs)
     if args.dry_run:
-        report = build_report(entity, project, args.group, runs, bind_runsets=False) if args.group else None
+        report = build_report(entity, project, args.group, runs, bind_runsets=False, rl_runs=rl_runs) if args.group else None
         Path(args.dry_run).write_text(json.dumps(spec(workspace, report), indent=1, ensure_ascii=False))
         print(f"wrote {args.dry_run}", file=sys.stderr)
         return 0
     workspace.save()
     print(f"workspace: {workspace.url}")
     if args.group:
-        report = build_report(entity, project, args.group, runs)
+        report = build_report(entity, project, args.group, runs, rl_runs=rl_runs)
         report.save()
         print(f"report: {report.url}")
     return 0

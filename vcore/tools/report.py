@@ -278,11 +278,11 @@ def fig_nll_curves(runs: list[Run], path: Path) -> Path | None:
 def fig_rl_curves(runs: list[Run], path: Path, key: str = "rl/accuracy") -> Path | None:
     """The rollouts' accuracy over RL steps, one line per run, coloured by the SFT method it started from."""
     curves = {}
-    for (model, method), by_seed in analysis.rl_groups(runs).items():
-        for seed, r in sorted(by_seed.items()):
+    for (model, method), group in analysis.rl_groups(runs).items():
+        for i, r in enumerate(group):
             pts = analysis.nll_curve(r, key)
             if pts:
-                curves[f"{method} (seed {seed})" if len(by_seed) > 1 else method] = pts
+                curves[f"{method} ({i + 1})" if len(group) > 1 else method] = pts
     if not curves:
         return None
 
