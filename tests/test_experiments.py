@@ -22,7 +22,7 @@ SUBSTITUTED = ("model.name_or_path", "model.tiny", "dataset", "trainer.max_steps
 def substitution(experiment: str, tiny_dir) -> list[str]:
     """Overrides that keep the overlay's method, trainer recipe and model settings (LoRA, checkpointing, chunked CE)
     but load the session's tiny model and train on 32 synthetic examples for one step."""
-    composed = compose_config([f"experiment={experiment}", "output_dir=/unused"])
+    composed = compose_config([f"experiment={experiment}", "output_dir=/unused"] + (["rl.start=/unused"] if task_of(experiment) == "rl" else []))
     model = [f"model.name_or_path={tiny_dir}"] + (TINY_MODEL if composed.model.tiny is not None else [])
     return [
         *model,
@@ -51,8 +51,20 @@ def own_settings(experiment: str) -> dict:
     return {k: v for k, v in flat.items() if not k.startswith(SUBSTITUTED)}
 
 
+def task_of(experiment: str) -> str:
+    return OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").get("task", "train")
+
+
+TRAINING = [e for e in EXPERIMENTS if task_of(e) == "train"]
+RL = [e for e in EXPERIMENTS if task_of(e) == "rl"]
+# An RL overlay's prompts (Big-Math for the paper) and batch sizes are replaced; its algorithm, coefficients,
+# precision and checkpointing stay.
+RL_SUBSTITUTED = ("rl.data", "rl.start", "rl.max_steps", "rl.prompts_per_step", "rl.num_generations", "rl.mini_batch_prompts",
+                  "rl.micro_batch_size", "rl.max_completion_length", "rl.max_prompt_length", "rl.eval_before", "benchmark")
+
+
 # ~4 s each on 2 cores (the nine in ~35 s): in the default suite.
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", TRAINING)
 def test_experiment_trains_one_step_with_the_tiny_model(experiment, tiny_tokenizer, tiny_dir, tmp_path):
     """Fails if an overlay no longer composes with the substitution, if its run does not train (no finite loss, no
     final model), or if its learning rate, method (τ for VCORE) or LoRA adapters do not reach the trained run."""
@@ -91,3 +103,37 @@ def test_experiment_trains_one_step_with_the_tiny_model(experiment, tiny_tokeniz
         assert not (final / "model.safetensors").exists()
     else:
         assert (final / "model.safetensors").exists() and not (final / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("experiment", RL)
+def test_rl_experiment_runs_one_step_with_the_tiny_model(experiment, tiny_tokenizer, tiny_dir, tmp_path):
+    """An RL overlay (task=rl) runs one GRPO step from the tiny model on synthetic prompts; its own settings (the
+    algorithm's coefficients, learning rate, precision) reach the run."""
+    from vcore.run.tasks import run_task as run
+
+    out = tmp_path / "run"
+    small = [
+        "rl/data=synthetic", "rl.data.synthetic.kwargs.num_examples=4", "rl.max_steps=1", "rl.prompts_per_step=2",
+        "rl.num_generations=2", "rl.mini_batch_prompts=2", "rl.micro_batch_size=2", "rl.max_completion_length=16",
+        "rl.max_prompt_length=256", "rl.eval_before=false", "rl.grading_workers=1",
+    ]
+    cfg = compose_config([f"experiment={experiment}", *substitution(experiment, tiny_dir), *small, f"output_dir={out}"])
+    expected = OmegaConf.to_container(cfg, resolve=True)
+    metrics = run(cfg)
+    written = OmegaConf.to_container(OmegaConf.load(out / "config.yaml"), resolve=True)
+    overlay = {k: v for k, v in own_settings(experiment).items() if not k.startswith(RL_SUBSTITUTED)}
+    preset = OmegaConf.to_container(OmegaConf.load(CONF / "rl" / f"{compose_rl_name(experiment)}.yaml"))
+    preset = {f"rl.{k}": v for k, v in preset.items() if k != "defaults" and not f"rl.{k}".startswith(RL_SUBSTITUTED)}
+    for key, value in {**overlay, **preset}.items():
+        assert OmegaConf.select(OmegaConf.create(written), key) == OmegaConf.select(OmegaConf.create(expected), key) == value, key
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    (step,) = [h for h in history if "rl/reward_mean" in h]
+    assert step["step"] == 1 and math.isfinite(step["loss"]) and step["learning_rate"] >= 0
+    assert metrics["rl"]["final/rl/reward_mean"] == step["rl/reward_mean"] and (out / "final" / "model.safetensors").exists()
+
+
+def compose_rl_name(experiment: str) -> str:
+    """The rl preset an RL overlay picks (its defaults list: override /rl: <name>)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml")).get("defaults", [])
+    (name,) = [d["override /rl"] for d in defaults if isinstance(d, dict) and "override /rl" in d]
+    return name

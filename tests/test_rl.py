@@ -223,6 +223,33 @@ def test_rl_resumes_where_it_stopped(sft_runs, tiny_dir, tmp_path):
         run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, "rl.max_steps=4", "rl.kl_coef=0.1"))
 
 
+@pytest.mark.slow  # ~40 s: two RL jobs with evaluation, in a subprocess
+def test_table2_sweep_runs_one_job_per_sft_run(sft_runs, tiny_dir, tmp_path):
+    """sweeps/rl_table2.yaml, shrunk to the tiny model: one RL job per SFT run given, and the report's Table 2."""
+    from vcore.tools.report import main
+
+    model = [o for o in TINY_TEST if o.startswith("model.")] + [f"model.name_or_path={tiny_dir}"]
+    small = [o for o in TINY_RL if o not in ("task=rl", "rl=tiny", "rl.eval_before=false", "eval.after_train=false")]
+    args = [
+        "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", "rl_table2", *model, "rl/data=synthetic", *small,
+        "benchmark=synthetic_test", "decoding=tiny", "decoding.max_new_tokens=16", "dataset.eval_examples=4", "rl.precision=fp32",
+        "rl.gradient_checkpointing=false", "rl.max_prompt_length=256", "logger.mode=disabled",
+        f"rl.start={sft_runs['full']},{sft_runs['lora']}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert main([str(tmp_path / "sweep")]) == 0
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert f"| {tiny_dir.name} | sft | 42,42 |" in report and "ID test: before" in report  # both runs in one row
+
+
+def test_table2_sweep_composes(tmp_path):
+    from vcore.config import to_object
+
+    c = to_object(compose("experiment=paper_rl_table2", "rl.start=outputs/sft_dft", f"output_dir={tmp_path}"))
+    assert (c.task, c.rl.data.name, list(c.benchmark), c.decoding.name) == ("rl", "bigmath", ["olympiad", "sgpqa_1k"], "paper")
+
+
 # --------------------------------------------------------------------------------------------------- bad input
 def test_a_start_that_is_not_a_checkpoint_is_named(tiny_dir, tmp_path):
     from vcore.checks import ConfigError

@@ -8,8 +8,9 @@ import pytest
 
 from tests.helpers import REPO, subprocess_env
 
-# The grids; the Optuna searches (optuna_*.yaml) run in tests/test_optuna.py.
-SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml") if not p.stem.startswith("optuna_"))
+# The grids; the Optuna searches (optuna_*.yaml) run in tests/test_optuna.py, the RL sweep (rl_table2.yaml, jobs that
+# start from finished SFT runs) in tests/test_rl.py.
+SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml") if not p.stem.startswith("optuna_") and p.stem != "rl_table2")
 # Shrink any study to the tiny model on the synthetic task; the grid is overridden to two jobs below.
 TINY = [
     "model=tiny", "dataset=synthetic", "benchmark=synthetic", "decoding=tiny", "trainer=tiny",
