@@ -2,19 +2,19 @@
 CUDA device; prints one markdown table and writes one JSON file.
 
     pip install -e ".[test,gpu]"            # vllm too, if the vLLM backend is to be checked: pip install vllm
-    python experiments/gpu_check.py         # ~7.5 minutes on one H100/H200; writes gpu_check.json, logs in gpu_check/
+    python experiments/gpu_check.py         # at most 8 minutes (budgets) on one H100/H200; writes gpu_check.json, logs in gpu_check/
 
 Stages, one after another, each in its own process group with its own time budget (seconds, ``--budget-scale``
 multiplies them); a stage that fails or runs over is recorded (status, exit code, the tail of its log) and the next
 one starts, and what a stage wrote before it stopped is kept (the benchmarks rewrite their JSON after every
 measurement):
 
-- ``tests`` (210 s): ``pytest -m gpu`` (tests/gpu/ and the device-parametrised CPU tests), per-test outcomes;
-- ``bench_step`` (140 s): one optimizer step of SFT, VCORE-fd and VCORE-jvp (blocked and fused attention,
+- ``tests`` (240 s): ``pytest -m gpu`` (tests/gpu/ and the device-parametrised CPU tests), per-test outcomes;
+- ``bench_step`` (125 s): one optimizer step of SFT, VCORE-fd and VCORE-jvp (blocked and fused attention,
   ``probe.every`` 1 and 4) on a Qwen3-0.6B-shaped model in bf16 at T = 2,048 and 8,192 (experiments/bench_step.py);
-- ``bench_memory`` (75 s): loss memory, full logits vs chunked, at T = 4k/8k/16k, and padded vs packed tokens/s of
+- ``bench_memory`` (70 s): loss memory, full logits vs chunked, at T = 4k/8k/16k, and padded vs packed tokens/s of
   SFT and VCORE (fused probe) on the paper's length spread (experiments/bench_memory.py);
-- ``fidelity`` (45 s): finite-difference vs exact scores per precision and ε, TF32 included (vcore.tools.fidelity),
+- ``fidelity`` (40 s): finite-difference vs exact scores per precision and ε, TF32 included (vcore.tools.fidelity),
   on the tiny model with random weights (no pretraining, to fit the budget).
 
 Targets (issue 16), each pass / fail / not measured in the table and the JSON: VCORE with the jvp probe at most 3.0x
@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA_STATUS = 2
 STEP_VARIANTS = ("sft", "vcore_fd", "vcore_jvp", "vcore_jvp_every4", "vcore_jvp_fused", "vcore_jvp_fused_every4")
-BUDGETS = {"tests": 210, "bench_step": 140, "bench_memory": 75, "fidelity": 45}
+BUDGETS = {"tests": 240, "bench_step": 125, "bench_memory": 70, "fidelity": 40}
 LIMITS = {"step_cost": 3.0, "probe_memory": 1.2, "loss_memory": 1 / 8, "packed_speedup": 1.5}
 
 
