@@ -111,3 +111,15 @@ def test_jvp_stays_faithful_in_bf16(tmp_path, precision):
     masks = [b["labels"].ne(-100) & (torch.arange(b["labels"].shape[1]) > 0) for b in batches]
     r = pearson(torch.cat([s[m] for s, m in zip(got, masks)]).float(), torch.cat([s[m] for s, m in zip(ref, masks)]))
     assert r >= 0.99, r
+
+
+def test_a_dropped_tangent_is_an_error_not_zero_scores(tmp_path, monkeypatch):
+    """torch.compile on the model drops the forward-mode tangent (scores all zero, i.e. SFT without a word): the
+    probe must stop instead. The drop is simulated by a loss that never sees the dual parameters."""
+    import vcore.methods.probe as probe
+
+    model = tiny_causal_lm(tmp_path, dtype=torch.float32).eval()
+    params = trainable_parameters(model)
+    monkeypatch.setattr(probe, "model_token_loss", lambda m, b, params=None, chunk_size=0: model_token_loss(m, b))
+    with pytest.raises(RuntimeError, match="no forward-mode tangent.*torch.compile"):
+        jvp_scores(model, params, direction(params), [random_lm_batch()])
