@@ -100,7 +100,12 @@ def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int
         times.append((time.perf_counter() - t0) / per)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else sampler.stop()
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return {"variant": variant, "T": length, "seconds": statistics.median(times), "peak_bytes": peak, "trainable_bytes": trainable}
+    row = {"variant": variant, "T": length, "seconds": statistics.median(times), "peak_bytes": peak, "trainable_bytes": trainable}
+    if attention(variant) == "fused":  # calls the kernel did not take ran the blocked path: say so in the figures
+        from vcore.ops import fused_attention
+
+        row["fused_fallbacks"] = sorted(fused_attention._reported)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:

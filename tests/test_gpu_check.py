@@ -36,6 +36,8 @@ def fake_figures() -> dict:
             step_row("sft", 2048, 0.10, 10), step_row("vcore_jvp", 2048, 0.50, 13), step_row("vcore_jvp_fused", 2048, 0.35, 12.5),
             step_row("sft", 8192, 0.20, 20), step_row("vcore_jvp", 8192, 1.60, 25),
             step_row("vcore_jvp_fused", 8192, 0.50, 22), {"variant": "vcore_jvp_fused_every4", "T": 8192, "error": "OutOfMemoryError: boom"},
+            step_row("sft", 4096, 0.15, 15), step_row("vcore_jvp", 4096, 0.60, 16),
+            {**step_row("vcore_jvp_fused", 4096, 0.59, 16), "fused_fallbacks": ["head dim 96"]},
         ]},
         "bench_memory": {
             "loss_memory": [{"kind": "full", "T": 16384, "peak_bytes": 8000 * MIB}, {"kind": "chunked", "T": 16384, "peak_bytes": 1200 * MIB}],
@@ -48,7 +50,7 @@ def fake_figures() -> dict:
 
 
 ENV = {"card": "NVIDIA H200", "torch": "2.13.0", "cuda": "12.8", "capability": "9.0", "triton": "3.9.0",
-       "jvp_flash_attention": "0.14.0", "vllm": None, "transformers": "5.24.0", "date": "2026-12-02 10:00 UTC"}
+       "jvp_flash_attention": "0.14.0", "fused_attention": "available", "vllm": None, "transformers": "5.24.0", "date": "2026-12-02 10:00 UTC"}
 STAGES = {
     "tests": {"status": "ok", "returncode": 0, "seconds": 150.0, "budget_s": 210, "log": "t.log", "tail": ""},
     "bench_step": {"status": "timeout", "returncode": None, "seconds": 140.2, "budget_s": 140, "log": "b.log", "tail": ""},
@@ -78,6 +80,18 @@ def test_targets_from_fake_figures():
     assert got["packed / padded tokens/s, vcore"]["value"] is None  # its padded run failed: not measured
 
 
+def test_a_fused_row_that_fell_back_does_not_count_as_fused():
+    """Its calls ran the blocked path: the target takes the blocked row, and the table names the fallback."""
+    figures = fake_figures()
+    report = gpu_check.build_report(ENV, STAGES, figures)
+    assert "| step cost T=4096 | vcore_jvp_fused s/step, peak GiB | 0.590, 3.93x SFT, 16.00 (blocked path: head dim 96) | | |" in gpu_check.render(report)
+    for r in figures["bench_step"]["rows"]:
+        if r.get("variant") == "vcore_jvp_fused" and r["T"] == 8192:
+            r["fused_fallbacks"] = ["jvp-flash-attention is not installed"]
+    step8k = next(t for t in gpu_check.targets(figures) if t["name"] == "VCORE-jvp step / SFT step, T=8192")
+    assert step8k["note"] == "vcore_jvp" and step8k["value"] == pytest.approx(8.0) and step8k["passed"] is False
+
+
 def test_targets_without_figures_are_not_measured():
     assert all(t["value"] is None and t["passed"] is None for t in gpu_check.targets({}))
 
@@ -88,7 +102,7 @@ def test_the_table_and_the_json_carry_every_figure():
     assert report["card"] == "NVIDIA H200" and report["tests"]["counts"]["failed"] == 1
     table = gpu_check.render(report)
     lines = table.splitlines()
-    assert lines[0].startswith("GPU check on NVIDIA H200 (torch 2.13.0, CUDA 12.8")
+    assert lines[0].startswith("GPU check on NVIDIA H200 (torch 2.13.0, CUDA 12.8, Triton 3.9.0, jvp-flash-attention 0.14.0: fused kernel available;")
     assert lines[2] == "| part | figure | value | target | result |"
     assert sum(line.startswith("| part |") for line in lines) == 1  # one table
     expected = [
