@@ -157,3 +157,31 @@ def test_a_stage_over_its_budget_is_killed_with_its_children_and_its_log_kept(tm
         pytest.fail(f"the stage's child {child} outlived the stage")
     failed = gpu_check.run_stage([sys.executable, "-c", "raise SystemExit(3)"], budget=30, log=tmp_path / "f.log")
     assert failed["status"] == "failed" and failed["returncode"] == 3
+
+
+def test_main_runs_every_stage_reads_what_they_wrote_and_keeps_going_after_a_failure(monkeypatch, tmp_path, capsys):
+    """CUDA faked, each stage a small command: the one that writes its figures then fails is recorded as failed and
+    its figures are still used; the report lands in the JSON and the table on stdout; the status says it failed."""
+    import torch
+
+    figures = fake_figures()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "environment", lambda: ENV)
+    monkeypatch.setattr(gpu_check, "BUDGETS", {name: 30 for name in gpu_check.BUDGETS})
+
+    def commands(work):
+        write = lambda name, data, code=0: [sys.executable, "-c", f"import json, pathlib; pathlib.Path({str(work / name)!r}).write_text({json.dumps(data)!r}); raise SystemExit({code})"]  # noqa: E731
+        return {"tests": [sys.executable, "-c", f"print({PYTEST_LOG!r})"],
+                "bench_step": write("bench_step.json", figures["bench_step"], code=1),
+                "bench_memory": write("bench_memory.json", figures["bench_memory"]),
+                "fidelity": write("fidelity.json", figures["fidelity"])}
+
+    monkeypatch.setattr(gpu_check, "stage_commands", commands)
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--out", str(out), "--work", str(tmp_path / "work")]) == 1
+    report = json.loads(out.read_text())
+    assert {k: v["status"] for k, v in report["stages"].items()} == {"tests": "ok", "bench_step": "failed", "bench_memory": "ok", "fidelity": "ok"}
+    assert report["tests"]["counts"] == {"passed": 2, "failed": 1, "error": 1, "skipped": 1}
+    assert report["figures"]["bench_step"] == figures["bench_step"]  # written before the stage failed: kept
+    assert report["targets"] == gpu_check.targets(figures)
+    assert gpu_check.render(report) in capsys.readouterr().out
