@@ -15,8 +15,9 @@ What the kernel (jvp-flash-attention 0.14, read from its source) takes, and how 
 - lengths: its loads have no bounds check, so every row is right-padded to a multiple of 32 (causal: exact);
 - head dims 32-256 (its 32-key blocks must not exceed the head dim, so 16 fails), float16/bfloat16/float32
   (float32 dots run in TF32 on CUDA), no float64: float64 calls and other head dims fall back;
-- Triton 3.9 removed block pointers, which its non-TMA kernel (pre-Hopper GPUs) still uses; its Hopper kernel
-  (tensor descriptors) works, so below compute capability 9 the kernel is used only with an older Triton.
+- Triton 3.9 (the newest, checked here) has no block pointers (``make_block_ptr`` raises), which its non-TMA kernel
+  (pre-Hopper GPUs) still uses; its Hopper kernel (tensor descriptors) works, so below compute capability 9 the
+  kernel is used only with a Triton that still has them.
 
 Install: ``pip install -e ".[gpu]"``. Tests run the kernel on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``, tests/test_fused_attention.py) and on CUDA (tests/gpu/).
@@ -56,7 +57,8 @@ def _kernel_or_reason(device_type: str, capability: tuple[int, int] | None):
         from jvp_flash_attention.jvp_attention import JVPAttn
     except ImportError as err:
         return None, f"jvp-flash-attention is not installed ({err}; pip install -e '.[gpu]')"
-    # Triton >= 3.9 turned make_block_ptr into a stub that raises; only the package's Hopper kernel avoids it.
+    # Triton 3.9 turned make_block_ptr into a stub that raises (earlier versions not checked); only the package's
+    # Hopper kernel avoids it.
     block_pointers_gone = "removed" in (tl.make_block_ptr.__doc__ or "")
     hopper = capability is not None and capability[0] >= 9
     if block_pointers_gone and not hopper and not _interpreted():
