@@ -3,8 +3,8 @@ Triton's interpreter, and its fallback to the blocked path where it does not app
 
 The interpreter must be switched on before Triton compiles anything, so the kernel runs in a subprocess (this file
 is its worker script) with ``TRITON_INTERPRET=1``. There it runs the package's Hopper (tensor-descriptor) kernel,
-the one H100/H200 take: its other kernel uses block pointers, which Triton 3.9 no longer has. The CUDA versions of these
-checks are in tests/gpu/.
+the one H100/H200 take: its other kernel uses block pointers, which Triton 3.9 no longer has. The CUDA versions of
+these checks are in tests/gpu/.
 """
 
 from __future__ import annotations
