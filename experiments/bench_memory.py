@@ -11,7 +11,8 @@ Two tables:
 2. Throughput: supervised tokens/s of SFT and VCORE (jvp probe) optimizer steps on traces with the paper's length
    spread (log-normal, mean ≈ 3,000 tokens, cut at 16,384; scaled by ``--length-scale`` on CPU), padded vs packed.
 
-Peak memory: CUDA max allocated bytes, or the sampled RSS of a fresh subprocess on CPU (see ``benchlib``).
+Peak memory: CUDA max allocated bytes, or the sampled RSS of a fresh subprocess on CPU (see ``benchlib``). The JSON
+is rewritten after every measurement; on CUDA a failed one is recorded with its error and the others go on.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def paper_lengths(n: int, scale: float, seed: int = 0) -> list[int]:
     return [max(16, int(x * scale)) for x in raw]
 
 
-def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int, batch: int) -> dict:
+def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int, batch: int, jvp_attention: str = "vcore_blocked") -> dict:
     from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
@@ -85,14 +86,14 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
 
     dev = device()
     lengths = paper_lengths(batch * (steps + 1), scale)
-    model = random_qwen3({**model_kw, "vocab_size": VOCAB}, max(lengths) + 1, dev)
+    model = random_qwen3({**model_kw, "vocab_size": VOCAB}, 16385, dev)  # one build serves every call
     g = torch.Generator().manual_seed(1)
     rows = []
     for i, n in enumerate(lengths):
         ids = torch.randint(VOCAB, (n,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": [-100] * 8 + ids[8:], "answer_mask": [False] * n, "example_id": i})
     collate = Collator(0, pack=pack)
-    cfg = type("C", (), {"name": "sft"})() if method == "sft" else VCOREConfig(tau=1.0, probe=ProbeConfig(mode=ProbeMode.jvp, batch_size=batch, accumulation=1))
+    cfg = type("C", (), {"name": "sft"})() if method == "sft" else VCOREConfig(tau=1.0, probe=ProbeConfig(mode=ProbeMode.jvp, batch_size=batch, accumulation=1, jvp_attention=jvp_attention))
     weighting = build_method(cfg, model, rows, collate, loss_chunk_size=1024)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none", use_cpu=dev.type == "cpu")
     trainer = WeightedTrainer(
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--jvp-attention", default="vcore_blocked", help="VCORE's probe attention (method.probe.jvp_attention)")
     parser.add_argument("--out", default="bench_memory.json")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -133,32 +135,53 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cuda = torch.cuda.is_available()
     max_full = args.max_full_T or (10**9 if cuda else 4096)
-    rows = []
+    rows, thr, dev = [], [], device_name()
+    save = lambda: Path(args.out).write_text(json.dumps({"device": dev, "model": model_kw, "loss_memory": rows, "throughput": thr}, indent=2))  # noqa: E731
     for length in [int(x) for x in args.lengths.split(",")]:
         for kind in ("full", "chunked"):
             if kind == "full" and length > max_full:
                 rows.append({"kind": kind, "T": length, "peak_bytes": None, "note": f"skipped (> --max-full-T={max_full})"})
                 continue
-            rows.append(loss_memory(kind, length, model_kw["hidden_size"]) if cuda else run_isolated([__file__, f"--single={kind}:{length}"]))
-            print(f"  loss {kind} T={length}: {rows[-1]['peak_bytes'] / 2**20:.0f} MiB", file=sys.stderr)
-    thr = []
+            if cuda:
+                rows.append(on_cuda(lambda: loss_memory(kind, length, model_kw["hidden_size"]), {"kind": kind, "T": length, "peak_bytes": None}))
+            else:
+                rows.append(run_isolated([__file__, f"--single={kind}:{length}"]))
+            note = rows[-1].get("error") or f"{rows[-1]['peak_bytes'] / 2**20:.0f} MiB"
+            print(f"  loss {kind} T={length}: {note}", file=sys.stderr)
+            save()
     if not args.skip_throughput:
         scale = args.length_scale or (1.0 if cuda else 1 / 16)
         for method in ("sft", "vcore"):
             for pack in (False, True):
-                thr.append(throughput(method, pack, model_kw, scale, args.steps, args.batch))
-                print(f"  {method} packed={pack}: {thr[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
-    dev = device_name()
-    Path(args.out).write_text(json.dumps({"device": dev, "model": model_kw, "loss_memory": rows, "throughput": thr}, indent=2))
+                run = lambda: throughput(method, pack, model_kw, scale, args.steps, args.batch, args.jvp_attention)  # noqa: E731
+                thr.append(on_cuda(run, {"method": method, "packed": pack}) if cuda else run())
+                note = thr[-1].get("error") or f"{thr[-1]['tokens_per_s']:.0f} tok/s"
+                print(f"  {method} packed={pack}: {note}", file=sys.stderr)
+                save()
+    save()
     print(render(rows, thr, dev))
     return 0
+
+
+def on_cuda(measure, labels: dict) -> dict:
+    """``measure()``, or ``labels`` with its error: one failure (out of memory, say) must not lose the other figures
+    of a scarce GPU session; memory is freed for the next measurement either way."""
+    try:
+        return measure()
+    except Exception as err:  # noqa: BLE001 -- recorded in the JSON and the tables; the run goes on
+        return {**labels, "error": f"{type(err).__name__}: {str(err)[:500]}"}
+    finally:
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def render(rows: list[dict], thr: list[dict], dev: str) -> str:
     out = [f"Per-token CE memory (forward + backward), vocab {VOCAB:,}, on {dev}\n", "| T | full logits MiB | chunked MiB | chunked / full |", "|---|---|---|---|"]
     by_t: dict[int, dict[str, dict]] = {}
     for r in rows:
-        by_t.setdefault(r["T"], {})[r["kind"]] = r
+        by_t.setdefault(r["T"], {})[r["kind"]] = r if "error" not in r else {**r, "peak_bytes": None}
     for t, kinds in by_t.items():
         full, ch = kinds.get("full", {}).get("peak_bytes"), kinds.get("chunked", {}).get("peak_bytes")
         if full is None:  # full-logit memory is linear in T: extrapolate from the largest measured T
@@ -173,12 +196,14 @@ def render(rows: list[dict], thr: list[dict], dev: str) -> str:
             full_txt, ratio = f"{full / 2**20:.0f}", f"{ch / full:.3f}" if ch else "-"
         out.append(f"| {t} | {full_txt} | {ch / 2**20:.0f} | {ratio} |" if ch else f"| {t} | {full_txt} | - | - |")
     if thr:
-        out += ["", f"Throughput on traces with the paper's length spread (mean {thr[0]['mean_length']:.0f} tokens here)\n",
+        mean = next((r["mean_length"] for r in thr if "mean_length" in r), float("nan"))
+        out += ["", f"Throughput on traces with the paper's length spread (mean {mean:.0f} tokens here)\n",
                 "| method | padded tok/s | packed tok/s | packed / padded |", "|---|---|---|---|"]
         for method in dict.fromkeys(r["method"] for r in thr):
-            pad = next(r for r in thr if r["method"] == method and not r["packed"])["tokens_per_s"]
-            pk = next(r for r in thr if r["method"] == method and r["packed"])["tokens_per_s"]
-            out.append(f"| {method} | {pad:.0f} | {pk:.0f} | {pk / pad:.2f}x |")
+            pad = next(r for r in thr if r["method"] == method and not r["packed"]).get("tokens_per_s")
+            pk = next((r for r in thr if r["method"] == method and r["packed"]), {}).get("tokens_per_s")
+            cells = [f"{x:.0f}" if x else "failed" for x in (pad, pk)]
+            out.append(f"| {method} | {cells[0]} | {cells[1]} | {f'{pk / pad:.2f}x' if pad and pk else '-'} |")
     return "\n".join(out)
 
 

@@ -11,11 +11,14 @@ backward, AdamW step), one example of T tokens per step, a probe batch of the sa
 - ``vcore_fd``: finite differences, two exact-float32 no-grad forwards (the faithful setting, SPEC §6);
 - ``vcore_jvp``: forward-mode probe with the blocked attention JVP (linear memory in T);
 - ``vcore_jvp_eager``: forward-mode probe through eager attention (materialises T×T; the naive reference);
-- ``vcore_jvp_every4``: ``probe.every=4``, the probe gradient reused for 4 steps (mean over 4 steps).
+- ``vcore_jvp_every4``: ``probe.every=4``, the probe gradient reused for 4 steps (mean over 4 steps);
+- ``vcore_jvp_fused``, ``vcore_jvp_fused_every4``: the jvp probe through the fused Triton kernel
+  (``probe.jvp_attention=fused``, CUDA, ``pip install -e ".[gpu]"``; elsewhere it falls back to the blocked path).
 
 Warm-up, several repeats, median. Peak memory: CUDA's max allocated bytes; on CPU, each (variant, T) runs in a
 fresh subprocess and reports its sampled peak resident set size above the size after setup (approximate). Writes JSON and prints a
-markdown table with ratios to SFT measured in the same run.
+markdown table with ratios to SFT measured in the same run. On CUDA the JSON is rewritten after every measurement,
+and a measurement that fails (out of memory, a kernel error) is recorded with its error and the others go on.
 """
 
 from __future__ import annotations
@@ -35,19 +38,23 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 from benchlib import RssSampler, device_name, one_step, random_qwen3, run_isolated  # noqa: E402
 
-VARIANTS = ("sft", "vcore_fd", "vcore_jvp", "vcore_jvp_eager", "vcore_jvp_every4")
+VARIANTS = ("sft", "vcore_fd", "vcore_jvp", "vcore_jvp_eager", "vcore_jvp_every4", "vcore_jvp_fused", "vcore_jvp_fused_every4")
 CPU_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4096)
 GPU_MODEL = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936)
 
 
-def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16: bool):
+def attention(variant: str) -> str:
+    return "eager" if "eager" in variant else "fused" if "fused" in variant else "vcore_blocked"
+
+
+def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16: bool, max_positions: int = 0):
     from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
     from vcore.methods import build_method
     from vcore.run.trainer import WeightedTrainer
 
-    model = random_qwen3(model_kw, max(length, 1024), device)
+    model = random_qwen3(model_kw, max(length, 1024, max_positions), device)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(model_kw["vocab_size"], (length,), generator=g).tolist()
     row = {"input_ids": ids, "labels": [-100] * 16 + ids[16:], "answer_mask": [False] * length, "example_id": 0}
@@ -62,7 +69,7 @@ def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16:
             tau=1.0,
             probe=ProbeConfig(
                 mode=mode, epsilon=1e-4, batch_size=1, accumulation=1, every=4 if variant.endswith("every4") else 1,
-                jvp_attention="eager" if variant.endswith("eager") else "vcore_blocked",
+                jvp_attention=attention(variant),
             ),
         )
     weighting = build_method(cfg, model, [row], collate)
@@ -73,9 +80,12 @@ def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16:
     return trainer, model, optimizer, batch
 
 
-def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int, bf16: bool) -> dict:
+def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int, bf16: bool, max_positions: int = 0) -> dict:
+    from vcore.ops import fused_attention
+
+    fused_attention._reported.clear()  # this measurement's fallbacks only
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    trainer, model, optimizer, batch = build(model_kw, length, variant, device, bf16)
+    trainer, model, optimizer, batch = build(model_kw, length, variant, device, bf16, max_positions)
     per = 4 if variant.endswith("every4") else 1  # a measured unit spans the reuse period
     sampler = RssSampler() if device.type == "cpu" else None
     if device.type == "cuda":
@@ -93,7 +103,10 @@ def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int
         times.append((time.perf_counter() - t0) / per)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else sampler.stop()
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return {"variant": variant, "T": length, "seconds": statistics.median(times), "peak_bytes": peak, "trainable_bytes": trainable}
+    row = {"variant": variant, "T": length, "seconds": statistics.median(times), "peak_bytes": peak, "trainable_bytes": trainable}
+    if attention(variant) == "fused":  # calls the kernel did not take ran the blocked path: say so in the figures
+        row["fused_fallbacks"] = sorted(fused_attention._reported)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,28 +127,47 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(x) for x in (args.lengths or ("2048,8192" if args.gpu else "256,1024,2048")).split(",")]
     variants = args.variants.split(",")
     rows = []
+    device = device_name()
     for length in lengths:
         for variant in variants:
             if torch.cuda.is_available():
-                rows.append(measure(variant, length, model_kw, args.warmup, args.repeats, args.gpu))
+                rows.append(measure_cuda(variant, length, model_kw, args, max(lengths)))
             else:  # a fresh process per measurement: clean peak RSS
                 rows.append(run_isolated([__file__, f"--single={variant}:{length}", f"--warmup={args.warmup}", f"--repeats={args.repeats}"]))
-            print(f"  {variant} T={length}: {rows[-1]['seconds']:.3f}s", file=sys.stderr)
-    device = device_name()
-    Path(args.out).write_text(json.dumps({"device": device, "model": model_kw, "rows": rows}, indent=2))
+            note = f"{rows[-1]['seconds']:.3f}s" if "seconds" in rows[-1] else rows[-1]["error"]
+            print(f"  {variant} T={length}: {note}", file=sys.stderr)
+            Path(args.out).write_text(json.dumps({"device": device, "model": model_kw, "rows": rows}, indent=2))
     print(table(rows, device))
     return 0
 
 
+def measure_cuda(variant: str, length: int, model_kw: dict, args, max_positions: int) -> dict:
+    """One CUDA measurement, or its error: GPU time is scarce, so one variant's failure (out of memory, a kernel
+    that does not compile) must not lose the others' figures. The memory is freed for the next one either way."""
+    try:
+        return measure(variant, length, model_kw, args.warmup, args.repeats, args.gpu, max_positions)
+    except Exception as err:  # noqa: BLE001 -- recorded in the JSON and the table; the run goes on (docstring)
+        return {"variant": variant, "T": length, "error": f"{type(err).__name__}: {str(err)[:500]}"}
+    finally:
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def table(rows: list[dict], device: str) -> str:
-    sft = {r["T"]: r for r in rows if r["variant"] == "sft"}
+    sft = {r["T"]: r for r in rows if r["variant"] == "sft" and "error" not in r}
     lines = [f"Step cost on {device} (median; x = ratio to SFT at the same T, same run)\n",
              "| T | variant | s/step | x SFT | peak MiB | (peak - SFT peak) / trainable bytes |", "|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['T']} | {r['variant']} | failed: {r['error'][:80]} | - | - | - |")
+            continue
         base = sft.get(r["T"])
         ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
         extra = f"{(r['peak_bytes'] - base['peak_bytes']) / r['trainable_bytes']:.2f}" if base else "-"
-        lines.append(f"| {r['T']} | {r['variant']} | {r['seconds']:.3f} | {ratio} | {r['peak_bytes'] / 2**20:.0f} | {extra} |")
+        name = f"{r['variant']} (fell back to blocked)" if r.get("fused_fallbacks") else r["variant"]
+        lines.append(f"| {r['T']} | {name} | {r['seconds']:.3f} | {ratio} | {r['peak_bytes'] / 2**20:.0f} | {extra} |")
     return "\n".join(lines)
 
 

@@ -57,18 +57,27 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
 
 
+_SAVED: dict[str, str] = {}  # config -> the directory it was saved in (one build per process)
+
+
 def random_qwen3(config_kwargs: dict, max_positions: int, device: torch.device):
-    """A randomly initialised Qwen3-shaped model, saved and loaded back through ``from_pretrained``."""
+    """A randomly initialised Qwen3-shaped model, saved and loaded back through ``from_pretrained``.
+
+    Built once per configuration and process (a 0.6B-parameter initialisation takes seconds; every later call only
+    loads the saved weights), initialised on ``device``."""
     import tempfile
 
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     config = Qwen3Config(**config_kwargs, max_position_embeddings=max_positions, tie_word_embeddings=True)
-    with tempfile.TemporaryDirectory() as d:
-        with torch.random.fork_rng(devices=[]):
+    key = config.to_json_string()
+    if key not in _SAVED:
+        d = tempfile.mkdtemp(prefix="vcore-bench-model-")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
             torch.manual_seed(0)
             AutoModelForCausalLM.from_config(config).save_pretrained(d)
-        return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").to(device)
+        _SAVED[key] = d
+    return AutoModelForCausalLM.from_pretrained(_SAVED[key], dtype=torch.float32, attn_implementation="sdpa").to(device)
 
 
 def one_step(trainer, model, optimizer, batch) -> None:

@@ -71,6 +71,24 @@ def torchrun(args: list[str], cwd: Path, timeout: int = 120, ranks: int = 2) -> 
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# ------------------------------------------------------------------------------------------- devices
+def needs_cuda():
+    """Marks of a test that needs a CUDA device: ``gpu`` (deselected by default; ``pytest -m gpu``) and a skip
+    when there is none, so ``pytest -m gpu`` on a CPU machine reports skips, not errors."""
+    import pytest
+    import torch
+
+    return [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def devices() -> list:
+    """``["cpu", cuda]`` for ``pytest.mark.parametrize("device", devices())``: the same test on CPU (default suite)
+    and on CUDA (``gpu``-marked)."""
+    import pytest
+
+    return ["cpu", pytest.param("cuda", marks=needs_cuda(), id="cuda")]
+
+
 # ------------------------------------------------------------------------------------------- models, batches
 def tiny_causal_lm(path: Path, *, dtype=None, vocab_size: int = 37, seed: int = 0, attn: str = "sdpa", arch: str = "qwen3"):
     """A tiny model built from a config, saved to ``path`` and loaded back through ``from_pretrained``.
@@ -207,13 +225,15 @@ def train_tiny(
     resume: str | None = None,
     loss_chunk: int = 0,
     checkpointing: bool = False,
+    device: str = "cpu",
     **training_args,
 ):
     """``STEPS`` optimizer steps of the real Trainer on a float64 GPT-2-architecture model over 32 varied rows;
     returns the final (full) parameters. ``method``: sft, dft, iw_sft, vcore, or vcore_jvp (VCORE's jvp probe).
 
     ``loss_chunk``/``checkpointing``: chunked cross-entropy and gradient checkpointing, as ``model.loss_chunk_size``
-    and ``model.gradient_checkpointing`` set them up. Under FSDP the parameters are gathered whole."""
+    and ``model.gradient_checkpointing`` set them up. Under FSDP the parameters are gathered whole. ``device="cuda"``:
+    the same run on the GPU (NCCL under torchrun; tests/gpu/)."""
     from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, ProbeMode
@@ -237,7 +257,7 @@ def train_tiny(
     args = TrainingArguments(
         per_device_train_batch_size=per_device, gradient_accumulation_steps=ACCUMULATION,
         max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        logging_steps=1, seed=0, use_cpu=True, report_to="none", remove_unused_columns=False,
+        logging_steps=1, seed=0, use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
         **{"output_dir": str(out / f"ckpt-{method}"), "save_strategy": "no", **training_args},
     )
     trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_chunk_size=loss_chunk,

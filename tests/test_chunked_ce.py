@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.helpers import random_lm_batch, tiny_causal_lm
+from tests.helpers import devices, random_lm_batch, tiny_causal_lm
 from vcore.methods.probe import jvp_scores, trainable_parameters
 from vcore.ops.chunked_ce import check_supported, chunked_token_cross_entropy
 from vcore.ops.forward import model_token_loss
@@ -24,14 +24,15 @@ def full(hidden, weight, labels):
     return token_cross_entropy(hidden @ weight.T, labels)
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("chunk", [1, 4, 7, 100])
-def test_values_and_gradients_equal_full_logits(chunk):
-    hidden, weight, labels = data()
+def test_values_and_gradients_equal_full_logits(chunk, device):
+    hidden, weight, labels = (x.to(device) for x in data())
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     a, b = chunked_token_cross_entropy(h1, w1, labels, chunk), full(h2, w2, labels)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    upstream = torch.rand(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    upstream = torch.rand(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
     (a * upstream).sum().backward()
     (b * upstream).sum().backward()
     torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-12, atol=1e-12)
@@ -47,10 +48,11 @@ def test_forward_mode_equals_full_logits(chunk):
     torch.testing.assert_close(ta, tb, rtol=1e-11, atol=1e-11)
 
 
-def test_bf16_autocast_matches_full_logits_under_autocast():
+@pytest.mark.parametrize("device", devices())
+def test_bf16_autocast_matches_full_logits_under_autocast(device):
     hidden, weight, labels = data(T=32, H=16, V=50)
-    hidden, weight = hidden.float(), weight.float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    hidden, weight, labels = hidden.float().to(device), weight.float().to(device), labels.to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         a = chunked_token_cross_entropy(hidden, weight, labels, 8)
         b = token_cross_entropy(torch.nn.functional.linear(hidden, weight), labels)
     assert a.dtype == torch.float32

@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tests.helpers import random_lm_batch, tiny_causal_lm
+from tests.helpers import devices, random_lm_batch, tiny_causal_lm
 from vcore.config import ProbeConfig, ProbeMode, VCOREConfig, to_object
 from vcore.methods.probe import finite_difference_scores, jvp_scores, trainable_parameters
 from vcore.methods.vcore import VCORE, pearson
@@ -27,15 +27,16 @@ def exact_inner_products(model, params, g, batch):
     return out, mask
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("block", [3, 256])
-def test_jvp_scores_equal_autograd_inner_products(tmp_path, lora, block):
-    model = tiny_causal_lm(tmp_path, arch="gpt2").eval()  # float64 end to end
+def test_jvp_scores_equal_autograd_inner_products(tmp_path, lora, block, device):
+    model = tiny_causal_lm(tmp_path, arch="gpt2").eval().to(device)  # float64 end to end
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
     params = trainable_parameters(model)
-    g = direction(params)
-    batch = random_lm_batch()
+    g = [d.to(device) for d in direction(params)]
+    batch = {k: v.to(device) for k, v in random_lm_batch().items()}
     before = {n: p.detach().clone() for n, p in params.items()}
     losses, (scores,) = jvp_scores(model, params, g, [batch], block=block)
     assert all(torch.equal(p, before[n]) for n, p in params.items())  # nothing mutated
@@ -110,3 +111,15 @@ def test_jvp_stays_faithful_in_bf16(tmp_path, precision):
     masks = [b["labels"].ne(-100) & (torch.arange(b["labels"].shape[1]) > 0) for b in batches]
     r = pearson(torch.cat([s[m] for s, m in zip(got, masks)]).float(), torch.cat([s[m] for s, m in zip(ref, masks)]))
     assert r >= 0.99, r
+
+
+def test_a_dropped_tangent_is_an_error_not_zero_scores(tmp_path, monkeypatch):
+    """torch.compile on the model drops the forward-mode tangent (scores all zero, i.e. SFT without a word): the
+    probe must stop instead. The drop is simulated by a loss that never sees the dual parameters."""
+    import vcore.methods.probe as probe
+
+    model = tiny_causal_lm(tmp_path, dtype=torch.float32).eval()
+    params = trainable_parameters(model)
+    monkeypatch.setattr(probe, "model_token_loss", lambda m, b, params=None, chunk_size=0: model_token_loss(m, b))
+    with pytest.raises(RuntimeError, match="no forward-mode tangent.*torch.compile"):
+        jvp_scores(model, params, direction(params), [random_lm_batch()])

@@ -96,7 +96,9 @@ class ProbeConfig:
     # Finite differences under bf16/fp16 weights are rounding noise (SPEC §6); only set this to study that.
     allow_low_precision: bool = False
     attention_block: int = 256  # jvp: queries per block of the forward-mode attention (memory O(block · T))
-    jvp_attention: str = "vcore_blocked"  # jvp: vcore_blocked (linear memory) | eager (materialises T×T; reference)
+    # jvp: vcore_blocked (linear memory) | eager (materialises T×T; reference) | fused (one Triton kernel on CUDA,
+    # vcore_blocked where it does not apply, logged once; pip install -e ".[gpu]"; vcore/ops/fused_attention.py)
+    jvp_attention: str = "vcore_blocked"
     fidelity_every: int = 0  # k > 0: every k steps also compute the other probe's scores and log their agreement
 
 
@@ -125,6 +127,10 @@ class VCOREConfig(MethodConfig):
         _check(self.probe.clip_norm is None or self.probe.clip_norm > 0, "method.probe.clip_norm", "must be > 0 or null")
         _check(self.alpha_max is None or self.alpha_max > 0, "method.alpha_max", "must be > 0 or null")
         _check(self.probe.attention_block >= 1, "method.probe.attention_block", "must be >= 1")
+        _check(
+            self.probe.jvp_attention in ("vcore_blocked", "eager", "fused"), "method.probe.jvp_attention",
+            f"{self.probe.jvp_attention!r} is not vcore_blocked|eager|fused",
+        )
         _check(self.probe.fidelity_every >= 0, "method.probe.fidelity_every", "must be >= 0 (0: off)")
 
 

@@ -198,8 +198,15 @@ def jvp_scores(
         for batch in batches:
             token_loss, _ = model_token_loss(model, batch, params=dual, chunk_size=chunk_size)
             primal, tangent = fwAD.unpack_dual(token_loss)
+            if tangent is None:
+                # The trainable parameters always reach the loss, so a missing tangent means something dropped it:
+                # zero scores would silently train as SFT. torch.compile on the model does this (measured).
+                raise RuntimeError(
+                    "VCORE jvp probe: the loss carries no forward-mode tangent (is the model wrapped in torch.compile? "
+                    "the probe needs the eager model); use method.probe.mode=finite_difference otherwise"
+                )
             losses.append(primal.clone())
-            scores.append(torch.zeros_like(primal) if tangent is None else tangent.clone())
+            scores.append(tangent.clone())
     return losses, scores
 
 

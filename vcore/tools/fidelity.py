@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--output-dir", default="outputs/fidelity", help="where a tiny model is built, if any")
+    parser.add_argument("--json", default=None, help="also write the table here as JSON ({precision: {ε: pearson}})")
     args = parser.parse_args(argv)
 
     from vcore.config import compose_config, to_object
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"Pearson of finite-difference vs exact (jvp, float32) scores; model {c.model.name_or_path}; {name}\n")
     print(markdown(table))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "model": str(c.model.name_or_path), "pearson": table}, indent=2))
     return 0
 
 
