@@ -43,6 +43,8 @@ PLACEHOLDERS = {
     "<run>": "outputs/2026-01-01/12-00-00",
     "<run dir>": "outputs/2026-01-01/12-00-00",
     "<sweep>": "synthetic_study",
+    "<dft run>": "outputs/2026-01-01/12-00-00",  # the SFT runs RL starts from (sweeps/rl_table2.yaml)
+    "<vcore run>": "outputs/2026-01-01/12-01-00",
 }
 # ``key=...``: an elided value the reader fills in.
 ELIDED_VALUES = {
