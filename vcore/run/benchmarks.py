@@ -53,10 +53,10 @@ def benchmark_summary(summary: dict) -> dict[str, float]:
     return result
 
 
-def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cache: bool = True) -> dict[str, float]:
+def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cacheable: bool = True) -> dict[str, float]:
     """``eval.before_train``: accuracy of the model training starts from, in ``<out>/eval_before/``.
 
-    For the tiny base (``cache``) the results are cached in its directory, keyed by the benchmarks and decoding, so
+    For the tiny base (``cacheable``) the results are cached in its directory, keyed by the benchmarks and decoding, so
     every run from one base (a sweep's seeds and methods) evaluates it once. A resumed run reuses its own earlier
     results.
     """
@@ -67,7 +67,7 @@ def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cache:
 
     dest = out / "eval_before"
     cache = None
-    if cache and c.model.tiny is not None:
+    if cacheable and c.model.tiny is not None:
         spec = json.dumps(jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True)
         cache = Path(model_path) / "zero_shot" / hashlib.sha256(spec.encode()).hexdigest()[:16]
     if not (dest / "summary.json").is_file() and rank() == 0:

@@ -122,7 +122,7 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
     logger.log({f"data/{k}": v for k, v in data_stats.items()}, step=0)
     before = {}
     if c.rl.eval_before and c.benchmark:
-        before = evaluate_start_model(c, start.model, start.tokenizer, start.source, out, cache=False)
+        before = evaluate_start_model(c, start.model, start.tokenizer, start.source, out, cacheable=False)
         logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
 
     args = grpo_args(c.rl, out, c.seed, world_size(), use_vllm(c.rl))
