@@ -138,7 +138,6 @@ def test_without_cuda_it_exits_at_once_and_runs_nothing(monkeypatch, tmp_path, c
 
 def test_a_stage_over_its_budget_is_killed_with_its_children_and_its_log_kept(tmp_path):
     """The budget kills the stage's whole process group (torchrun's ranks, vLLM's workers), not only its leader."""
-    import os
     import time
 
     pid_file = tmp_path / "child.pid"
