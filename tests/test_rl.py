@@ -250,6 +250,17 @@ def test_table2_sweep_composes(tmp_path):
     assert (c.task, c.rl.data.name, list(c.benchmark), c.decoding.name) == ("rl", "bigmath", ["olympiad", "sgpqa_1k"], "paper")
 
 
+def test_rl_stops_at_non_finite_gradients(sft_runs, tiny_dir, tmp_path):
+    """A learning rate that blows the weights up after one update: step 2's gradients are NaN; the run stops before
+    applying them, names the option, and saves nothing as final."""
+    from vcore.run.tasks import run_task
+    from vcore.run.trainer import NonFiniteTraining
+
+    with pytest.raises(NonFiniteTraining, match="RL step 2: .*rl.learning_rate"):
+        run_task(rl_cfg(tmp_path / "rl", sft_runs["full"], tiny_dir, "rl.learning_rate=1e30", "rl.warmup_ratio=0", "rl.max_grad_norm=0"))
+    assert not (tmp_path / "rl" / "final").exists()
+
+
 # --------------------------------------------------------------------------------------------------- bad input
 def test_a_start_that_is_not_a_checkpoint_is_named(tiny_dir, tmp_path):
     from vcore.checks import ConfigError

@@ -41,6 +41,7 @@ from vcore.run.checkpoints import find_run, fingerprint, save_fingerprint
 from vcore.run.lifecycle import run_job, write_metrics
 from vcore.run.loggers import LoggerCallback, NullLogger
 from vcore.run.preemption import Preempted, PreemptionCallback
+from vcore.run.trainer import NonFiniteTraining, step_is_finite
 from vcore.run.training import prepare_model, resolve_model, summarize_train, write_history
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,22 @@ class _SealCheckpoints(TrainerCallback):
         return control
 
 
+class _FiniteGradients(TrainerCallback):
+    """Stops RL at the first update whose gradients are not finite, before the optimizer applies them (TRL, like the
+    Trainer, would go on with NaN weights), so no checkpoint or final model holds them (as SFT's guard does)."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        device = next(model.parameters()).device
+        _, grad_ok = step_is_finite(model, torch.ones((), dtype=torch.bool, device=device))
+        if not grad_ok:
+            raise NonFiniteTraining(
+                f"RL step {state.global_step + 1}: the gradient norm is not finite (NaN/inf); stopped before the "
+                f"optimizer applied it, nothing saved as final. Likely fixes: a lower rl.learning_rate (now "
+                f"{args.learning_rate:g}), rl.max_grad_norm > 0, rl.precision=fp32 if it overflowed in bf16"
+            )
+        return control
+
+
 def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None) -> dict[str, Any]:
     from trl import GRPOTrainer
 
@@ -134,7 +151,7 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
         args=args,
         train_dataset=prompts,
         processing_class=start.tokenizer,
-        callbacks=[LoggerCallback(logger, rename=rl_log_key), _SealCheckpoints(fingerprint(resolved)), preemption],
+        callbacks=[LoggerCallback(logger, rename=rl_log_key), _SealCheckpoints(fingerprint(resolved)), _FiniteGradients(), preemption],
     )
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)

@@ -214,6 +214,17 @@ class NonFiniteTraining(FloatingPointError):
     """The loss or the gradient norm of an optimizer step is NaN or infinite."""
 
 
+def step_is_finite(model, loss_ok: torch.Tensor) -> tuple[bool, bool]:
+    """``(loss finite, gradients finite)`` for this optimizer step on every rank, from this rank's ``loss_ok`` flag
+    and gradients: one host sync (and, distributed, one all-reduce of two flags)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: this rank's shards
+    grad_ok = torch.isfinite(torch.stack(torch._foreach_norm(local))).all() if local else loss_ok
+    flags = torch.stack([loss_ok, grad_ok.to(loss_ok.device)]).to(torch.float64)
+    loss_ok, grad_ok = (all_reduce_min(flags) if world_size() > 1 else flags).tolist()
+    return bool(loss_ok), bool(grad_ok)
+
+
 class _FiniteGuard(TrainerCallback):
     """Stops the run at the first optimizer step whose loss or gradients are not finite, before the optimizer applies
     them, so no checkpoint or final model ever holds NaN weights. One host sync (and, distributed, one all-reduce of a
@@ -228,11 +239,7 @@ class _FiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         t = self.trainer
-        grads = [p.grad for p in t.model.parameters() if p.grad is not None]
-        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: this rank's shards
-        grad_ok = torch.isfinite(torch.stack(torch._foreach_norm(local))).all() if local else t._finite
-        flags = torch.stack([t._finite, grad_ok.to(t._finite.device)]).to(torch.float64)
-        loss_ok, grad_ok = (all_reduce_min(flags) if world_size() > 1 else flags).tolist()
+        loss_ok, grad_ok = step_is_finite(t.model, t._finite)
         t._finite = torch.ones_like(t._finite)
         if not (loss_ok and grad_ok):
             lr = args.learning_rate
