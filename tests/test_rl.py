@@ -89,6 +89,10 @@ def test_reward_is_evaluations_verdict(tiny_tokenizer):
                      log_metric=lambda k, v: logged.setdefault(k, []).append(v))
         again = reward(prompts=[""], completions=completions[:1], completion_ids=_ids(tiny_tokenizer, completions[:1]), answer=golds[:1])
     assert got == [1.0, 0.0, 0.0, 0.0, 1.0] and again == [1.0]  # the kept workers serve a second call
+    # Text after one of the model's end tokens is never graded, as evaluation cuts generations there.
+    wrong_then_right = _ids(tiny_tokenizer, ["\\boxed{21}"])[0] + [tiny_tokenizer.eos_token_id] + _ids(tiny_tokenizer, [" \\boxed{20}"])[0]
+    with BoxedMathReward(tiny_tokenizer, workers=1, eos_token_ids=[tiny_tokenizer.eos_token_id]) as reward:
+        assert reward(prompts=[""], completions=[""], completion_ids=[wrong_then_right], answer=["20"]) == [0.0]
     assert logged == {"no_answer_rate": [0.4], "grading_failure_rate": [0.0]}
     # the same verdicts as evaluation's grader on the same decoded text
     from vcore.boxed import extract_boxed
@@ -158,6 +162,8 @@ def test_batch_sizes_that_do_not_split_name_the_option(tmp_path):
         to_object(compose("task=rl", "rl=paper", f"output_dir={tmp_path}", "rl.mini_batch_prompts=48"))
     with pytest.raises(ConfigError, match="rl=tiny"):
         to_object(compose("task=rl", f"output_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match="rl.save_steps.*4 updates per rollout"):  # rl=paper: 128 / 32 prompts
+        to_object(compose("task=rl", "rl=paper", f"output_dir={tmp_path}", "rl.save_steps=50"))
 
 
 # --------------------------------------------------------------------------------------------------- runs
@@ -197,7 +203,7 @@ def test_rl_from_a_lora_checkpoint_merges_the_adapters(sft_runs, tiny_dir, tmp_p
 
 
 def test_rl_resumes_where_it_stopped(sft_runs, tiny_dir, tmp_path):
-    """A run of 3 steps stopped after step 2 (its later checkpoint and results lost) and run again: it continues from
+    """A run of 4 steps stopped after step 2 (its later checkpoint and results lost) and run again: it continues from
     checkpoint-2 and ends with the same policy, bit for bit, as the run that was never stopped."""
     import shutil
 
@@ -205,22 +211,24 @@ def test_rl_resumes_where_it_stopped(sft_runs, tiny_dir, tmp_path):
 
     from vcore.run.tasks import run_task
 
+    # 2 updates per rollout batch (4 prompts, updates of 2), as rl=paper has 4: checkpoints on batch boundaries
+    two = ("rl.prompts_per_step=4", "rl.mini_batch_prompts=2", "rl.max_steps=4")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_task(rl_cfg(whole, sft_runs["full"], tiny_dir, "rl.max_steps=3"))
-    run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, "rl.max_steps=3", "rl.save_steps=1"))
-    shutil.rmtree(parts / "checkpoints" / "checkpoint-3")
+    run_task(rl_cfg(whole, sft_runs["full"], tiny_dir, *two))
+    run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, *two, "rl.save_steps=2"))
+    shutil.rmtree(parts / "checkpoints" / "checkpoint-4")
     shutil.rmtree(parts / "final")
-    metrics = run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, "rl.max_steps=3", "rl.save_steps=1"))
+    metrics = run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, *two, "rl.save_steps=2"))
     history = [json.loads(line) for line in (parts / "history.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history if "rl/reward_mean" in h] == [1, 2, 3]  # the resumed run's history goes on
-    assert metrics["rl"]["final/rl/reward_mean"] == history[-2]["rl/reward_mean"]
+    assert [h["step"] for h in history if "rl/reward_mean" in h] == [1, 3]  # a rollout every 2 steps, on after resume
+    assert metrics["rl"]["final/rl/reward_mean"] == [h for h in history if "rl/reward_mean" in h][-1]["rl/reward_mean"]
     a, b = load_file(whole / "final" / "model.safetensors"), load_file(parts / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # another config cannot continue it
     from vcore.checks import ConfigError
 
     with pytest.raises(ConfigError, match="rl.kl_coef.*rl.resume=never"):
-        run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, "rl.max_steps=4", "rl.kl_coef=0.1"))
+        run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, *two, "rl.save_steps=2", "rl.kl_coef=0.1"))
 
 
 @pytest.mark.slow  # ~40 s: two RL jobs with evaluation, in a subprocess
@@ -259,6 +267,17 @@ def test_rl_stops_at_non_finite_gradients(sft_runs, tiny_dir, tmp_path):
     with pytest.raises(NonFiniteTraining, match="RL step 2: .*rl.learning_rate"):
         run_task(rl_cfg(tmp_path / "rl", sft_runs["full"], tiny_dir, "rl.learning_rate=1e30", "rl.warmup_ratio=0", "rl.max_grad_norm=0"))
     assert not (tmp_path / "rl" / "final").exists()
+
+
+def test_a_final_dir_or_checkpoint_of_ours_is_known_as_ours(sft_runs, tiny_dir, tmp_path):
+    """rl.start at a full run's final/ (which holds config.json like any model dir) still finds its run: the SFT
+    method and seed reach Table 2's rows."""
+    from vcore.config import to_object
+    from vcore.run.rl import load_start
+
+    for start in (sft_runs["full"] / "final", sft_runs["full"], sft_runs["lora"] / "final"):
+        s = load_start(to_object(rl_cfg(tmp_path / "out", start, tiny_dir)))
+        assert (s.method, s.seed, s.model_name) == ("sft", 42, tiny_dir.name), start
 
 
 # --------------------------------------------------------------------------------------------------- bad input

@@ -45,7 +45,8 @@ def chat_prompts(tokenizer: Any, prompts: list[str], enable_thinking: bool) -> l
     ]
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids a generation stops at: the model's generation config's end tokens and the tokenizer's."""
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
@@ -66,7 +67,7 @@ class HFGenerator:
         from transformers import GenerationConfig
 
         dec, tok, model = self.decoding, self.tokenizer, self.model
-        eos = _eos_ids(model, tok)
+        eos = eos_ids(model, tok)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         sampling = not dec.greedy
         # A fresh GenerationConfig: the model's own defaults (Qwen3 ships temperature 0.6) must not leak in.

@@ -43,6 +43,8 @@ VERL_WITHOUT_TRL_EQUIVALENT = {
     "but verl also clamps it to [-10, 10]; TRL does not",
     "algorithm.use_kl_in_reward=false": "nothing to set: TRL never puts a KL penalty into the reward",
     "trainer.n_gpus_per_node=8": "the launcher's choice (accelerate / torchrun processes), not a config value",
+    "lr scheduler steps": "verl steps the schedule once per rollout batch, TRL once per update (4x as often with "
+    "rl=paper); the warm-up covers the same share of training",
 }
 
 
@@ -66,6 +68,9 @@ class RLConfig:
     # is installed (pip install -e ".[vllm]"), else hf
     generation: str = "auto"
     vllm_gpu_memory_utilization: float = 0.5  # verl rollout.gpu_memory_utilization
+    # TRL corrects the mismatch between vLLM's and the trainer's token probabilities by importance sampling (its
+    # default); verl's GRPO recipe of the paper did not: off, as verl.
+    vllm_importance_sampling_correction: bool = False
     # ---- policy update
     mini_batch_prompts: int = 32  # verl actor.ppo_mini_batch_size: prompts (x num_generations completions) per update
     micro_batch_size: int = 2  # verl actor.ppo_micro_batch_size_per_gpu: completions per forward, per device
@@ -118,7 +123,19 @@ class RLConfig:
         _check(self.max_steps > 0 or self.max_steps == -1, "rl.max_steps", "must be > 0, or -1 to train for rl.num_train_epochs")
         _check(self.max_steps > 0 or self.num_train_epochs > 0, "rl.num_train_epochs", "must be > 0 when rl.max_steps=-1")
         _check(bool(self.resume), "rl.resume", "must be auto, never or a checkpoint dir")
+        k = self.updates_per_rollout
+        _check(
+            self.save_steps % k == 0,
+            "rl.save_steps",
+            f"must be a multiple of the {k} updates per rollout batch (rl.prompts_per_step / rl.mini_batch_prompts x "
+            "rl.num_iterations): TRL keeps a rollout batch in memory only, so a checkpoint inside one cannot resume it",
+        )
         _check(self.resume_config_change in ("error", "allow"), "rl.resume_config_change", "must be error or allow")
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps per rollout batch: the checkpoints a run can resume exactly fall on multiples of it."""
+        return self.prompts_per_step // self.mini_batch_prompts * self.num_iterations
 
     def batch_plan(self, world_size: int) -> dict[str, int]:
         """verl's batch sizes as TRL's for ``world_size`` processes: ``per_device_train_batch_size`` (completions per

@@ -43,7 +43,7 @@ def build_prompts(cfg: RLConfig, tokenizer: Any) -> tuple[Dataset, dict[str, Any
         raise ConfigError(f"rl.max_prompt_length={cfg.max_prompt_length}: every prompt of rl.data ({cfg.data.name}) is longer (shortest: {min(lengths)} tokens)")
     dataset = Dataset.from_dict({
         "prompt": [[{"role": "user", "content": items[i].prompt}] for i in kept],
-        "answer": [items[i].gold for i in kept],
+        "answer": [items[i].gold or "" for i in kept],  # as evaluation grades an item without a gold answer
         "id": [items[i].id for i in kept],
     })
     stats = {

@@ -91,6 +91,7 @@ def grpo_args(rl: RLConfig, out: Path, seed: int, world_size: int, vllm: bool) -
         use_vllm=vllm,
         vllm_mode="colocate",  # generation on the training GPUs, as verl's hybrid engine does
         vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+        vllm_importance_sampling_correction=rl.vllm_importance_sampling_correction,
         seed=seed if rl.seed is None else rl.seed,
         logging_steps=rl.logging_steps,
         logging_first_step=True,

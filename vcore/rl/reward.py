@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vcore.boxed import extract_boxed
+from vcore.eval.config import GradingConfig
 from vcore.eval.math_grader import grade_many
 from vcore.eval.workers import WorkerPool
 
@@ -31,8 +32,19 @@ class BoxedMathReward:
 
     __name__ = "accuracy"  # TRL names the reward's metrics after it: rewards/accuracy/mean
 
-    def __init__(self, tokenizer: Any, answer_scope: str = "after_think", workers: int = 2, timeout_s: float = 10.0) -> None:
-        self.tokenizer, self.answer_scope, self.timeout_s = tokenizer, answer_scope, timeout_s
+    def __init__(
+        self,
+        tokenizer: Any,
+        answer_scope: str = "after_think",
+        workers: int = 2,
+        timeout_s: float | None = None,
+        eos_token_ids: Sequence[int] = (),
+    ) -> None:
+        self.tokenizer, self.answer_scope = tokenizer, answer_scope
+        self.timeout_s = GradingConfig().math_timeout_s if timeout_s is None else timeout_s  # evaluation's limit
+        # Evaluation cuts a generation at the first of the model's end tokens (Qwen3: <|im_end|> and <|endoftext|>);
+        # TRL's HF rollouts stop at the tokenizer's one only: cut the same way, so text after it is never graded.
+        self.eos_token_ids = set(eos_token_ids)
         self.pool = WorkerPool(workers)
 
     def __call__(
@@ -46,7 +58,7 @@ class BoxedMathReward:
     ) -> list[float]:
         if answer is None:
             raise KeyError("the RL dataset has no 'answer' column: the reward needs each prompt's gold answer")
-        texts = self.tokenizer.batch_decode([list(ids) for ids in completion_ids], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode([self._until_eos(ids) for ids in completion_ids], skip_special_tokens=True)
         preds = [extract_boxed(t, self.answer_scope) for t in texts]
         verdicts = grade_many(list(answer), preds, workers=self.pool.size, timeout_s=self.timeout_s, progress=False, pool=self.pool)
         if log_metric is not None and verdicts:
@@ -54,6 +66,11 @@ class BoxedMathReward:
             log_metric("no_answer_rate", sum(v.status == "no_answer" for v in verdicts) / n)
             log_metric("grading_failure_rate", sum(v.status in ("timeout", "error") for v in verdicts) / n)
         return [1.0 if v.correct else 0.0 for v in verdicts]
+
+    def _until_eos(self, ids: Sequence[int]) -> list[int]:
+        ids = list(ids)
+        stop = next((i for i, t in enumerate(ids) if t in self.eos_token_ids), None)
+        return ids if stop is None else ids[: stop + 1]
 
     def close(self) -> None:
         self.pool.close()

@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 
 from vcore.checks import ConfigError
 from vcore.distributed import barrier, rank, world_size
+from vcore.eval.generate import eos_ids
 from vcore.methods.base import METHOD_STATE
 from vcore.modeling import check_source, load_checkpoint, load_pretrained, load_tokenizer
 from vcore.rl.data import build_prompts
@@ -72,16 +73,17 @@ def load_start(c) -> Start:
         path = str(resolve_model(c.model).name_or_path)
         return Start(tokenizer, model, path, None, _short(path), c.model.lora.enabled)
     source = Path(c.rl.start).expanduser()
-    ours = source.exists() and ((source / "adapter_config.json").exists() or not (source / "config.json").exists())
-    if not ours:  # a full model dir or a hub id
+    try:  # ours: a config.yaml in the dir or above it (a run dir, its final/, a checkpoint, full or LoRA)
+        run_dir, checkpoint = find_run(source) if source.exists() else (None, None)
+    except FileNotFoundError:
+        run_dir = checkpoint = None
+    if run_dir is None:  # a model dir or a hub id
+        if source.exists() and not (source / "config.json").is_file():
+            raise ConfigError(f"rl.start={c.rl.start}: not a run dir or checkpoint of this project (no config.yaml here or above), nor a model dir (no config.json)")
         check_source(str(c.rl.start), "rl.start")
         return Start(load_tokenizer(str(c.rl.start)), load_pretrained(str(c.rl.start), c.model.dtype), str(c.rl.start), None, _short(str(c.rl.start)), False)
     from vcore.config import load_run_config
 
-    try:
-        run_dir, checkpoint = find_run(source)
-    except FileNotFoundError as err:
-        raise ConfigError(f"rl.start={c.rl.start}: not a run dir or checkpoint of this project, nor a model dir ({err})") from err
     if not checkpoint.is_dir():
         raise ConfigError(f"rl.start={c.rl.start}: {run_dir} has no {checkpoint.name}/ (did the run finish?); pass a checkpoint dir inside it instead")
     run_cfg = load_run_config(run_dir / "config.yaml")
@@ -139,11 +141,18 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
     logger.log({f"data/{k}": v for k, v in data_stats.items()}, step=0)
     before = {}
     if c.rl.eval_before and c.benchmark:
+        if world_size() > 1:
+            log.warning("rl.eval_before: rank 0 evaluates the start model while the other ranks wait at a barrier; an "
+                        "evaluation longer than the process group's timeout stops the job: then evaluate it with task=eval "
+                        "and set rl.eval_before=false")
         before = evaluate_start_model(c, start.model, start.tokenizer, start.source, out, cacheable=False)
         logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
+        barrier()
 
     args = grpo_args(c.rl, out, c.seed, world_size(), use_vllm(c.rl))
-    reward = BoxedMathReward(start.tokenizer, c.rl.data.answer_scope.value, workers=c.rl.grading_workers)
+    reward = BoxedMathReward(
+        start.tokenizer, c.rl.data.answer_scope.value, workers=c.rl.grading_workers, eos_token_ids=eos_ids(start.model, start.tokenizer)
+    )
     preemption = PreemptionCallback()
     trainer = GRPOTrainer(
         model=start.model,
@@ -155,6 +164,10 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
     )
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
+        step = json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step", 0)
+        if step % c.rl.updates_per_rollout:  # a SIGTERM checkpoint inside a rollout batch
+            log.warning("%s is at step %d, inside a rollout batch of %d updates: TRL keeps the batch in memory only, so "
+                        "the resumed run samples a new one there (not the run it would have been)", checkpoint, step, c.rl.updates_per_rollout)
     try:
         with preemption.handle_sigterm():
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)

@@ -313,7 +313,7 @@ def rl_groups(runs: list[Any]) -> dict[tuple[str, str], list[Any]]:
 
 def rl_seeds(runs: list[Any]) -> str:
     """The seeds of a group's runs: their SFT runs' seeds (what varies between repeats)."""
-    return ",".join(str(r.metrics.get("start", {}).get("seed", r.get("seed", "?"))) for r in runs)
+    return ",".join(str(s if (s := r.metrics.get("start", {}).get("seed")) is not None else r.get("seed", "?")) for r in runs)
 
 
 def rl_cell(runs: list[Any], bench: str) -> RLCell | None:
