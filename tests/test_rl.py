@@ -137,7 +137,7 @@ TABLE8 = {
 
 def test_table8_preset_maps_every_setting(tmp_path):
     from vcore.config import to_object
-    from vcore.rl.grpo import grpo_args
+    from vcore.run.rl import grpo_args
 
     c = to_object(compose("task=rl", "rl=paper", f"output_dir={tmp_path}"))
     assert c.rl.data.hub[0].path == "SynthLabsAI/Big-Math-RL-Verified" and c.rl.data.sample.size == 16800

@@ -1,7 +1,7 @@
 """The ``rl`` config group: GRPO from a fine-tuned checkpoint, with TRL's ``GRPOTrainer`` (``task=rl``).
 
 Each field says which setting of verl (the paper's RL framework, Table 8) it stands for, so a preset can be read
-against the paper. :func:`vcore.rl.grpo.grpo_args` turns this into TRL's ``GRPOConfig``; the settings verl has and
+against the paper. :func:`vcore.run.rl.grpo_args` turns this into TRL's ``GRPOConfig``; the settings verl has and
 TRL lacks are listed in :data:`VERL_WITHOUT_TRL_EQUIVALENT` (and in ``conf/rl/paper.yaml``).
 
 Batch sizes are counted the way verl counts them (prompts per rollout batch, prompts per optimizer step,

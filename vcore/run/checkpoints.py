@@ -136,9 +136,15 @@ def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def save_fingerprint(checkpoint: Path, settings: dict[str, Any]) -> None:
-    """Write a run's :func:`fingerprint` into ``checkpoint`` (the trainer, at every save)."""
-    (checkpoint / CONFIG_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+def seal(checkpoint: Path, settings: dict[str, Any] | None, method_state: Any) -> None:
+    """Rank 0, after every rank has written its part of ``checkpoint``: the run's :func:`fingerprint` (the settings it
+    was written under), then the method's state, last: its presence marks the checkpoint complete
+    (:func:`latest_checkpoint`). SFT's trainer and RL (whose method state is empty) both seal this way."""
+    import torch
+
+    if settings is not None:
+        (checkpoint / CONFIG_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+    torch.save(method_state, checkpoint / METHOD_STATE)
 
 
 def check_resume(checkpoint: Path, resolved: dict[str, Any], allow: bool, group: str = "trainer") -> None:

@@ -68,7 +68,7 @@ class WandbLogger(NullLogger):
             project=cfg.project,
             entity=cfg.entity,
             group=cfg.group or sweep,
-            job_type=resolved.get("task", "train"),  # train | eval | pretrain: a dashboard can split a group by it
+            job_type=resolved.get("task", "train"),  # train | eval | pretrain | rl: a dashboard can split a group by it
             name=cfg.run_name or run_name(overrides),
             tags=run_tags(cfg.tags, resolved),
             mode=cfg.mode,

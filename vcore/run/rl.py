@@ -32,18 +32,18 @@ from transformers import TrainerCallback
 from vcore.checks import ConfigError
 from vcore.distributed import barrier, rank, world_size
 from vcore.eval.generate import eos_ids
-from vcore.methods.base import METHOD_STATE
 from vcore.modeling import check_source, load_checkpoint, load_pretrained, load_tokenizer
+from vcore.rl.config import TRL_LOSS_TYPE
 from vcore.rl.data import build_prompts
-from vcore.rl.grpo import grpo_args, rl_log_key, use_vllm
+from vcore.rl.grpo import rl_log_key, use_vllm
 from vcore.rl.reward import BoxedMathReward
 from vcore.run.benchmarks import evaluate_start_model, run_benchmarks
-from vcore.run.checkpoints import find_run, fingerprint, save_fingerprint
+from vcore.run.checkpoints import find_run, fingerprint, seal
 from vcore.run.lifecycle import run_job, write_metrics
 from vcore.run.loggers import LoggerCallback, NullLogger
 from vcore.run.preemption import Preempted, PreemptionCallback
 from vcore.run.trainer import NonFiniteTraining, step_is_finite
-from vcore.run.training import prepare_model, resolve_model, summarize_train, write_history
+from vcore.run.training import prepare_model, resolve_model, schedule_args, summarize_train, write_history
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ class _SealCheckpoints(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         barrier()  # every rank has written its part
         if state.is_world_process_zero and ckpt.is_dir():
-            save_fingerprint(ckpt, self.settings)
-            torch.save({}, ckpt / METHOD_STATE)  # last: marks the checkpoint complete
+            seal(ckpt, self.settings, {})  # GRPO has no method state: the empty one marks the checkpoint complete
         return control
 
 
@@ -194,6 +193,41 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
     return metrics
 
 
+def grpo_args(rl, out: Path, seed: int, world_size: int, vllm: bool) -> Any:
+    """``GRPOConfig`` for ``rl``, checkpoints under ``out/checkpoints``, for ``world_size`` processes."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(out / "checkpoints"),
+        **rl.batch_plan(world_size),
+        num_generations=rl.num_generations,
+        max_completion_length=rl.max_completion_length,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        chat_template_kwargs={"enable_thinking": rl.enable_thinking},
+        num_iterations=rl.num_iterations,
+        epsilon=rl.clip_epsilon,
+        beta=rl.kl_coef,
+        entropy_coef=rl.entropy_coef,
+        loss_type=TRL_LOSS_TYPE[rl.loss_aggregation],
+        scale_rewards=rl.scale_rewards,
+        mask_truncated_completions=rl.mask_truncated_completions,
+        **schedule_args(rl),
+        bf16=rl.precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 without a GPU unless told it is on the CPU
+        activation_checkpointing=rl.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        use_vllm=vllm,
+        vllm_mode="colocate",  # generation on the training GPUs, as verl's hybrid engine does
+        vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+        vllm_importance_sampling_correction=rl.vllm_importance_sampling_correction,
+        seed=seed if rl.seed is None else rl.seed,
+        log_completions=False,  # per-step completion tables go through TRL's own W&B hook; ours logs scalars
+        remove_unused_columns=False,  # the reward reads the answer column
+        report_to="none",  # W&B is driven by vcore.run.loggers, as for SFT runs
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
 def save_final(trainer, tokenizer, path: Path):
     """The trained policy as a full ``from_pretrained`` dir (LoRA adapters merged into their base); returns it."""
     from peft import PeftModel
@@ -211,6 +245,4 @@ def save_final(trainer, tokenizer, path: Path):
         trainer.save_model(str(path))
         if rank() == 0:
             tokenizer.save_pretrained(path)
-    if rank() == 0:
-        (path / "vcore_rl.json").write_text(json.dumps({"algorithm": "grpo", "steps": trainer.state.global_step}))
     return model

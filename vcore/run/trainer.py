@@ -38,7 +38,7 @@ from vcore.methods.base import METHOD_STATE, RANK_STATE_FILE, TokenWeighting, st
 from vcore.ops.forward import model_token_loss
 from vcore.ops.losses import weighted_loss
 from vcore.ops.stats import StepStats
-from vcore.run.checkpoints import save_fingerprint
+from vcore.run.checkpoints import seal
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,7 @@ class _MethodStateCallback(TrainerCallback):
             torch.save(own, ckpt / RANK_STATE_FILE.format(rank=rank()))
         barrier()
         if state.is_world_process_zero and ckpt.is_dir():
-            if self.trainer.run_fingerprint is not None:
-                save_fingerprint(ckpt, self.trainer.run_fingerprint)
-            torch.save(self.trainer.weighting.state_dict(), ckpt / METHOD_STATE)  # last: marks the checkpoint complete
+            seal(ckpt, self.trainer.run_fingerprint, self.trainer.weighting.state_dict())
         return control
 
 

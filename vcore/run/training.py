@@ -72,6 +72,25 @@ def prepare_model(c):
     return load_tokenizer(model_cfg), load_model(model_cfg)
 
 
+def schedule_args(s) -> dict[str, Any]:
+    """The ``TrainingArguments`` that ``trainer.*`` and ``rl.*`` share (same field names): length, optimizer schedule,
+    logging and saving."""
+    return dict(
+        max_steps=s.max_steps,
+        num_train_epochs=s.num_train_epochs,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type=s.lr_scheduler_type,
+        warmup_steps=s.warmup_ratio,  # a float < 1 is a fraction of the training steps
+        weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if s.save_steps > 0 else "no",
+        save_steps=s.save_steps if s.save_steps > 0 else 500,
+        save_total_limit=s.save_total_limit,
+    )
+
+
 @dataclass
 class Job:
     """Everything a training run is made of; tests build one to drive the real Trainer step by step."""
@@ -98,20 +117,9 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     weighting = build_method(c.method, model, data.train, collator, loss_chunk_size=c.model.loss_chunk_size)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
-        max_steps=t.max_steps,
-        num_train_epochs=t.num_train_epochs,
+        **schedule_args(t),
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a fraction of the training steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps" if t.save_steps > 0 else "no",
-        save_steps=t.save_steps if t.save_steps > 0 else 500,
-        save_total_limit=t.save_total_limit,
         seed=c.seed,
         dataloader_num_workers=t.dataloader_num_workers,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",

@@ -84,12 +84,15 @@ def load_local(root: Path, task: str = "train") -> list[Run]:
 
 
 def load_wandb(path: str) -> list[Run]:
-    """``entity/project/group``: runs of a W&B group through the public API (network and login needed)."""
+    """``entity/project/group``: the training runs of a W&B group through the public API (network and login needed;
+    Table 2 needs the RL runs' per-item files, so it is rendered from a local sweep dir only)."""
     import wandb
 
     entity, project, group = path.split("/", 2)
     runs = []
     for r in wandb.Api().runs(f"{entity}/{project}", filters={"group": group}):
+        if r.config.get("task", "train") != "train":  # RL and evaluation runs of the group hold no training run
+            continue
         summary = dict(r.summary)
         evals = {k[len("eval/"):]: v for k, v in summary.items() if k.startswith("eval/")}
         history = [row for row in r.scan_history(keys=["train/nll", "train/weighted_loss", "_step"])]
