@@ -192,6 +192,11 @@ def jvp_scores(
 
     from vcore.ops.attention import use_attention
 
+    if attention == "fused":  # the Triton kernel, vcore_blocked for the calls it cannot take (vcore.ops.fused_attention)
+        from vcore.ops import fused_attention
+
+        fused_attention.register(block)
+        attention = fused_attention.NAME
     losses, scores = [], []
     with use_attention(model, attention, block=block), fwAD.dual_level():
         dual = {n: fwAD.make_dual(p, d.to(p.dtype)) for (n, p), d in zip(params.items(), g)}

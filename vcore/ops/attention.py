@@ -173,16 +173,12 @@ def _configs(model: nn.Module) -> list:
 
 @contextlib.contextmanager
 def use_attention(model: nn.Module, name: str = NAME, block: int = DEFAULT_BLOCK) -> Iterator[None]:
-    """Switch every config of ``model`` to attention ``name`` for the ``with`` block, then restore it; ``block``: the
-    query block size of ``vcore_blocked`` (registered with it bound, so nothing is stored on the model). ``fused``:
-    :mod:`vcore.ops.fused_attention` (``vcore_blocked`` for the calls it cannot take)."""
+    """Switch every config of ``model`` to attention ``name`` (any registered implementation: ``vcore_blocked``,
+    ``eager``, ``vcore_fused`` once :func:`vcore.ops.fused_attention.register` ran) for the ``with`` block, then
+    restore it; ``block``: the query block size of ``vcore_blocked`` (registered with it bound, so nothing is stored
+    on the model)."""
     if name == NAME:
         register(block)
-    elif name == "fused":
-        from vcore.ops import fused_attention
-
-        fused_attention.register(block)
-        name = fused_attention.NAME
     configs = _configs(model)
     previous = [c._attn_implementation for c in configs]
     try:

@@ -3,7 +3,7 @@
 A :class:`TokenWeightsCallback` on the Trainer weighs a few fixed held-out examples (the first
 ``logger.token_weights_examples`` of ``logger.token_weights_split``, default the dataset's first eval split; eval
 splits are drawn from the dataset's seed, so the examples are the same in every run of a sweep) with the method's
-own step hooks (:func:`vcore.tools.inspector.weigh_examples`) and hands the inspector lines to
+own step hooks (:func:`weigh_examples`, which the inspector also uses) and hands the inspector lines to
 ``logger.log_token_weights`` (W&B: an HTML page and a per-token table; ``logger=none``: nothing). It runs at the end
 of training and, with ``logger.token_weights_every=k``, every k optimizer steps. On by default with ``logger=wandb``
 (``logger.token_weights_examples=0`` turns it off); nothing to run by hand.
@@ -11,16 +11,23 @@ of training and, with ``logger.token_weights_every=k``, every k optimizer steps.
 The weighing runs on every rank (VCORE's probe is collective under data parallelism); only rank 0's logger writes.
 It does not change training: the model's train/eval mode and the method's state (VCORE's probe stream) are put back
 after each heatmap, so a run with the heatmap every step trains exactly as one without it.
+
+Here, below the tools, because training logs it: the weighing (:func:`weigh_examples`, :func:`rows_to_lines`) and
+the page (:func:`heatmap_html`) are shared with ``python -m vcore.tools.inspector`` and ``vcore.tools.report``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import html
 import logging
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from vcore.checks import ConfigError
+from vcore.ops.forward import model_token_loss
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +72,6 @@ class TokenWeightsCallback(TrainerCallback):
         return control
 
     def log_heatmap(self, step: int) -> list[dict]:
-        # Imported here: the inspector imports vcore.run.training, which imports this module.
-        from vcore.tools.inspector import weigh_examples
-
         t = self.trainer
         model, weighting = t.model, t.weighting
         state = weighting.state_dict()
@@ -86,3 +90,89 @@ class TokenWeightsCallback(TrainerCallback):
         self.logger.log_token_weights(lines, step=step)
         return lines
 
+
+def weigh_examples(
+    model, weighting, rows: list[dict], collate, tokenizer, method: str, batch_size: int, accumulation: int,
+    chunk_size: int = 0, device="cpu", autocast=contextlib.nullcontext,
+) -> list[dict]:
+    """The inspector's lines for ``rows``: grouped into step batches of ``batch_size × accumulation`` rows, each
+    weighted by the method's own step hooks (``prepare_step``, ``weights``), as the training step weighs them, inside
+    a fresh ``autocast()`` context per step batch (the run's precision).
+
+    Also what a training run logs as its token-weight heatmap (above). ``model`` is used in the
+    mode it is in; the method's state (VCORE's probe stream) advances, so a caller inside training restores it.
+    """
+    lines: list[dict] = []
+    step = batch_size * accumulation
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        batches = [
+            {key: v.to(device) for key, v in collate(chunk[i : i + batch_size]).items()} for i in range(0, len(chunk), batch_size)
+        ]
+        with autocast():
+            weighting.prepare_step(model, batches)
+            for batch in batches:
+                with torch.no_grad():
+                    token_loss, mask = model_token_loss(model, batch, chunk_size=chunk_size)
+                w = weighting.weights(token_loss, mask, batch)
+                alpha = batch.get("weighting", {}).get("alpha")
+                lines.extend(rows_to_lines(tokenizer, method, batch, token_loss, mask, w, alpha))
+    return lines
+
+
+def rows_to_lines(tokenizer, method: str, batch, token_loss, mask, weights, alpha) -> list[dict]:
+    extra = batch.get("weighting", {})
+    out = []
+    for r in range(batch["input_ids"].shape[0]):
+        length = int(batch["attention_mask"][r].sum())
+        ids = batch["input_ids"][r, :length].tolist()
+        sup = mask[r, :length].tolist()
+
+        def per_token(t, supervised_only=True):
+            if t is None:
+                return None
+            vals = t[r, :length].double().tolist()
+            return [v if (s or not supervised_only) else None for v, s in zip(vals, sup)]
+
+        out.append(
+            {
+                "example": int(batch["example_id"][r]),
+                "method": method,
+                "tokens": [tokenizer.decode([i]) for i in ids],
+                "supervised": sup,
+                "loss": [v if s else 0.0 for v, s in zip(token_loss[r, :length].double().tolist(), sup)],
+                "score": per_token(extra.get("scores")),
+                "q": per_token(extra.get("q")),
+                "weight": [v if s else 0.0 for v, s in zip(weights[r, :length].double().tolist(), sup)],
+                "batch_alpha": None if alpha is None else float(alpha),
+            }
+        )
+    return out
+
+
+def heatmap_html(examples: list[dict]) -> str:
+    """A self-contained page for inspector lines (:func:`weigh_examples`): the per-run W&B heatmap, and
+    ``vcore.tools.report.html_heatmap``'s page."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>token weights</title>",
+             "<style>body{font-family:monospace;max-width:70em;margin:2em auto}span.t{white-space:pre-wrap}"
+             "span.p{color:#888}.ex{border-top:1px solid #ccc;padding:.5em 0}</style></head><body>",
+             "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> (darker = larger); hover for loss, score, q, weight.</p>"]
+    for ex in examples:
+        ws = [w for w, s in zip(ex["weight"], ex["supervised"]) if s]
+        top = max(ws) if ws else 1.0
+        alpha = ex.get("batch_alpha")
+        parts.append(f"<div class='ex'><h3>example {ex['example']} ({html.escape(ex['method'])})" + (f", α = {alpha:.4f}" if alpha is not None else "") + "</h3>")
+        for i, (tok, sup) in enumerate(zip(ex["tokens"], ex["supervised"])):
+            text = html.escape(tok)
+            if not sup:
+                parts.append(f"<span class='t p'>{text}</span>")
+                continue
+            w = ex["weight"][i]
+            shade = 0.1 + 0.9 * (w / top if top > 0 else 0)
+            info = f"loss={ex['loss'][i]:.3f} weight={w:.3f}"
+            if ex.get("score"):
+                info += f" score={ex['score'][i]:.4g} q={ex['q'][i]:.4g}"
+            parts.append(f"<span class='t' style='background:rgba(255,120,0,{shade:.3f})' title='{info}'>{text}</span>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "".join(parts)

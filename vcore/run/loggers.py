@@ -23,6 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from vcore.distributed import rank
+from vcore.run.heatmap import heatmap_html
 from vcore.run.preemption import PREEMPTED_EXIT_CODE
 
 # Where a run's token-weight heatmap goes (vcore.run.heatmap), and the table's columns.
@@ -50,7 +51,7 @@ class NullLogger:
         """Add to the run's config what is only known once the job runs (an RL run's start: its SFT method...)."""
 
     def log_token_weights(self, examples: list[dict[str, Any]], step: int) -> None:
-        """Per-token weights of a few examples (inspector lines, :func:`vcore.tools.inspector.weigh_examples`)."""
+        """Per-token weights of a few examples (inspector lines, :func:`vcore.run.heatmap.weigh_examples`)."""
 
     def finish(self, exit_code: int = 0) -> None:
         pass
@@ -93,8 +94,6 @@ class WandbLogger(NullLogger):
 
     def log_token_weights(self, examples: list[dict[str, Any]], step: int) -> None:
         """As a page (the report's heatmap renderer) and a table, one row per token, under ``token_weights/``."""
-        from vcore.tools.report import heatmap_html
-
         rows = [
             [ex["example"], i, tok, bool(sup), ex["weight"][i], ex["loss"][i], ex["batch_alpha"]]
             for ex in examples

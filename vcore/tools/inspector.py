@@ -28,8 +28,8 @@ from vcore.data.collate import Collator
 from vcore.methods import build_method
 from vcore.methods.base import METHOD_STATE
 from vcore.modeling import load_checkpoint, load_model
-from vcore.ops.forward import model_token_loss
 from vcore.run.checkpoints import find_run
+from vcore.run.heatmap import weigh_examples
 from vcore.run.training import resolve_model
 
 
@@ -58,65 +58,6 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
         model, weighting, [dataset[i] for i in range(n)], collate, tokenizer, c.method.name,
         c.trainer.per_device_train_batch_size, c.trainer.gradient_accumulation_steps, c.model.loss_chunk_size, device, autocast,
     )
-
-
-def weigh_examples(
-    model, weighting, rows: list[dict], collate, tokenizer, method: str, batch_size: int, accumulation: int,
-    chunk_size: int = 0, device="cpu", autocast=contextlib.nullcontext,
-) -> list[dict]:
-    """The inspector's lines for ``rows``: grouped into step batches of ``batch_size × accumulation`` rows, each
-    weighted by the method's own step hooks (``prepare_step``, ``weights``), as the training step weighs them, inside
-    a fresh ``autocast()`` context per step batch (the run's precision).
-
-    Also what a training run logs as its token-weight heatmap (:mod:`vcore.run.heatmap`). ``model`` is used in the
-    mode it is in; the method's state (VCORE's probe stream) advances, so a caller inside training restores it.
-    """
-    lines: list[dict] = []
-    step = batch_size * accumulation
-    for start in range(0, len(rows), step):
-        chunk = rows[start : start + step]
-        batches = [
-            {key: v.to(device) for key, v in collate(chunk[i : i + batch_size]).items()} for i in range(0, len(chunk), batch_size)
-        ]
-        with autocast():
-            weighting.prepare_step(model, batches)
-            for batch in batches:
-                with torch.no_grad():
-                    token_loss, mask = model_token_loss(model, batch, chunk_size=chunk_size)
-                w = weighting.weights(token_loss, mask, batch)
-                alpha = batch.get("weighting", {}).get("alpha")
-                lines.extend(rows_to_lines(tokenizer, method, batch, token_loss, mask, w, alpha))
-    return lines
-
-
-def rows_to_lines(tokenizer, method: str, batch, token_loss, mask, weights, alpha) -> list[dict]:
-    extra = batch.get("weighting", {})
-    out = []
-    for r in range(batch["input_ids"].shape[0]):
-        length = int(batch["attention_mask"][r].sum())
-        ids = batch["input_ids"][r, :length].tolist()
-        sup = mask[r, :length].tolist()
-
-        def per_token(t, supervised_only=True):
-            if t is None:
-                return None
-            vals = t[r, :length].double().tolist()
-            return [v if (s or not supervised_only) else None for v, s in zip(vals, sup)]
-
-        out.append(
-            {
-                "example": int(batch["example_id"][r]),
-                "method": method,
-                "tokens": [tokenizer.decode([i]) for i in ids],
-                "supervised": sup,
-                "loss": [v if s else 0.0 for v, s in zip(token_loss[r, :length].double().tolist(), sup)],
-                "score": per_token(extra.get("scores")),
-                "q": per_token(extra.get("q")),
-                "weight": [v if s else 0.0 for v, s in zip(weights[r, :length].double().tolist(), sup)],
-                "batch_alpha": None if alpha is None else float(alpha),
-            }
-        )
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ A run is a directory with ``config.yaml`` and ``metrics.json`` (written by ``tra
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import math
 import statistics
@@ -29,6 +28,7 @@ from typing import Any
 import yaml
 
 from vcore.eval import layout
+from vcore.run.heatmap import heatmap_html
 from vcore.tools import analysis
 
 
@@ -392,34 +392,6 @@ def html_heatmap(weights_jsonl: Path, path: Path, k: int = 8) -> Path:
     """A self-contained page: every token of each example, supervised ones shaded by weight (hover: values)."""
     path.write_text(heatmap_html(_examples(weights_jsonl, k)), encoding="utf-8")
     return path
-
-
-def heatmap_html(examples: list[dict]) -> str:
-    """The page of :func:`html_heatmap` for inspector lines (:func:`vcore.tools.inspector.weigh_examples`); also the
-    per-run W&B heatmap (:mod:`vcore.run.heatmap`)."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>token weights</title>",
-             "<style>body{font-family:monospace;max-width:70em;margin:2em auto}span.t{white-space:pre-wrap}"
-             "span.p{color:#888}.ex{border-top:1px solid #ccc;padding:.5em 0}</style></head><body>",
-             "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> (darker = larger); hover for loss, score, q, weight.</p>"]
-    for ex in examples:
-        ws = [w for w, s in zip(ex["weight"], ex["supervised"]) if s]
-        top = max(ws) if ws else 1.0
-        alpha = ex.get("batch_alpha")
-        parts.append(f"<div class='ex'><h3>example {ex['example']} ({html.escape(ex['method'])})" + (f", α = {alpha:.4f}" if alpha is not None else "") + "</h3>")
-        for i, (tok, sup) in enumerate(zip(ex["tokens"], ex["supervised"])):
-            text = html.escape(tok)
-            if not sup:
-                parts.append(f"<span class='t p'>{text}</span>")
-                continue
-            w = ex["weight"][i]
-            shade = 0.1 + 0.9 * (w / top if top > 0 else 0)
-            info = f"loss={ex['loss'][i]:.3f} weight={w:.3f}"
-            if ex.get("score"):
-                info += f" score={ex['score'][i]:.4g} q={ex['q'][i]:.4g}"
-            parts.append(f"<span class='t' style='background:rgba(255,120,0,{shade:.3f})' title='{info}'>{text}</span>")
-        parts.append("</div>")
-    parts.append("</body></html>")
-    return "".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------- main
