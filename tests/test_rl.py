@@ -193,13 +193,20 @@ def test_rl_from_a_lora_checkpoint_merges_the_adapters(sft_runs, tiny_dir, tmp_p
     """RL continues the SFT run's LoRA adapters (the KL reference is TRL's frozen copy of them); final/ is a full model."""
     from transformers import AutoModelForCausalLM
 
+    from vcore.config import to_object
+    from vcore.run.rl import load_start
     from vcore.run.tasks import run_task
 
     out = tmp_path / "rl"
     metrics = run_task(rl_cfg(out, sft_runs["lora"], tiny_dir))
     assert metrics["start"]["lora"] is True and metrics["start"]["method"] == "sft"
     assert (out / "final" / "config.json").is_file() and not (out / "final" / "adapter_config.json").exists()
-    assert isinstance(AutoModelForCausalLM.from_pretrained(out / "final"), torch.nn.Module)
+    trained = dict(AutoModelForCausalLM.from_pretrained(out / "final").named_parameters())
+    start = dict(load_start(to_object(rl_cfg(out, sft_runs["lora"], tiny_dir))).model.merge_and_unload().named_parameters())
+    assert trained.keys() == start.keys()
+    changed = [n for n in start if not torch.equal(start[n], trained[n])]
+    # GRPO moved the adapters (merged into the linear layers), and nothing that LoRA does not train
+    assert changed and all("proj" in n for n in changed), changed
 
 
 def test_rl_resumes_where_it_stopped(sft_runs, tiny_dir, tmp_path):
