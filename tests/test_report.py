@@ -4,6 +4,7 @@ import json
 from html.parser import HTMLParser
 
 import matplotlib
+import numpy as np
 import pytest
 import yaml
 
@@ -43,9 +44,9 @@ def runs(tmp_path):
         write_run(root, f"scale_{i}", cfg(m, n=n), {k: v + n / 1e5 for k, v in MATH.items()})
     for i, (tau, eps) in enumerate([(1e2, 1e-4), (1e4, 1e-4), (1e2, 1e-5), (1e4, 1e-5)]):
         write_run(root, f"taueps_{i}", cfg(tau=tau, eps=eps), MATH)
-    for vc, spike in (("none", 37.0), ("paper", 0.5)):
+    for seed, (vc, spike) in enumerate((("none", 37.0), ("paper", 0.5)), start=11):
         hist = [{"step": s, "train/weighted_loss": spike if s == 3 else 0.5 - 0.01 * s} for s in range(1, 8)]
-        write_run(root, f"vc_{vc}", cfg(vc=vc), MATH, hist)
+        write_run(root, f"vc_{vc}", cfg(vc=vc, seed=seed), MATH, hist)
     for m in ("sft", "vcore"):
         for seed in (1, 2):
             write_run(root, f"syn_{m}_{seed}", cfg(m, dataset="synthetic", model="/x/init_model", seed=seed),
@@ -53,12 +54,23 @@ def runs(tmp_path):
     return root
 
 
-def test_table1_layout_with_mean_and_std(runs):
-    text = table1(load_local(runs))
-    assert "| model | method | seeds | AIME | Olympiad | RBench | SGPQA-1k | ID avg | OOD avg |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| Qwen3-4B | sft |"))
-    assert "| 2 |" in row and "15.00" in row and "±" in row  # AIME 0.2-0.05 -> 15.00 over two seeds
-    assert "### code" not in text  # no code runs in the fixtures
+def test_table1_per_domain_and_model_with_intervals_and_tests(tmp_path):
+    """Runs without per-item files (as from W&B): intervals from one number per run, and the table says so."""
+    from vcore.eval.intervals import from_run_values
+
+    root = tmp_path / "t1"
+    for seed, bump in ((1, 0.0), (2, 0.02), (3, -0.01)):
+        write_run(root, f"vcore_{seed}", cfg(seed=seed), {k: v + bump for k, v in MATH.items()})
+        write_run(root, f"sft_{seed}", cfg("sft", seed=seed), {k: v - 0.05 + bump / 2 for k, v in MATH.items()})
+    text = table1(load_local(root))
+    assert "### math: Qwen3-4B" in text and "### code" not in text
+    assert "| variant | seeds | AIME | Olympiad | RBench | SGPQA-1k | ID avg | OOD avg | ESS | train NLL |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| vcore |"))
+    bumps = np.array([0.0, 0.02, -0.01])
+    assert from_run_values(0.2 + bumps).fmt() in row  # AIME
+    assert from_run_values((0.2 + 0.5) / 2 + bumps).fmt() in row  # ID avg: AIME and Olympiad, run by run
+    diff = next(line for line in text.splitlines() if line.startswith("| vcore − sft | ID avg |"))
+    assert from_run_values(0.05 + bumps / 2).fmt(signed=True) in diff and "(runs only: item sampling not covered)" in diff
 
 
 def _benchmark_configs(preset: str):
@@ -84,10 +96,10 @@ def test_results_writer_and_report_share_the_table1_columns(tmp_path, preset, do
     row = results_table1(configs[::-1], accuracy)[domain]  # the layout, not the order of the configs, orders columns
     write_run(tmp_path, "run", cfg(dataset=dataset), {f"{name}/accuracy": acc for name, acc in accuracy.items()})
     lines = table1(load_local(tmp_path)).splitlines()
-    header = [c.strip() for c in next(l for l in lines if l.startswith("| model |")).strip("|").split("|")]
-    cells = [c.strip() for c in next(l for l in lines if l.startswith("| Qwen3-4B |")).strip("|").split("|")]
-    assert list(row["columns"]) == header[3:-2] == titles and not row["partial"]
-    assert cells[3:] == [f"{100 * v:.2f}" for v in [*row["columns"].values(), row["id_avg"], row["ood_avg"]]]
+    header = [c.strip() for c in next(l for l in lines if l.startswith("| variant |")).strip("|").split("|")]
+    cells = [c.strip() for c in next(l for l in lines if l.startswith("| vcore |")).strip("|").split("|")]
+    assert list(row["columns"]) == header[2:-4] == titles and not row["partial"]
+    assert [float(c) for c in cells[2:-2]] == pytest.approx([100 * v for v in [*row["columns"].values(), row["id_avg"], row["ood_avg"]]], abs=0.051)
 
 
 def test_report_command_writes_figures_with_axes_labels(runs, tmp_path, monkeypatch):

@@ -5,7 +5,8 @@
 - pass@k, unbiased (Chen et al., 2021): ``1 - C(n-c, k) / C(n, k)`` per item, averaged; computed as a
   product to avoid huge binomials;
 - truncation rate: the fraction of samples stopped by the length limit;
-- ``accuracy_ci95``: a 95% percentile bootstrap interval of the accuracy over items (:mod:`vcore.eval.intervals`).
+- ``accuracy_ci95``: a 95% interval of the accuracy over items, one run's item noise only (Wilson's for 0/1 items,
+  a t interval for avg@n fractions; :func:`vcore.eval.intervals.accuracy`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from vcore.eval.intervals import bootstrap_ci
+from vcore.eval.intervals import accuracy
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -41,7 +42,7 @@ def benchmark_metrics(correct: Sequence[Sequence[bool]], truncated: Sequence[Seq
     flat_trunc = [t for row in truncated for t in row]
     flat_tokens = [t for row in n_tokens for t in row]
     per_item = [sum(c) / n for c in correct]
-    ci = bootstrap_ci(per_item)
+    ci = accuracy(per_item)
     out: dict = {
         "n_items": n_items,
         "n_samples": n,

@@ -1,14 +1,19 @@
 """Study analysis: group a sweep's runs into variants, align their per-item results, and compare them honestly.
 
-Used by :mod:`vcore.tools.report` for the synthetic studies (and any sweep whose benchmarks write per-item files).
+Used by :mod:`vcore.tools.report` for every table it builds (Table 1 per domain, the synthetic study and its
+ablations, Table 2 after RL), from local run dirs or from W&B summaries.
 
 - A *variant* is a method plus the settings that vary within a method across the sweep (τ, ε, variance control, data
   size, ...; a setting that only differs between methods, such as each method's tuned learning rate, is shown but
-  does not split variants). Seeds of one variant are its repeats.
-- Per-item correctness comes from each run's ``eval/<benchmark>.jsonl`` (``eval_before/`` for the start model), and
-  items are aligned by id across runs, so intervals come from :mod:`vcore.eval.intervals`: a two-level bootstrap
-  (seeds and items) per variant, and a paired bootstrap of each variant against SFT with the same settings (seed s
-  with seed s, item with item).
+  does not split variants). Seeds of one variant are its repeats; two runs of one variant with the same seed are an
+  error (they would be counted as independent evidence).
+- Per-item correctness comes from each run's ``eval/<benchmark>.jsonl`` (``eval_before/`` for the start model), items
+  aligned by id, and every interval and test comes from :mod:`vcore.eval.intervals` (its docstring says what they
+  cover): accuracies per variant, and each variant against SFT with the same settings, paired by seed and item. Runs
+  without per-item files (a W&B summary) fall back to one number per run, and the table says so.
+- A table of comparisons is one family: its p-values (and its equivalence tests) are Holm-adjusted together, and the
+  verdict of each comparison is one of "better / worse (adjusted p)", "equivalent within ±m (adjusted TOST p)" or
+  "not detected (minimum detectable effect)"; only the first is bold.
 - Training curves come from ``history.jsonl``; a *loss spike* is a logged step whose plain NLL is at least twice the
   median of the five logged values before it (the paper's Figure 3 shows a jump from 0.5 to 37).
 """
@@ -25,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from vcore.eval.intervals import Interval, bootstrap_ci, paired_bootstrap
+from vcore.eval.intervals import Estimate, NotPaired, Scope, combined, difference, from_run_values, holm, pair_seeds
+from vcore.eval.intervals import accuracy as accuracy_estimate
 
 METHOD_ORDER = ["sft", "dft", "random", "iw_sft", "vcore"]
 # Synthetic benchmarks in reading order, with the name a table shows.
@@ -52,6 +58,26 @@ SPIKE_RATIO = 2.0
 SPIKE_WINDOW = 5
 
 
+@dataclass(frozen=True)
+class Options:
+    """How the report tests: the equivalence margin (points) and the level of every test and interval."""
+
+    margin: float = 2.0
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: one benchmark, or the plain average of several (Table 1's ID and OOD averages)."""
+
+    title: str
+    benches: tuple[str, ...]
+
+
+def split_columns(benches: list[str]) -> list[Column]:
+    return [Column(SPLITS.get(b, b), (b,)) for b in benches]
+
+
 @dataclass
 class Variant:
     method: str
@@ -68,7 +94,14 @@ class Variant:
         return sorted(int(r.get("seed", 0)) for r in self.runs)
 
     def by_seed(self) -> dict[int, Any]:
-        return {int(r.get("seed", 0)): r for r in self.runs}
+        out: dict[int, Any] = {}
+        for r in self.runs:
+            seed = int(r.get("seed", 0))
+            if seed in out:
+                raise ValueError(f"{self.label}: runs {out[seed].name} and {r.name} both have seed {seed}; a repeat needs "
+                                 "its own seed (or report the two sweeps separately)")
+            out[seed] = r
+        return out
 
     def common(self, key: str) -> Any:
         """A setting's value if every run has the same one, else None."""
@@ -114,6 +147,10 @@ def reference_for(v: Variant, all_variants: list[Variant], method: str = "sft") 
 
 
 # --------------------------------------------------------------------------------------------------- items
+# A source of scores: a run and which evaluation of it (True: eval_before, the start model; False: eval).
+Source = tuple[Any, bool]
+
+
 def item_results(run: Any, bench: str, before: bool = False) -> dict[str, float] | None:
     """``{item id: fraction of samples correct}`` from the run's per-item file, or None if it has none."""
     if run.path is None:
@@ -129,22 +166,16 @@ def item_results(run: Any, bench: str, before: bool = False) -> dict[str, float]
     return {k: sum(v) / len(v) for k, v in hits.items()}
 
 
-def aligned(runs_by_seed: list[dict[int, Any]], bench: str, before: bool = False) -> tuple[list[int], list[np.ndarray]] | None:
-    """For several variants (each ``{seed: run}``), their per-item results on ``bench`` as ``[S, N]`` arrays over the
-    seeds they share and the items every run has (in one order). None when some run has no per-item file."""
-    seeds = sorted(set.intersection(*(set(d) for d in runs_by_seed)))
-    if not seeds:
+def aligned(arms: list[list[Source]], bench: str) -> list[np.ndarray] | None:
+    """Per-item results of several arms on ``bench``, each ``[runs, N]`` over the items every source has (one
+    order). None when some source has no per-item file or no item is shared."""
+    tables = [[item_results(run, bench, before) for run, before in arm] for arm in arms]
+    if any(p is None for t in tables for p in t):
         return None
-    tables = []
-    for d in runs_by_seed:
-        per_seed = [item_results(d[s], bench, before) for s in seeds]
-        if any(p is None for p in per_seed):
-            return None
-        tables.append(per_seed)
     ids = _ordered(set.intersection(*(set(p) for t in tables for p in t)))
     if not ids:
         return None
-    return seeds, [np.array([[p[i] for i in ids] for p in t]) for t in tables]
+    return [np.array([[p[i] for i in ids] for p in t]) for t in tables]
 
 
 def _ordered(ids) -> list[str]:
@@ -152,24 +183,151 @@ def _ordered(ids) -> list[str]:
     return sorted(ids, key=lambda x: (len(x), x))
 
 
-def accuracy(v: Variant, bench: str) -> Interval | None:
-    got = aligned([v.by_seed()], bench)
-    return bootstrap_ci(got[1][0]) if got else None
+def _run_value(source: Source, column: Column) -> float | None:
+    """A run's own number for ``column`` from its metrics (a W&B summary has nothing else)."""
+    run, before = source
+    evals = run.metrics.get("eval_before" if before else "eval", {})
+    vals = [evals.get(f"{b}/accuracy") for b in column.benches]
+    return None if any(v is None for v in vals) else float(np.mean(vals))
 
 
-def start_model_accuracy(runs: list[Any], bench: str) -> Interval | None:
+def estimate(arms: list[list[Source]], column: Column, level: float = 0.95) -> Estimate | None:
+    """One arm: its accuracy on ``column``; two arms (paired source by source): the first minus the second. From
+    per-item results where every source has them, else from one number per run; None when neither exists."""
+    weights = [1.0 / len(column.benches)] * len(column.benches)
+    parts = [aligned(arms, b) for b in column.benches]
+    if all(p is not None for p in parts):
+        if len(parts) == 1:  # one benchmark: the functions that know 0/1 items (Wilson, Agresti-Min)
+            return accuracy_estimate(parts[0][0], level=level) if len(arms) == 1 else difference(*parts[0], level=level)
+        return combined([p[0] if len(arms) == 1 else p[0] - p[1] for p in parts], weights, level=level)
+    values = [[_run_value(s, column) for s in arm] for arm in arms]
+    if any(v is None for arm in values for v in arm):
+        return None
+    per_run = values[0] if len(arms) == 1 else [a - b for a, b in zip(*values)]
+    return from_run_values(per_run, level=level)
+
+
+def accuracy(v: Variant, bench: str) -> Estimate | None:
+    """A variant's accuracy on one benchmark (figures and the τ table)."""
+    return estimate([[(r, False) for r in v.runs]], Column(bench, (bench,)))
+
+
+def start_model_accuracy(runs: list[Any], column: Column | str) -> Estimate | None:
     """The start model's accuracy (``eval_before``), from the first run that has it (every run shares the base)."""
+    column = column if isinstance(column, Column) else Column(column, (column,))
     for r in runs:
-        res = item_results(r, bench, before=True)
-        if res:
-            ids = _ordered(res)
-            return bootstrap_ci(np.array([res[i] for i in ids]))
+        if all(item_results(r, b, before=True) for b in column.benches):
+            return estimate([[(r, True)]], column)
     return None
 
 
 def benchmarks_in(runs: list[Any]) -> list[str]:
     present = {k.split("/")[0] for r in runs for k in r.metrics.get("eval", {}) if k.endswith("/accuracy")}
     return [b for b in SPLITS if b in present] + sorted(present - set(SPLITS))
+
+
+# --------------------------------------------------------------------------------------------------- tests
+@dataclass
+class Test:
+    """One comparison in a family: ``estimate`` is the difference (first minus second), None if it has none."""
+
+    comparison: str
+    column: str
+    estimate: Estimate | None
+    note: str = ""
+    p_adjusted: float = math.nan
+    tost_adjusted: float = math.nan
+
+
+@dataclass
+class Family:
+    """The comparisons of one table: their p-values and equivalence tests are Holm-adjusted together."""
+
+    options: Options
+    words: tuple[str, str] = ("better", "worse")  # what a positive / negative significant difference is called
+    tests: list[Test] = field(default_factory=list)
+
+    def add(self, comparison: str, column: str, est: Estimate | None, note: str = "") -> Test:
+        self.tests.append(Test(comparison, column, est, note))
+        return self.tests[-1]
+
+    def adjust(self) -> None:
+        testable = [t for t in self.tests if t.estimate is not None and t.estimate.terms]
+        margin = self.options.margin / 100
+        for t, p in zip(testable, holm([t.estimate.p_value for t in testable])):
+            t.p_adjusted = p
+        for t, p in zip(testable, holm([t.estimate.tost(margin) for t in testable])):
+            t.tost_adjusted = p
+
+    def verdict(self, t: Test) -> str:
+        """The words a comparison earns (see the module docstring)."""
+        est = t.estimate
+        if est is None:
+            return f"no comparison: {t.note}" if t.note else "no comparison"
+        if not est.terms:
+            return "one run, no per-item results: no test"
+        if t.p_adjusted < self.options.alpha:
+            return f"{self.words[0] if est.mean > 0 else self.words[1]} (adjusted p = {fmt_p(t.p_adjusted)})"
+        if t.tost_adjusted < self.options.alpha:
+            return f"equivalent within ±{self.options.margin:g} (adjusted TOST p = {fmt_p(t.tost_adjusted)})"
+        return f"not detected (minimum detectable effect {100 * est.mde(self.options.alpha):.1f})"
+
+    def significant(self, t: Test) -> bool:
+        return t.estimate is not None and t.p_adjusted < self.options.alpha
+
+    def cell(self, t: Test) -> str:
+        """``+1.2 [-0.4, +2.8]``, bold when the difference survives the adjustment (for wide tables)."""
+        if t.estimate is None:
+            return "–"
+        text = t.estimate.fmt(signed=True)
+        return f"**{text}**" if self.significant(t) else text
+
+    def markdown(self) -> str:
+        """One row per comparison: difference, interval, raw and adjusted p, MDE, equivalence test, verdict."""
+        self.adjust()
+        m = self.options.margin
+        lines = [
+            f"| comparison | split | runs | items | difference (points) [95% CI] | p | p (Holm) | MDE | TOST ±{m:g} p (Holm) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        notes = []
+        for t in self.tests:
+            est = t.estimate
+            if est is None:
+                lines.append(f"| {t.comparison} | {t.column} | – | – | – | – | – | – | – | {self.verdict(t)} |")
+                continue
+            runs = f"{est.runs}" + ("" if est.scope is Scope.RUNS_AND_ITEMS else f" ({est.scope.value})")
+            tested = bool(est.terms)
+            lines.append(
+                f"| {t.comparison} | {t.column} | {runs} | {est.items or '–'} | {self.cell(t)} | "
+                f"{fmt_p(est.p_value) if tested else '–'} | {fmt_p(t.p_adjusted) if tested else '–'} | "
+                f"{f'{100 * est.mde(self.options.alpha):.1f}' if tested else '–'} | {fmt_p(t.tost_adjusted) if tested else '–'} | "
+                f"{self.verdict(t)} |"
+            )
+            if t.note:
+                notes.append(f"{t.comparison}, {t.column}: {t.note}")
+        n = sum(1 for t in self.tests if t.estimate is not None and t.estimate.terms)
+        lines += ["", f"Holm adjustment over the {n} tests of this table; α = {self.options.alpha:g}; MDE: minimum detectable "
+                  f"effect at 80% power (points); equivalence: TOST within ±{m:g} points. Bold: survives the adjustment."]
+        lines += [f"- {x}" for x in dict.fromkeys(notes)]
+        return "\n".join(lines)
+
+
+def fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "–"
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+def compare(a: Variant, b: Variant, column: Column, level: float = 0.95) -> tuple[Estimate | None, str]:
+    """``a`` minus ``b`` on ``column``, paired by seed (and item): the estimate and a note on what was left out."""
+    try:
+        pairing = pair_seeds(a.by_seed(), b.by_seed())
+    except NotPaired as e:
+        return None, f"not paired: {e}"
+    sa, sb = a.by_seed(), b.by_seed()
+    est = estimate([[(sa[s], False) for s in pairing.seeds], [(sb[s], False) for s in pairing.seeds]], column, level)
+    return est, pairing.note if est is not None else "no per-item results or accuracies for this split"
 
 
 # --------------------------------------------------------------------------------------------------- curves
@@ -188,56 +346,60 @@ def loss_spikes(curve: list[tuple[int, float]], ratio: float = SPIKE_RATIO, wind
 
 
 # --------------------------------------------------------------------------------------------------- tables
-def study_tables(runs: list[Any]) -> str:
-    """Markdown: accuracy [95% CI] per variant and split (with the start model), then each variant against SFT."""
+SCOPE_NOTES = {
+    Scope.ONE_RUN: "Cells from one run (the start model, a single seed): item noise only.",
+    Scope.RUNS_ONLY: "Cells from per-run numbers (no per-item files, e.g. a W&B summary): item sampling not covered.",
+}
+
+
+def _scope_note(ests: list[Estimate | None]) -> str:
+    scopes = {e.scope for e in ests if e is not None}
+    return " ".join(note for scope, note in SCOPE_NOTES.items() if scope in scopes)
+
+
+def study_tables(runs: list[Any], columns: list[Column] | None = None, options: Options = Options()) -> str:
+    """Markdown: accuracy [95% CI] per variant and column (with the start model), then each variant against SFT
+    with the same settings as one family of tests."""
     vs = variants(runs)
-    benches = benchmarks_in(runs)
-    if not vs or not benches:
+    columns = columns if columns is not None else split_columns(benchmarks_in(runs))
+    if not vs or not columns:
         return ""
-    names = [SPLITS.get(b, b) for b in benches]
+    names = [c.title for c in columns]
     # Settings that differ between methods but not within one (each method's tuned learning rate): a column.
     varying_between_methods = [
         k for k in VARIANT_KEYS if k not in vs[0].settings and len({json.dumps(x) for v in vs if (x := v.common(k)) is not None}) > 1
     ]
     extra = [VARIANT_KEYS[k] for k in varying_between_methods]
+    level = 1 - options.alpha
     head = "| variant | seeds | " + " | ".join(extra + names) + " | ESS | train NLL |"
-    out = ["Accuracy (%) with 95% bootstrap intervals (items and seeds resampled).", "", head, "|---" * (len(extra) + len(names) + 4) + "|"]
-    base_cells = [start_model_accuracy(runs, b) for b in benches]
+    out = [head, "|---" * (len(extra) + len(names) + 4) + "|"]
+    shown: list[Estimate | None] = []
+    base_cells = [start_model_accuracy(runs, c) for c in columns]
     if any(base_cells):
+        shown += base_cells
         out.append("| start model | – | " + " | ".join(["–"] * len(extra) + [c.fmt() if c else "–" for c in base_cells]) + " | – | – |")
     for v in vs:
-        cells = [a.fmt() if (a := accuracy(v, b)) else "–" for b in benches]
+        ests = [estimate([[(r, False) for r in v.runs]], c, level) for c in columns]
+        shown += ests
         settings = [_fmt(x) if (x := v.common(k)) is not None else "mixed" for k in varying_between_methods]
         ess, nll = v.mean_metric("mean/weights/ess_frac"), v.mean_metric("nll")
         out.append(
-            f"| {v.label} | {len(v.runs)} | " + " | ".join(settings + cells)
+            f"| {v.label} | {','.join(map(str, v.seeds))} | " + " | ".join(settings + [e.fmt() if e else "–" for e in ests])
             + f" | {'–' if ess is None else f'{ess:.2f}'} | {'–' if nll is None else f'{nll:.3f}'} |"
         )
-    comparisons = []
+    items = sorted({e.items for e in shown if e is not None and e.items})
+    out.insert(0, f"Accuracy (%) with {100 * level:g}% intervals over runs and items (vcore.eval.intervals), "
+               f"{'/'.join(map(str, items)) or '?'} items per cell. {_scope_note(shown)}".rstrip() + "\n")
+    family = Family(options)
     for v in vs:
         ref = reference_for(v, vs)
         if ref is None:
             continue
-        cells = []
-        for b in benches:
-            got = aligned([v.by_seed(), ref.by_seed()], b)
-            if got is None:
-                cells.append("–")
-                continue
-            c = paired_bootstrap(got[1][0], got[1][1])
-            mark = "**" if c.p_value < 0.05 else ""
-            cells.append(f"{mark}{100 * c.diff.mean:+.1f}{mark} [{100 * c.diff.low:+.1f}, {100 * c.diff.high:+.1f}] p={c.p_value:.2g}")
-        comparisons.append(f"| {v.label} vs {ref.label} | {len(got[0]) if got else 0} | " + " | ".join(cells) + " |")
-    if comparisons:
-        out += [
-            "",
-            "Difference from SFT (points), paired over the same items and seeds, 95% interval and two-sided bootstrap "
-            "p-value (bold: p < 0.05, no correction for the number of comparisons).",
-            "",
-            "| comparison | seeds | " + " | ".join(names) + " |",
-            "|---" * (len(names) + 2) + "|",
-            *comparisons,
-        ]
+        for c in columns:
+            est, note = compare(v, ref, c, level)
+            family.add(f"{v.label} − {ref.label}", c.title, est, note)
+    if family.tests:
+        out += ["", "Difference from SFT (points), paired by seed and item:", "", family.markdown()]
     return "\n".join(out)
 
 
@@ -284,20 +446,13 @@ def tau_table(runs: list[Any], bench: str = "synthetic_test") -> str:
 
         cells = [a.fmt() if (a := accuracy(v, b)) else "–" for b in benches]
         out.append(
-            f"| {v.label} | {len(v.runs)} | {num('mean/weights/ess_frac')} | {num('mean/weights/max', 1)} | {num('mean/vcore/alpha')} | "
+            f"| {v.label} | {','.join(map(str, v.seeds))} | {num('mean/weights/ess_frac')} | {num('mean/weights/max', 1)} | {num('mean/vcore/alpha')} | "
             + " | ".join(cells) + " |"
         )
     return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------------- RL (Table 2)
-@dataclass
-class RLCell:
-    before: Interval
-    after: Interval
-    change: Any  # vcore.eval.intervals.Comparison: after - before, paired over seeds and items
-
-
 def rl_groups(runs: list[Any]) -> dict[tuple[str, str], list[Any]]:
     """RL runs (task=rl) by what they started from: ``(model, SFT method) -> runs``, ordered by the seed of the SFT
     run they started from (their repeats), then their own seed."""
@@ -316,43 +471,28 @@ def rl_seeds(runs: list[Any]) -> str:
     return ",".join(str(s if (s := r.metrics.get("start", {}).get("seed")) is not None else r.get("seed", "?")) for r in runs)
 
 
-def rl_cell(runs: list[Any], bench: str) -> RLCell | None:
-    """Accuracy before and after RL on ``bench`` with intervals, and the change, paired item by item within each
-    run (the start model and the RL model answer the same items). None without per-item files."""
-    before = [item_results(r, bench, before=True) for r in runs]
-    after = [item_results(r, bench) for r in runs]
-    if not runs or any(x is None for x in before + after):
-        return None
-    ids = _ordered(set.intersection(*(set(x) for x in before + after)))
-    if not ids:
-        return None
-    b = np.array([[x[i] for i in ids] for x in before])
-    a = np.array([[x[i] for i in ids] for x in after])
-    return RLCell(bootstrap_ci(b), bootstrap_ci(a), paired_bootstrap(a, b))
-
-
-def rl_table(runs: list[Any]) -> str:
+def rl_table(runs: list[Any], options: Options = Options()) -> str:
     """Markdown in the layout of the paper's Table 2: one row per (model, SFT method), per benchmark the accuracy
-    before and after RL with 95% intervals and the change (paired bootstrap, p)."""
+    before and after RL with intervals, then the changes (after minus before, paired run by run and item by item)
+    as one family of tests."""
     groups = rl_groups(runs)
-    benches = benchmarks_in(runs)
-    if not groups or not benches:
+    columns = split_columns(benchmarks_in(runs))
+    if not groups or not columns:
         return ""
-    head = ["model", "SFT method", "seeds"]
-    for b in benches:
-        name = SPLITS.get(b, b)
-        head += [f"{name}: before", f"{name}: after RL", f"{name}: change"]
+    level = 1 - options.alpha
+    head = ["model", "SFT method", "seeds"] + [f"{c.title}: {w}" for c in columns for w in ("before", "after RL", "change")]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    family = Family(options, words=("higher after RL", "lower after RL"))
     for (model, method), group in groups.items():
         cells = [model, method, rl_seeds(group)]
-        for b in benches:
-            cell = rl_cell(group, b)
-            if cell is None:
-                cells += ["-", "-", "-"]
-                continue
-            d = cell.change.diff
-            sign = "+" if d.mean >= 0 else ""
-            change = f"{sign}{100 * d.mean:.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] p={cell.change.p_value:.2g}"
-            cells += [cell.before.fmt(), cell.after.fmt(), f"**{change}**" if d.low > 0 or d.high < 0 else change]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for c in columns:
+            before = estimate([[(r, True) for r in group]], c, level)
+            after = estimate([[(r, False) for r in group]], c, level)
+            change = estimate([[(r, False) for r in group], [(r, True) for r in group]], c, level)
+            test = family.add(f"{model} {method}: after − before", c.title, change)
+            cells += [before.fmt() if before else "–", after.fmt() if after else "–", test]
+        lines.append(cells)
+    family.adjust()
+    rendered = ["| " + " | ".join(x if isinstance(x, str) else family.cell(x) for x in row) + " |" if isinstance(row, list) else row
+                for row in lines]
+    return "\n".join(rendered + ["", "The change after RL (points), paired run by run and item by item:", "", family.markdown()])

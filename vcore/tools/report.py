@@ -3,11 +3,14 @@
     python -m vcore.tools.report multirun/2026-11-26/12-00-00            # a sweep dir (or any dir holding runs)
     python -m vcore.tools.report wandb:entity/project/group_name          # a W&B group (needs network + login)
     python -m vcore.tools.report RUNS --weights outputs/.../token_weights.jsonl   # also draw the token-weight heatmap
+    python -m vcore.tools.report RUNS --margin 1.5                        # equivalence margin (points; default 2)
 
-Writes into ``--out`` (default ``<runs>/report``): ``report.md`` with Table 1 (per domain: ID benchmarks, OOD
-benchmarks, ID/OOD averages; mean ± std over seeds), a synthetic-task table, and PNG figures: accuracy vs data
+Writes into ``--out`` (default ``<runs>/report``): ``report.md`` with Table 1 (per domain and model: ID benchmarks,
+OOD benchmarks, ID/OOD averages), the synthetic study's tables, Table 2 after RL, and PNG figures: accuracy vs data
 size, accuracy over lg τ per ε, loss curves with and without variance control, and the token-weight heatmap of a
-few inspector examples (also ``token_weights.html``, a self-contained page).
+few inspector examples (also ``token_weights.html``, a self-contained page). Every table has intervals over runs and
+items and, for its comparisons, raw and Holm-adjusted p, the minimum detectable effect, a TOST equivalence test and
+the verdict those numbers allow (:mod:`vcore.tools.analysis`, :mod:`vcore.eval.intervals`).
 
 A run is a directory with ``config.yaml`` and ``metrics.json`` (written by ``train``), optionally
 ``history.jsonl`` (one logged step per line).
@@ -101,50 +104,34 @@ def load_wandb(path: str) -> list[Run]:
 
 
 # --------------------------------------------------------------------------------------------------- tables
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+def table1_columns(domain: str) -> list[analysis.Column]:
+    """Table 1's columns for ``domain``: each benchmark, then the ID and OOD averages."""
+    ids = tuple(c.benchmark for c in layout.IN_DOMAIN[domain])
+    oods = tuple(c.benchmark for c in layout.OUT_OF_DOMAIN)
+    return [analysis.Column(c.title, (c.benchmark,)) for c in layout.columns(domain)] + [
+        analysis.Column("ID avg", ids), analysis.Column("OOD avg", oods)]
 
 
-def table1(runs: list[Run]) -> str:
-    """Paper Table 1 layout per domain: one row per (model, method), mean ± std over seeds."""
+def table1(runs: list[Run], options: analysis.Options = analysis.Options()) -> str:
+    """Paper Table 1 layout, one table per (domain, model): accuracy per variant with intervals (the ID and OOD
+    averages included, with intervals that respect their shared runs), then each variant against SFT."""
     out = []
-    for domain, id_cols in layout.IN_DOMAIN.items():
+    for domain in layout.IN_DOMAIN:
         rows = [r for r in runs if r.domain == domain]
-        if not rows:
-            continue
-        cols = layout.columns(domain)
-        titles = [c.title for c in cols]
-        out += [f"### {domain}", "", "| model | method | seeds | " + " | ".join(titles) + " | ID avg | OOD avg |", "|---" * (len(cols) + 5) + "|"]
-        groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
-        for r in rows:
-            groups[(r.model, r.method)].append(r)
-        for (model, method), group in sorted(groups.items()):
-            cells, id_avgs, ood_avgs = [], [], []
-            for col in cols:
-                cells.append(mean_std([a for r in group if (a := r.accuracy(col.benchmark)) is not None]))
-            for r in group:
-                ids = [r.accuracy(c.benchmark) for c in id_cols]
-                oods = [r.accuracy(c.benchmark) for c in layout.OUT_OF_DOMAIN]
-                if all(x is not None for x in ids):
-                    id_avgs.append(sum(ids) / len(ids))
-                if all(x is not None for x in oods):
-                    ood_avgs.append(sum(oods) / len(oods))
-            out.append(f"| {model} | {method} | {len(group)} | " + " | ".join(cells) + f" | {mean_std(id_avgs)} | {mean_std(ood_avgs)} |")
-        out.append("")
+        for model in sorted({r.model for r in rows}):
+            text = analysis.study_tables([r for r in rows if r.model == model], table1_columns(domain), options)
+            if text:
+                out += [f"### {domain}: {model}", "", text, ""]
     return "\n".join(out)
 
 
-def synthetic_sections(runs: list[Run]) -> list[str]:
+def synthetic_sections(runs: list[Run], options: analysis.Options = analysis.Options()) -> list[str]:
     """The synthetic miniature's tables (:mod:`vcore.tools.analysis`): accuracy with intervals per variant and split next to
     the start model, each variant against SFT, VCORE over τ, and loss spikes when variance control varies."""
     rows = [r for r in runs if r.domain == "synthetic"]
     if not rows:
         return []
-    md = ["## Synthetic miniature", "", analysis.study_tables(rows), ""]
+    md = ["## Synthetic miniature", "", analysis.study_tables(rows, options=options), ""]
     tau = analysis.tau_table(rows)
     if tau:
         md += ["### VCORE over τ", "", tau, ""]
@@ -153,12 +140,37 @@ def synthetic_sections(runs: list[Run]) -> list[str]:
     return md
 
 
-def headline(r: Run) -> float | None:
-    """The number a figure plots for a run: ID average of its domain, or synthetic ID accuracy."""
-    if r.domain == "synthetic":
-        return r.accuracy("synthetic_test")
-    ids = [r.accuracy(c.benchmark) for c in layout.IN_DOMAIN.get(r.domain, ())]
-    return sum(ids) / len(ids) if ids and all(x is not None for x in ids) else None
+def headline(domain: str) -> analysis.Column | None:
+    """What a figure plots for a run of ``domain``: the ID average of its Table 1 row, or synthetic ID accuracy."""
+    if domain == "synthetic":
+        return analysis.Column("ID test", ("synthetic_test",))
+    if domain in layout.IN_DOMAIN:
+        return analysis.Column("ID avg", tuple(c.benchmark for c in layout.IN_DOMAIN[domain]))
+    return None
+
+
+def headline_points(runs: list[Run], key) -> dict[tuple[str, Any], dict[float, Any]]:
+    """``{(domain, line): {x: Estimate}}``: runs grouped by ``key(run) -> (line, x)`` (None: skip the run), each
+    group's headline accuracy with its interval."""
+    groups: dict[tuple[str, Any, float], list[Run]] = defaultdict(list)
+    for r in runs:
+        k = key(r)
+        if k is not None and headline(r.domain) is not None:
+            groups[(r.domain, k[0], k[1])].append(r)
+    points: dict[tuple[str, Any], dict[float, Any]] = defaultdict(dict)
+    for (domain, line, x), group in groups.items():
+        est = analysis.estimate([[(r, False) for r in group]], headline(domain))
+        if est is not None:
+            points[(domain, line)][x] = est
+    return points
+
+
+def _errorbars(ax, points, label) -> None:
+    xs = sorted(points)
+    ests = [points[x] for x in xs]
+    err = [[100 * (e.mean - e.low) if not math.isnan(e.low) else 0 for e in ests],
+           [100 * (e.high - e.mean) if not math.isnan(e.high) else 0 for e in ests]]
+    ax.errorbar(xs, [100 * e.mean for e in ests], yerr=err, marker="o", capsize=3, label=label)
 
 
 # --------------------------------------------------------------------------------------------------- figures
@@ -187,38 +199,37 @@ def _line_figure(path: Path, xlabel: str, ylabel: str, title: str, draw, legend_
 
 
 def fig_data_scaling(runs: list[Run], path: Path) -> Path | None:
-    points: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in runs:
-        n, y = r.get("dataset.num_examples"), headline(r)
-        if n and y is not None:
-            points[r.method][int(n)].append(y)
+    """ID accuracy over the number of training examples per method, with 95% intervals over runs and items."""
+    points = headline_points(runs, lambda r: (r.method, int(n)) if (n := r.get("dataset.num_examples")) else None)
     if not any(len(v) > 1 for v in points.values()):
         return None
+    domains = {d for d, _ in points}
+
     def draw(ax):
-        for method, by_n in sorted(points.items()):
-            xs = sorted(by_n)
-            ax.errorbar(xs, [statistics.mean(by_n[x]) for x in xs], yerr=[statistics.pstdev(by_n[x]) for x in xs], marker="o", capsize=3, label=method)
+        for (domain, method), by_n in sorted(points.items()):
+            if len(by_n) > 1:
+                _errorbars(ax, by_n, method if len(domains) == 1 else f"{method} ({domain})")
         ax.set_xscale("log", base=2)
 
-    return _line_figure(path, "training examples", "ID accuracy (%)", "Data scaling", draw)
+    return _line_figure(path, "training examples", "ID accuracy (%)", "Data scaling (95% intervals)", draw)
 
 
 def fig_tau_eps(runs: list[Run], path: Path) -> Path | None:
-    points: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in runs:
-        if r.method != "vcore" or (y := headline(r)) is None:
-            continue
+    """VCORE's ID accuracy over lg τ, one line per ε, with 95% intervals over runs and items."""
+    def key(r):
         tau, eps = r.get("method.tau"), r.get("method.probe.epsilon")
-        if tau and eps:
-            points[float(eps)][math.log10(float(tau))].append(y)
+        return (float(eps), math.log10(float(tau))) if r.method == "vcore" and tau and eps else None
+
+    points = headline_points(runs, key)
     if not any(len(v) > 1 for v in points.values()):
         return None
-    def draw(ax):
-        for eps, by_tau in sorted(points.items(), reverse=True):
-            xs = sorted(by_tau)
-            ax.plot(xs, [statistics.mean(by_tau[x]) for x in xs], marker="o", label=f"ε={eps:g}")
 
-    return _line_figure(path, "lg τ", "ID accuracy (%)", "Sensitivity to τ and ε", draw, legend_size=8)
+    def draw(ax):
+        for (domain, eps), by_tau in sorted(points.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+            if len(by_tau) > 1:
+                _errorbars(ax, by_tau, f"ε={eps:g}")
+
+    return _line_figure(path, "lg τ", "ID accuracy (%)", "Sensitivity to τ and ε (95% intervals)", draw, legend_size=8)
 
 
 def fig_variance_control(runs: list[Run], path: Path, key: str = "train/weighted_loss") -> Path | None:
@@ -395,17 +406,26 @@ def html_heatmap(weights_jsonl: Path, path: Path, k: int = 8) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- main
-def write_report(runs: list[Run], out: Path, weights: Path | None = None, rl_runs: list[Run] | None = None) -> Path:
+STATISTICS = (
+    "Intervals are {level:g}% over runs (seeds) and items (vcore.eval.intervals: t quantiles per variance term; cells "
+    "from one run carry item noise only, cells from per-run numbers none). Each table of comparisons is one family: "
+    "p-values and equivalence tests are Holm-adjusted within it (α = {alpha:g}). A comparison is called better or worse "
+    "only when its adjusted p is below α, equivalent only when TOST puts it within ±{margin:g} points, and otherwise "
+    "'not detected', with the minimum effect the comparison could have detected at 80% power."
+)
+def write_report(runs: list[Run], out: Path, weights: Path | None = None, rl_runs: list[Run] | None = None,
+                 options: analysis.Options = analysis.Options()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rl_runs = rl_runs or []
-    md = [f"# Report ({len(runs)} runs" + (f", {len(rl_runs)} RL runs)" if rl_runs else ")"), ""]
-    t1 = table1(runs)
+    md = [f"# Report ({len(runs)} runs" + (f", {len(rl_runs)} RL runs)" if rl_runs else ")"), "", STATISTICS.format(
+        level=100 * (1 - options.alpha), alpha=options.alpha, margin=options.margin), ""]
+    t1 = table1(runs, options)
     if t1:
         md += ["## Table 1 (accuracy, %)", "", t1]
-    md += synthetic_sections(runs)
-    t2 = analysis.rl_table(rl_runs)
+    md += synthetic_sections(runs, options)
+    t2 = analysis.rl_table(rl_runs, options)
     if t2:
-        md += ["## Table 2: RL from the fine-tuned models (accuracy %, 95% intervals; change paired over items)", "", t2, ""]
+        md += ["## Table 2: RL from the fine-tuned models (accuracy %)", "", t2, ""]
     figures = [
         fig_nll_curves(runs, out / "training_nll.png"),
         fig_accuracy_bars([r for r in runs if r.domain == "synthetic"], out / "accuracy.png"),
@@ -429,7 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", help="a sweep/run directory, or wandb:entity/project/group")
     parser.add_argument("--out", default=None, help="output dir (default <runs>/report)")
     parser.add_argument("--weights", default=None, help="inspector JSONL for the token-weight heatmap")
+    parser.add_argument("--margin", type=float, default=analysis.Options.margin,
+                        help="equivalence margin in accuracy points: a difference is called equivalent only when TOST "
+                        "puts it inside ±margin (default %(default)s)")
+    parser.add_argument("--alpha", type=float, default=analysis.Options.alpha, help="level of every test (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.margin <= 0 or not 0 < args.alpha < 1:
+        parser.error(f"--margin must be positive and --alpha in (0, 1), got {args.margin} and {args.alpha}")
     rl_runs: list[Run] = []
     if args.runs.startswith("wandb:"):
         runs, out = load_wandb(args.runs[len("wandb:"):]), Path(args.out or "report")
@@ -440,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs and not rl_runs:
         print(f"no runs (config.yaml + metrics.json) found under {args.runs}", file=sys.stderr)
         return 1
-    report = write_report(runs, out, Path(args.weights) if args.weights else None, rl_runs)
+    report = write_report(runs, out, Path(args.weights) if args.weights else None, rl_runs, analysis.Options(args.margin, args.alpha))
     print(report.read_text())
     print(f"written to {out}", file=sys.stderr)
     return 0
