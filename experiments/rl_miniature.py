@@ -1,7 +1,7 @@
 """The paper's Table 2 in miniature, on 2 CPU cores: tiny base -> SFT (each method) -> GRPO -> evaluation -> report.
 
-    python experiments/rl_miniature.py                                 # DFT and VCORE (the paper's pair), seed 1
-    python experiments/rl_miniature.py --methods sft,dft,vcore --seeds 1,2,3
+    python experiments/rl_miniature.py                                 # SFT and VCORE, seeds 1-3, and RL from the base
+    python experiments/rl_miniature.py --methods sft,dft,vcore --seeds 1,2,3,4
     python experiments/rl_miniature.py --rl rl.learning_rate=3e-4      # any override of the RL jobs (or --sft ...)
 
 Each stage is a ``python run.py -m`` sweep, so every job is an ordinary run dir (resumable, on W&B offline):
@@ -9,8 +9,9 @@ Each stage is a ``python run.py -m`` sweep, so every job is an ordinary run dir 
 1. SFT: ``experiment=synthetic_study`` (each method at the learning rate its validation sweep chose, 200 steps on
    2,000 traces), without evaluation: the RL jobs evaluate the same model as their "before".
 2. RL: ``experiment=synthetic_rl`` from each SFT run's final model (GRPO with Table 8's algorithm and coefficients at
-   the tiny model's scale, on fresh prompts of the task), evaluated before and after on 300 items of the
-   in-distribution test split and of the unseen-phrasing split.
+   the tiny model's scale, on the task's RL prompts, which share no problem with training or evaluation), evaluated
+   before and after on 300 items of the in-distribution test split and of the phrasing-shift split; and from the base
+   itself, once per seed (the row that tells RL's own gain from recovering what SFT lost).
 3. Report: ``python -m vcore.tools.report <out>/rl`` renders Table 2 (before / after with 95% intervals, the change
    paired over items) and the rollouts' accuracy curves.
 
@@ -55,8 +56,9 @@ def finished_runs(sweep: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/rl_miniature.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="dft,vcore", help="SFT methods to start RL from (default: the paper's pair)")
-    parser.add_argument("--seeds", default="1", help="SFT seeds (each RL run starts from one SFT run)")
+    parser.add_argument("--methods", default="sft,vcore", help="SFT methods to start RL from")
+    parser.add_argument("--seeds", default="1,2,3", help="SFT seeds (each RL run starts from one SFT run); RL from the base runs once per seed")
+    parser.add_argument("--no-base", action="store_true", help="skip the RL-from-base row")
     parser.add_argument("--out", type=Path, default=None, help="default: multirun/rl_miniature/<date_time>")
     parser.add_argument("--jobs", type=int, default=2, help="jobs side by side per stage (joblib), one thread each")
     parser.add_argument("--sft", nargs="*", default=[], help="extra overrides for the SFT jobs")
@@ -85,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     # 2. GRPO from each SFT run, evaluated before and after
     rl = [
         *run_py, "-m", "experiment=synthetic_rl", "rl.start=" + ",".join(str(p) for p in starts),
-        "logger.group=rl_miniature", f"hydra.sweep.dir={out}/rl", *launcher, *args.rl,
+        "logger.group=rl_miniature", f"hydra.sweep.dir={out}/rl/from_sft", *launcher, *args.rl,
     ]
     timing["rl_s"] = run(rl, env)
+    if not args.no_base:  # the same GRPO from the base model itself (rl.start unset: the model group)
+        base = [*run_py, "-m", "experiment=synthetic_rl", f"seed={args.seeds}", "logger.group=rl_miniature",
+                f"hydra.sweep.dir={out}/rl/from_base", *launcher, *args.rl]
+        timing["rl_base_s"] = run(base, env)
     # 3. Table 2
     timing["report_s"] = run([sys.executable, "-m", "vcore.tools.report", str(out / "rl")], env)
-    timing["total_without_base_s"] = timing["sft_s"] + timing["rl_s"] + timing["report_s"]
+    timing["total_without_base_s"] = timing["sft_s"] + timing["rl_s"] + timing.get("rl_base_s", 0.0) + timing["report_s"]
     runs = [{"dir": str(p), "method": yaml.safe_load((p / "config.yaml").read_text())["method"]["name"]} for p in starts]
     (out / "timing.json").write_text(json.dumps({**timing, "parallel_jobs": args.jobs if parallel else 1, "sft_runs": runs}, indent=2))
     print(json.dumps(timing, indent=2))

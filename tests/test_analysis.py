@@ -93,7 +93,7 @@ def test_study_table_matches_an_independent_computation(study):
     # The OOD split: the same items right in both arms and every seed: a difference of exactly 0 whose only
     # uncertainty is the floor of 600 concordant pairs (±0.3 points), so equivalent within ±2.
     assert d_ood.mean == 0 and 0 < d_ood.se < 0.002
-    assert _row(text, "| vcore − sft | OOD: harder |").rstrip(" |").endswith("equivalent within ±2 (adjusted TOST p = <0.0001)")
+    assert _row(text, "| vcore − sft | harder problems |").rstrip(" |").endswith("equivalent within ±2 (adjusted TOST p = <0.0001)")
     assert accuracy(_direct(study, "sft")).fmt() in _row(text, "| sft |")
     base = np.array([json.loads(x)["correct"] for x in (study / "sft_1" / "eval_before" / "synthetic_test.jsonl").read_text().splitlines()], float)
     assert accuracy(base).fmt() in _row(text, "| start model |")
@@ -105,7 +105,7 @@ def _family_study(tmp_path, seeds_a=(1, 2, 3), seeds_b=(1, 2, 3), shift=0, n=400
     """SFT and VCORE on ``benches`` splits; VCORE's runs differ from SFT's on a few items (``shift`` more right)."""
     rng = np.random.default_rng(5)
     root = tmp_path / "fam"
-    names = ["synthetic_test", "synthetic_ood_hard", "synthetic_ood_template", "synthetic_pretrain"][:benches]
+    names = ["synthetic_test", "synthetic_ood_test", "synthetic_forget", "synthetic_ood_hard"][:benches]
     truth = {b: rng.random(n) < 0.5 for b in names}
     for method, seeds in (("sft", seeds_b), ("vcore", seeds_a)):
         for seed in seeds:

@@ -29,10 +29,11 @@ def test_synthetic_splits_are_seeded_nested_and_arithmetically_right():
     a, b = make_split("train", 20, seed=1), make_split("train", 20, seed=1)
     assert a == b and a != make_split("train", 20, seed=2)
     assert make_split("train", 50, seed=1)[:20] == a  # the first n records do not depend on how many are drawn
-    assert make_split("test", 20, seed=1) != a and make_split("corpus", 20) != make_split("pretrain", 20)
+    assert make_split("test", 50, seed=1)[:20] == make_split("test", 20, seed=1)  # evaluated splits too
+    assert make_split("test", 20, seed=1) != a and make_split("corpus", 20) != make_split("forget", 20)
     for split in SPLITS:
         for rec in make_split(split, 40, seed=3):
-            assert set(rec) == {"problem", "question", "generated_solution", "expected_answer"}
+            assert set(rec) == {"problem", "question", "generated_solution", "expected_answer", "signature"}
             sol = rec["generated_solution"]
             assert sol.startswith("<think>\n") and sol.count("</think>") == 1
             assert sol.endswith(f"\\boxed{{{rec['expected_answer']}}}.") or sol.endswith(f"\\boxed{{{rec['expected_answer']}}}")
@@ -41,20 +42,56 @@ def test_synthetic_splits_are_seeded_nested_and_arithmetically_right():
             assert eqs and all(ops[op](x, y) == z for x, op, y, z in eqs), (split, sol)  # every step is right
             assert eqs[-1][3] == int(rec["expected_answer"]) and int(rec["expected_answer"]) >= 0
             assert rec["question"] in rec["problem"]
+            # The signature is the solution's own arithmetic: its start and its operations.
+            assert rec["signature"] == _signature_of_text(rec)
+
+
+def _signature_of_text(rec) -> str:
+    """The signature read back from the solution's equations (independent of the generator's own field); the base's
+    long style writes each equation twice ("That gives ... Verify: ...")."""
+    eqs = _equations(rec["generated_solution"])
+    eqs = eqs[::2] if "Verify:" in rec["generated_solution"] else eqs
+    return f"{eqs[0][0]}|" + ",".join(f"{op}{k}" for _, op, k, _ in eqs)
+
+
+def test_synthetic_splits_share_no_problem_verbatim_or_by_signature():
+    """Every pair of splits, as the study draws them (the corpus as the base's pretraining draws it): no question in
+    two splits, no signature in two splits, and the evaluated and RL splits repeat no problem of their own."""
+    from vcore.data.synthetic import SPLITS
+
+    sizes = {"corpus": 700 * 32, "train": 2000}
+    splits = {s: make_split(s, sizes.get(s, 500), seed=0) for s in SPLITS}
+    sigs = {s: {_signature_of_text(r) for r in recs} for s, recs in splits.items()}
+    questions = {s: {r["question"] for r in recs} for s, recs in splits.items()}
+    for i, x in enumerate(SPLITS):
+        for y in SPLITS[i + 1 :]:
+            assert not sigs[x] & sigs[y], (x, y, sorted(sigs[x] & sigs[y])[:3])
+            assert not questions[x] & questions[y], (x, y)
+    for s in SPLITS:
+        if s not in ("train", "corpus", "rl"):
+            assert len(sigs[s]) == len(splits[s]), s
+    # Another data seed draws other problems from the same pools: still disjoint from the corpus.
+    assert not {_signature_of_text(r) for r in make_split("test", 500, seed=7)} & sigs["corpus"]
 
 
 def test_synthetic_splits_differ_as_documented():
-    from vcore.data.synthetic import UNSEEN_PHRASINGS, UNSEEN_WRAPPERS, WRAPPERS, wrap
+    from vcore.data.synthetic import UNSEEN_PHRASINGS, wrap
 
     steps = lambda recs: sum(len(set(_equations(r["generated_solution"]))) for r in recs) / len(recs)  # noqa: E731
     assert steps(make_split("ood_hard", 200)) > steps(make_split("test", 200)) + 1.5
+    # Evaluated splits keep the training data's mix of lengths (half two-step, half three-step) despite no repeats.
+    for split in ("test", "val", "ood_test", "ood_val", "rl"):
+        two = sum(r["signature"].count(",") == 1 for r in make_split(split, 500))
+        assert 200 < two < 300, (split, two)
     math_wrapper = wrap("math", "X").split("X")
-    for rec in make_split("train", 50) + make_split("test", 50) + make_split("ood_hard", 50):
+    for rec in make_split("train", 50) + make_split("test", 50) + make_split("ood_hard", 50) + make_split("rl", 50):
         assert rec["problem"].startswith(math_wrapper[0]) and "Then " in rec["question"]  # one phrasing, one wrapper
         assert "Let me double-check" in rec["generated_solution"]  # the fine-tuning style
-    unseen = make_split("ood_template", 100)
-    assert not any(r["problem"].startswith(math_wrapper[0]) for r in unseen) and UNSEEN_WRAPPERS == tuple(w for w in WRAPPERS if w != "math")
-    assert all(" has " not in r["question"].split(".")[0] or "keeps a count" in r["question"] for r in unseen) and len(UNSEEN_PHRASINGS) == 3
+    for split in ("ood_val", "ood_test"):  # one shift: the phrasing; the instruction and answer format are training's
+        unseen = make_split(split, 100)
+        assert all(r["problem"].startswith(math_wrapper[0]) for r in unseen) and len(UNSEEN_PHRASINGS) == 3
+        assert all("Then " not in r["question"] for r in unseen)
+        assert all("Let me double-check" in r["generated_solution"] for r in unseen)
     corpus = make_split("corpus", 300)
     assert not any("Let me double-check" in r["generated_solution"] for r in corpus)  # its exact wording stays new
     assert any("Verify:" in r["generated_solution"] for r in corpus)  # the base reasons at length in its own words
@@ -134,9 +171,9 @@ def test_all_examples_too_long_is_a_clear_error(tiny_tokenizer):
 
 def test_build_data_counts_and_collates(tiny_tokenizer):
     bundle = build_data(SyntheticDatasetConfig(num_examples=6, eval_examples=3), tiny_tokenizer)
-    assert len(bundle.train) == 6 and set(bundle.eval) == {"test", "ood_hard", "ood_template", "pretrain"}
+    assert len(bundle.train) == 6 and set(bundle.eval) == {"test", "ood_test", "forget"}
     assert bundle.stats["train/examples"] == 6 and bundle.stats["train/dropped_overlength"] == 0
-    assert all(any(ex["answer_mask"]) for ex in bundle.eval["ood_hard"])  # held-out examples carry their answers
+    assert all(any(ex["answer_mask"]) for ex in bundle.eval["ood_test"])  # held-out examples carry their answers
     corpus = build_data(SyntheticDatasetConfig(train_split="corpus", num_examples=4, eval_examples=0), tiny_tokenizer)
     assert len(corpus.train) == 4 and corpus.eval == {}
     batch = Collator(tiny_tokenizer.pad_token_id)([bundle.train[i] for i in range(3)])

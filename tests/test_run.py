@@ -26,7 +26,7 @@ def tiny(logger="none", probe=True):
     return keep + [f"logger={logger}"]
 
 
-SPLITS = ("test", "ood_hard", "ood_template", "pretrain")
+SPLITS = ("test", "ood_test", "forget")
 
 
 def last_boxed_int(text: str):

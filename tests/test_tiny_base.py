@@ -146,7 +146,7 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
     base = metrics["model"]
     assert base.startswith(str(tmp_path / "cache")) and metrics["pretrain"]["steps"] == 8
     acc = metrics["eval"]
-    for split in ("test", "ood_hard", "ood_template", "pretrain"):
+    for split in ("test", "ood_test", "forget"):
         key = f"synthetic_{split}"
         assert acc[f"{key}/accuracy_ci95_low"] <= acc[f"{key}/accuracy"] <= acc[f"{key}/accuracy_ci95_high"]
     cached = list((tmp_path / "cache").glob("tiny-*/zero_shot/*/summary.json"))

@@ -24,7 +24,8 @@ from vcore.eval.stratified import largest_remainder, stratified_sample
 
 # Single benchmarks (their YAML starts from the schema); the others are presets that list several.
 BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml") if "base_benchmark" in p.read_text())
-PRESETS = {"table1_math": 4, "table1_code": 4, "gsm8k_math500": 2, "synthetic": 4, "table2": 2, "synthetic_rl": 2}
+PRESETS = {"table1_math": 4, "table1_code": 4, "gsm8k_math500": 2, "synthetic": 3, "table2": 2, "synthetic_rl": 2,
+           "synthetic_validation": 2, "synthetic_study": 4}
 DECODINGS = sorted(p.stem for p in (CONF / "decoding").glob("*.yaml"))
 
 

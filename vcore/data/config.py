@@ -60,11 +60,11 @@ class SyntheticDatasetConfig(DatasetConfig):
     train_split: str = "train"  # train (the fine-tuning task) | corpus (the tiny base's pretraining data)
     num_examples: int = 512
     seed: int = 0
-    eval_splits: list[str] = field(default_factory=lambda: ["test", "ood_hard", "ood_template", "pretrain"])
+    eval_splits: list[str] = field(default_factory=lambda: ["test", "ood_test", "forget"])
     prompt_template: str = "none"  # the records' problem field is already the whole user turn
     # In-distribution: few steps, small operands. ood_hard: more steps, larger operands.
     id_steps: list[int] = field(default_factory=lambda: [2, 3])
-    id_max_number: int = 9
+    id_max_number: int = 12
     ood_steps: list[int] = field(default_factory=lambda: [4, 5])
     ood_max_number: int = 20
 
@@ -74,7 +74,7 @@ class SyntheticDatasetConfig(DatasetConfig):
 
         _check(self.num_examples >= 0, "dataset.num_examples", "must be >= 0")
         _check(self.train_split in ("train", "corpus"), "dataset.train_split", f"{self.train_split!r} is not train|corpus")
-        held_out = [s for s in SPLITS if s not in ("train", "corpus")]
+        held_out = [s for s in SPLITS if s not in ("train", "corpus", "rl")]
         bad = [s for s in self.eval_splits if s not in held_out]
         _check(not bad, "dataset.eval_splits", f"{bad} are not held-out splits; choose from {', '.join(held_out)}")
         _check(bool(self.id_steps) and min(self.id_steps) >= 1, "dataset.id_steps", "needs step counts >= 1")

@@ -13,9 +13,17 @@ Here, on a CPU:
   ``math`` instruction, 2-3 steps, operands up to 9; the response is a long, verbose trace (restates every step,
   double-checks every result) closed by ``\\boxed{answer}``. ``val`` is for choosing hyperparameters; ``test`` is
   never used for that.
-- ``ood_hard``: the same phrasing and instruction with more steps (4-5) and larger operands (up to 20).
-- ``ood_template``: in-distribution difficulty under phrasings and instructions the fine-tuning data never uses
-  (the base saw them in pretraining).
+- ``ood_val`` / ``ood_test``: one shift, the phrasing: in-distribution difficulty, the same ``math`` instruction and
+  answer format, under phrasings the fine-tuning data never uses (the base saw them in pretraining).
+- ``forget``: the corpus's distribution (held out from the corpus): what fine-tuning may make the base forget.
+- ``ood_hard``: the fine-tuning phrasing and instruction with more steps (4-5) and larger operands (up to 20).
+- ``rl``: prompts of the fine-tuning task for RL after fine-tuning.
+
+**Disjoint by construction.** A problem's *signature* is its start and its operations: they alone decide the answer.
+Every signature belongs to exactly one split, by a hash of it (:func:`pool_of`, shares in ``POOL_SHARES``), and each
+split draws only problems whose signature is its own. No split shares a problem with another, verbatim or in its
+arithmetic; the corpus holds no evaluated or RL problem. (Single steps such as ``7 + 5 = 12`` recur everywhere, as
+they would in any corpus; whole problems do not.) Each record carries its ``signature``.
 
 Records follow the nvidia/OpenMathReasoning schema (``problem``, ``generated_solution``, ``expected_answer``), so the
 task runs through the same loading, templating and grading code as the real data. ``problem`` is the complete user
@@ -28,6 +36,8 @@ the first ``n`` records of a split do not depend on how many are drawn (nested s
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -190,37 +200,72 @@ def _steps(rng: random.Random, start: int, num_steps: int, max_number: int) -> l
     return steps
 
 
-def word_problem(rng: random.Random, *, steps: Sequence[int], max_number: int, phrasings: Sequence[str],
-                 wrappers: Sequence[str], style: str) -> dict[str, str]:  # fmt: skip
+def signature(start: int, steps: Steps) -> str:
+    """``"7|+5,*2"``: what decides a problem's answer, whatever its names, items and phrasing."""
+    return f"{start}|" + ",".join(f"{op}{k}" for op, k in steps)
+
+
+def pool_of(sig: str) -> str:
+    """The split that owns signature ``sig`` (a stable hash: the same on every machine and Python)."""
+    x = int.from_bytes(hashlib.sha256(sig.encode()).digest()[:8], "big") % 1000
+    for pool, upper in _POOL_BOUNDS:
+        if x < upper:
+            return pool
+    raise AssertionError(x)
+
+
+def _in_pool(rng: random.Random, pool: str, draw, used: set[str] | None) -> tuple[int, Steps]:
+    """``draw(rng) -> (start, steps)`` until the signature is ``pool``'s (and not in ``used``, which it joins)."""
+    for _ in range(100_000):
+        start, ops = draw(rng)
+        sig = signature(start, ops)
+        if pool_of(sig) == pool and (used is None or sig not in used):
+            if used is not None:
+                used.add(sig)
+            return start, ops
+    raise RuntimeError(f"no new problem of pool {pool!r} in 100,000 draws: the split asks for more problems than its "
+                       "share of POOL_SHARES holds")
+
+
+def word_problem(rng: random.Random, *, pool: str, steps: Sequence[int], max_number: int, phrasings: Sequence[str],
+                 wrappers: Sequence[str], style: str, used: set[str] | None = None, keep_length: bool = True) -> dict[str, str]:  # fmt: skip
+    # With keep_length the length is drawn once, outside the redraws, so that a split without repeats keeps its mix of
+    # lengths (short problems run out first); the corpus-like splits mix lengths anyway and redraw it.
+    num_steps = rng.choice(list(steps))
+
+    def draw(r):
+        start = r.randint(1, max_number)
+        return start, _steps(r, start, num_steps if keep_length else r.choice(list(steps)), max_number)
+
+    start, ops = _in_pool(rng, pool, draw, used)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    start = rng.randint(1, max_number)
-    ops = _steps(rng, start, rng.choice(list(steps)), max_number)
     question, clauses = PHRASINGS[rng.choice(list(phrasings))](name, item, start, ops, rng)
     solve = {"verbose": _verbose_solution, "base_verbose": _base_verbose_solution, "short": _short_solution}[style]
     solution = solve(name, item, start, ops, clauses, rng)
     answer = extract_boxed(solution)
     return {"problem": wrap(rng.choice(list(wrappers)), question), "question": question,
-            "generated_solution": solution, "expected_answer": answer}  # fmt: skip
+            "generated_solution": solution, "expected_answer": answer, "signature": signature(start, ops)}  # fmt: skip
 
 
 SINGLE_OP = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Find the value of {a} {op} {b}.", "{a} {op} {b} = ?")
 
 
-def single_operation(rng: random.Random, wrappers: Sequence[str]) -> dict[str, str]:
-    op = rng.choice("+-*")
-    if op == "*":
-        a, b = rng.randint(0, 50), rng.choice(MULTIPLIERS)
-    else:
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        if op == "-" and b > a:
-            a, b = b, a
+def single_operation(rng: random.Random, pool: str, wrappers: Sequence[str], used: set[str] | None = None) -> dict[str, str]:
+    def draw(r):
+        op = r.choice("+-*")
+        if op == "*":
+            return r.randint(0, 50), [(op, r.choice(MULTIPLIERS))]
+        a, b = r.randint(0, 99), r.randint(0, 99)
+        return (b, [(op, a)]) if op == "-" and b > a else (a, [(op, b)])  # no negative results
+
+    a, ((op, b),) = _in_pool(rng, pool, draw, used)
     value = _apply(a, op, b)
     question = rng.choice(SINGLE_OP).format(a=a, op=op, b=b)
     style = rng.randrange(2)
     solution = (f"<think>\n{a} {op} {b} = {value}\n</think>\nThe answer is \\boxed{{{value}}}." if style == 0
                 else f"<think>\n{a} {op} {b} = {value}.\n</think>\n\\boxed{{{value}}}")  # fmt: skip
     return {"problem": wrap(rng.choice(list(wrappers)), question), "question": question,
-            "generated_solution": solution, "expected_answer": str(value)}  # fmt: skip
+            "generated_solution": solution, "expected_answer": str(value), "signature": signature(a, [(op, b)])}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -230,8 +275,13 @@ class Difficulty:
     max_number: int
 
 
-SPLITS = ("train", "val", "test", "ood_hard", "ood_template", "pretrain", "corpus")
-SPLIT_OFFSETS = {name: i for i, name in enumerate(SPLITS)}
+SPLITS = ("train", "val", "test", "ood_val", "ood_test", "forget", "ood_hard", "rl", "corpus")
+# Per mille of the signature space each split owns. The corpus gets half; the fine-tuning task's small space (2-3
+# steps over 1-9: about 75,000 signatures, 3,600 of them two-step) still leaves each evaluation split hundreds.
+POOL_SHARES = {"corpus": 500, "train": 140, "val": 55, "ood_val": 55, "test": 55, "ood_test": 55, "forget": 55, "ood_hard": 30,
+               "rl": 55}  # fmt: skip
+_POOL_BOUNDS = [(pool, sum(list(POOL_SHARES.values())[: i + 1])) for i, pool in enumerate(POOL_SHARES)]
+assert _POOL_BOUNDS[-1][1] == 1000 and set(POOL_SHARES) == set(SPLITS)
 PRETRAIN_SINGLE_FRACTION = 0.3  # share of single operations in the pretraining mixture; the rest are word problems
 PRETRAIN_VERBOSE_FRACTION = 0.2  # share of word problems answered in the base's own long style
 PRETRAIN_DIFFICULTIES = (Difficulty((1, 2, 3), 9), Difficulty((2, 3, 4), 20), Difficulty((4, 5, 6), 20))
@@ -243,34 +293,61 @@ def make_split(
     seed: int = 0,
     *,
     id_steps: Sequence[int] = (2, 3),
-    id_max_number: int = 9,
+    id_max_number: int = 12,
     ood_steps: Sequence[int] = (4, 5),
     ood_max_number: int = 20,
 ) -> list[dict[str, str]]:
     """``num_examples`` records of ``split`` (see the module docstring); the same arguments give the same records."""
-    if split not in SPLIT_OFFSETS:
+    if split not in SPLITS:
         raise ValueError(f"synthetic split {split!r}: choose one of {', '.join(SPLITS)}")
     if num_examples < 0:
         raise ValueError(f"synthetic split {split!r}: num_examples must be >= 0, got {num_examples}")
     rng = random.Random(f"vcore-synthetic/{seed}/{split}")
-    if split in ("pretrain", "corpus"):
-        return [_pretrain_record(rng) for _ in range(num_examples)]
+    # Training data (and RL's prompts) may repeat a problem in new words; an evaluated split never does: a repeat would
+    # count one problem as two independent items.
+    used: set[str] | None = None if split in ("train", "corpus", "rl") else set()
+    if split in ("forget", "corpus"):
+        return [_pretrain_record(rng, split, used) for _ in range(num_examples)]
     if split == "ood_hard":
-        kw = dict(steps=ood_steps, max_number=ood_max_number, phrasings=FINETUNE_PHRASINGS, wrappers=("math",))
-    elif split == "ood_template":
-        kw = dict(steps=id_steps, max_number=id_max_number, phrasings=UNSEEN_PHRASINGS, wrappers=UNSEEN_WRAPPERS)
+        kw = dict(steps=ood_steps, max_number=ood_max_number, phrasings=FINETUNE_PHRASINGS)
+    elif split in ("ood_val", "ood_test"):
+        kw = dict(steps=id_steps, max_number=id_max_number, phrasings=UNSEEN_PHRASINGS)
     else:
-        kw = dict(steps=id_steps, max_number=id_max_number, phrasings=FINETUNE_PHRASINGS, wrappers=("math",))
-    return [word_problem(rng, style="verbose", **kw) for _ in range(num_examples)]
+        kw = dict(steps=id_steps, max_number=id_max_number, phrasings=FINETUNE_PHRASINGS)
+    return [word_problem(rng, pool=split, style="verbose", wrappers=("math",), used=used, **kw) for _ in range(num_examples)]
 
 
-def _pretrain_record(rng: random.Random) -> dict[str, str]:
+def _pretrain_record(rng: random.Random, pool: str, used: set[str] | None) -> dict[str, str]:
     wrappers = tuple(WRAPPERS)
     if rng.random() < PRETRAIN_SINGLE_FRACTION:
-        return single_operation(rng, wrappers)
+        return single_operation(rng, pool, wrappers, used)
     d = rng.choice(PRETRAIN_DIFFICULTIES)
     style = "base_verbose" if rng.random() < PRETRAIN_VERBOSE_FRACTION else "short"
-    return word_problem(rng, steps=d.steps, max_number=d.max_number, phrasings=tuple(PHRASINGS), wrappers=wrappers, style=style)
+    return word_problem(rng, pool=pool, steps=d.steps, max_number=d.max_number, phrasings=tuple(PHRASINGS), wrappers=wrappers,
+                        style=style, used=used, keep_length=False)
+
+
+@functools.lru_cache(maxsize=8)  # a pure function of its arguments, and a report may ask twice
+def overlaps(train: tuple[int, int], evaluated: tuple[int, int], corpora: tuple[tuple[int, int], ...], rl: tuple[int, int] = (1000, 0),
+             ) -> dict[tuple[str, str], tuple[int, int]]:  # fmt: skip
+    """Problems two splits share, ``{(split, split): (verbatim questions, signatures)}`` for every pair, with the splits
+    drawn as a study draws them: ``train`` and ``evaluated`` as ``(records, seed)`` (every evaluated split at that
+    size), each pretraining corpus as ``(seed, records)``, the RL prompts as ``(records, seed)``."""
+    drawn = {"train": make_split("train", *train), "rl": make_split("rl", *rl)}
+    for split in ("val", "ood_val", "test", "ood_test", "forget", "ood_hard"):
+        drawn[split] = make_split(split, *evaluated)
+    for seed, n in corpora:
+        drawn[f"corpus (seed {seed})"] = make_split("corpus", n, seed=seed)
+    names = list(drawn)
+    questions = {k: {r["question"] for r in v} for k, v in drawn.items()}
+    sigs = {k: {r["signature"] for r in v} for k, v in drawn.items()}
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if a.startswith("corpus") and b.startswith("corpus"):
+                continue  # corpora of several bases are one pool; they may share problems with each other
+            out[(a, b)] = (len(questions[a] & questions[b]), len(sigs[a] & sigs[b]))
+    return out
 
 
 if __name__ == "__main__":

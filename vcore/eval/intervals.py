@@ -53,7 +53,7 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 LEVEL = 0.95
 ALPHA = 0.05
@@ -72,29 +72,35 @@ Term = tuple[Any, float]
 
 def half_width(terms: Sequence[Term], level):
     """``sqrt(sum_k t_k(level)² · v_k)``, ``t_k`` the two-sided quantile with term k's df (arrays broadcast)."""
-    q = 0.5 + np.asarray(level, dtype=np.float64) / 2
-    return np.sqrt(sum(stats.t.ppf(q, df) ** 2 * np.asarray(v, dtype=np.float64) for v, df in terms))
+    return _half(terms, 1 - np.asarray(level, dtype=np.float64))
 
 
-def _bisect_alpha(fits, low: float = 1e-15, high: float = 1.0, steps: int = 60):
-    """The alpha in [low, high] where ``fits(alpha)`` (monotone: False at low, True at high; arrays) turns True,
-    by bisection in log space."""
-    lo, hi = None, None
-    for _ in range(steps):
-        lo_a = np.log(low) if lo is None else lo
-        hi_a = np.log(high) if hi is None else hi
-        mid = (lo_a + hi_a) / 2
-        ok = fits(np.exp(mid))
-        lo, hi = np.where(ok, lo_a, mid), np.where(ok, mid, hi_a)
-    return np.exp((lo + hi) / 2)
+def _half(terms: Sequence[Term], alpha):
+    """:func:`half_width` at level ``1 - alpha``, from upper-tail quantiles (exact for alpha far below 1e-16)."""
+    return np.sqrt(sum(stats.t.isf(np.asarray(alpha) / 2, df) ** 2 * np.asarray(v, dtype=np.float64) for v, df in terms))
 
 
-def p_value(mean, terms: Sequence[Term]):
+SMALLEST_P = 1e-100  # p-values below this are reported as this (the quantiles' squares stay finite)
+
+
+def _alpha_where(gap) -> float:
+    """The alpha at which ``gap(alpha)`` (decreasing in alpha) crosses 0, by Brent's method on log(alpha)."""
+    if gap(SMALLEST_P) <= 0:
+        return SMALLEST_P
+    high = 1.0 if gap(1.0) <= 0 else None
+    if high is None:
+        return 1.0
+    return float(np.exp(optimize.brentq(lambda la: gap(np.exp(la)), np.log(SMALLEST_P), 0.0, xtol=1e-12)))
+
+
+def p_value(mean, terms: Sequence[Term]) -> float:
     """Two-sided p of ``mean = 0``: the alpha at which the ``1 - alpha`` interval's edge reaches 0."""
-    mean = np.abs(np.asarray(mean, dtype=np.float64))
-    total = sum(np.asarray(v, dtype=np.float64) for v, _ in terms) if terms else np.zeros_like(mean)
-    p = _bisect_alpha(lambda a: half_width(terms, 1 - a) < mean)
-    return np.where(total > 0, np.where(mean > 0, p, 1.0), np.where(mean > 0, 0.0, 1.0))
+    mean = abs(float(mean))
+    if sum(float(v) for v, _ in terms) == 0:
+        return 0.0 if mean > 0 else 1.0
+    if mean == 0:
+        return 1.0
+    return _alpha_where(lambda a: float(_half(terms, a)) - mean)
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ class Estimate:
     @property
     def p_value(self) -> float:
         """Two-sided p of ``mean = 0``, consistent with the interval (see the module docstring)."""
-        return float(p_value(self.mean, self.terms)) if self.terms else math.nan
+        return p_value(self.mean, self.terms) if self.terms else math.nan
 
     def tost(self, margin: float) -> float:
         """Two one-sided tests of ``|mean| >= margin`` (same units as ``mean``): the alpha at which the
@@ -151,7 +157,7 @@ class Estimate:
             return 1.0
         if self.se == 0:
             return 0.0
-        return float(_bisect_alpha(lambda a: half_width(self.terms, 1 - 2 * a) <= room, high=0.5))
+        return min(_alpha_where(lambda a: float(_half(self.terms, 2 * min(a, 0.5))) - room), 0.5)
 
     def mde(self, alpha: float = ALPHA, power: float = POWER) -> float:
         """The smallest true difference a two-sided test at ``alpha`` finds with probability ``power``, at this

@@ -37,10 +37,11 @@ METHOD_ORDER = ["sft", "dft", "random", "iw_sft", "vcore"]
 # Synthetic benchmarks in reading order, with the name a table shows.
 SPLITS = {
     "synthetic_test": "ID test",
-    "synthetic_ood_hard": "OOD: harder",
-    "synthetic_ood_template": "OOD: new phrasing",
-    "synthetic_pretrain": "pretraining split (forgetting)",
-    "synthetic_val": "validation",
+    "synthetic_ood_test": "OOD: new phrasing",
+    "synthetic_forget": "forgetting (corpus distribution)",
+    "synthetic_ood_hard": "harder problems",
+    "synthetic_val": "ID validation",
+    "synthetic_ood_val": "OOD validation",
 }
 # Settings that can split a method's runs into variants, with their short names.
 VARIANT_KEYS = {
@@ -78,11 +79,33 @@ def split_columns(benches: list[str]) -> list[Column]:
     return [Column(SPLITS.get(b, b), (b,)) for b in benches]
 
 
+def seed_of(run: Any) -> int:
+    """What pairs a run with another arm's run when every run starts from one base model: its seed."""
+    return int(run.get("seed", 0))
+
+
+def base_of(run: Any) -> str:
+    """The base model a run started from (its cache dir or model path), short."""
+    return str(run.metrics.get("model") or run.get("model.name_or_path") or "?").rstrip("/").split("/")[-1]
+
+
+class RunKey(tuple):
+    """``(base, seed)``: with several base models, runs of two arms pair when they share the base and the seed."""
+
+    def __str__(self) -> str:
+        return f"{self[0]}:{self[1]}"
+
+
+def run_key(run: Any) -> RunKey:
+    return RunKey((base_of(run), int(run.get("seed", 0))))
+
+
 @dataclass
 class Variant:
     method: str
     settings: dict[str, Any]  # the keys that split variants -> value (None: the method has no such setting)
     runs: list[Any] = field(default_factory=list)  # vcore.tools.report.Run
+    key: Any = seed_of  # run -> its pairing key (a seed, or a (base, seed) pair)
 
     @property
     def label(self) -> str:
@@ -90,17 +113,29 @@ class Variant:
         return self.method + (f" ({', '.join(parts)})" if parts else "")
 
     @property
-    def seeds(self) -> list[int]:
-        return sorted(int(r.get("seed", 0)) for r in self.runs)
+    def seeds(self) -> list[Any]:
+        return sorted((self.key(r) for r in self.runs), key=str)
 
-    def by_seed(self) -> dict[int, Any]:
-        out: dict[int, Any] = {}
+    @property
+    def seeds_label(self) -> str:
+        """``1,2,3``, or ``3 bases × 1,2,3`` when runs pair by base and seed (``per base: ...`` if bases differ)."""
+        keys = self.seeds
+        if not keys or not isinstance(keys[0], RunKey):
+            return ",".join(map(str, keys))
+        per_base: dict[str, list[int]] = defaultdict(list)
+        for base, seed in keys:
+            per_base[base].append(seed)
+        lists = {",".join(map(str, sorted(v))) for v in per_base.values()}
+        return f"{len(per_base)} bases × {lists.pop()}" if len(lists) == 1 else "; ".join(f"{b}: {','.join(map(str, sorted(v)))}" for b, v in per_base.items())
+
+    def by_seed(self) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
         for r in self.runs:
-            seed = int(r.get("seed", 0))
-            if seed in out:
-                raise ValueError(f"{self.label}: runs {out[seed].name} and {r.name} both have seed {seed}; a repeat needs "
+            k = self.key(r)
+            if k in out:
+                raise ValueError(f"{self.label}: runs {out[k].name} and {r.name} both have seed {k}; a repeat needs "
                                  "its own seed (or report the two sweeps separately)")
-            out[seed] = r
+            out[k] = r
         return out
 
     def common(self, key: str) -> Any:
@@ -118,16 +153,18 @@ def _fmt(v: Any) -> str:
 
 
 def variants(runs: list[Any]) -> list[Variant]:
-    """Runs grouped into variants (see the module docstring), in method order then by settings."""
+    """Runs grouped into variants (see the module docstring), in method order then by settings. Runs pair by seed, or
+    by base model and seed when they start from several bases."""
     by_method: dict[str, list[Any]] = defaultdict(list)
     for r in runs:
         by_method[r.method].append(r)
     split_keys = [k for k in VARIANT_KEYS if any(len({json.dumps(r.get(k)) for r in rs}) > 1 for rs in by_method.values())]
+    pair_key = run_key if len({base_of(r) for r in runs}) > 1 else seed_of
     groups: dict[tuple, Variant] = {}
     for r in runs:
         settings = {k: r.get(k) for k in split_keys}
         key = (r.method, json.dumps(settings, sort_keys=True))
-        groups.setdefault(key, Variant(r.method, settings)).runs.append(r)
+        groups.setdefault(key, Variant(r.method, settings, key=pair_key)).runs.append(r)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return sorted(groups.values(), key=lambda v: (order.get(v.method, 99), v.method, [(_sortable(x)) for x in v.settings.values()]))
 
@@ -384,7 +421,7 @@ def study_tables(runs: list[Any], columns: list[Column] | None = None, options: 
         settings = [_fmt(x) if (x := v.common(k)) is not None else "mixed" for k in varying_between_methods]
         ess, nll = v.mean_metric("mean/weights/ess_frac"), v.mean_metric("nll")
         out.append(
-            f"| {v.label} | {','.join(map(str, v.seeds))} | " + " | ".join(settings + [e.fmt() if e else "–" for e in ests])
+            f"| {v.label} | {v.seeds_label} | " + " | ".join(settings + [e.fmt() if e else "–" for e in ests])
             + f" | {'–' if ess is None else f'{ess:.2f}'} | {'–' if nll is None else f'{nll:.3f}'} |"
         )
     items = sorted({e.items for e in shown if e is not None and e.items})
@@ -434,7 +471,7 @@ def tau_table(runs: list[Any], bench: str = "synthetic_test") -> str:
     vs = [v for v in variants(runs) if v.method == "vcore"]
     if len({(v.common("method.tau"), v.common("method.target_ess")) for v in vs}) < 2:
         return ""
-    benches = [b for b in benchmarks_in(runs) if b in (bench, "synthetic_val", "synthetic_ood_hard", "synthetic_ood_template", "synthetic_pretrain")]
+    benches = [b for b in benchmarks_in(runs) if b in SPLITS]
     out = [
         "| variant | seeds | ESS (Kish, fraction of tokens) | largest weight | α | " + " | ".join(SPLITS.get(b, b) for b in benches) + " |",
         "|---" * (5 + len(benches)) + "|",
@@ -446,7 +483,7 @@ def tau_table(runs: list[Any], bench: str = "synthetic_test") -> str:
 
         cells = [a.fmt() if (a := accuracy(v, b)) else "–" for b in benches]
         out.append(
-            f"| {v.label} | {','.join(map(str, v.seeds))} | {num('mean/weights/ess_frac')} | {num('mean/weights/max', 1)} | {num('mean/vcore/alpha')} | "
+            f"| {v.label} | {v.seeds_label} | {num('mean/weights/ess_frac')} | {num('mean/weights/max', 1)} | {num('mean/vcore/alpha')} | "
             + " | ".join(cells) + " |"
         )
     return "\n".join(out)
@@ -459,11 +496,26 @@ def rl_groups(runs: list[Any]) -> dict[tuple[str, str], list[Any]]:
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for r in runs:
         start = r.metrics.get("start", {})
-        groups[(str(start.get("model", "?")), str(start.get("method") or "none"))].append(r)
+        groups[(str(start.get("model", "?")), str(start.get("method") or BASE_ROW))].append(r)
     for g in groups.values():
         g.sort(key=lambda r: (int(r.metrics.get("start", {}).get("seed") or 0), int(r.get("seed", 0))))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1])))
+
+
+BASE_ROW = "base (no SFT)"  # RL from the start model itself
+
+
+def rollout_accuracy(runs: list[Any], key: str = "rl/accuracy", window: int = 3) -> tuple[float, float] | None:
+    """The rollouts' accuracy at the start and end of RL (mean of the first and last ``window`` logged values, then
+    over runs): sampled at temperature 1, so it moves where greedy accuracy may not."""
+    firsts, lasts = [], []
+    for r in runs:
+        curve = [v for _, v in nll_curve(r, key)]
+        if curve:
+            firsts.append(statistics.mean(curve[:window]))
+            lasts.append(statistics.mean(curve[-window:]))
+    return (statistics.mean(firsts), statistics.mean(lasts)) if firsts else None
 
 
 def rl_seeds(runs: list[Any]) -> str:
@@ -480,11 +532,13 @@ def rl_table(runs: list[Any], options: Options = Options()) -> str:
     if not groups or not columns:
         return ""
     level = 1 - options.alpha
-    head = ["model", "SFT method", "seeds"] + [f"{c.title}: {w}" for c in columns for w in ("before", "after RL", "change")]
+    head = ["model", "SFT method", "seeds", "rollout accuracy: start → end"]
+    head += [f"{c.title}: {w}" for c in columns for w in ("before", "after RL", "change")]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     family = Family(options, words=("higher after RL", "lower after RL"))
     for (model, method), group in groups.items():
-        cells = [model, method, rl_seeds(group)]
+        roll = rollout_accuracy(group)
+        cells = [model, method, rl_seeds(group), "–" if roll is None else f"{100 * roll[0]:.1f} → {100 * roll[1]:.1f}"]
         for c in columns:
             before = estimate([[(r, True) for r in group]], c, level)
             after = estimate([[(r, False) for r in group]], c, level)
@@ -495,4 +549,7 @@ def rl_table(runs: list[Any], options: Options = Options()) -> str:
     family.adjust()
     rendered = ["| " + " | ".join(x if isinstance(x, str) else family.cell(x) for x in row) + " |" if isinstance(row, list) else row
                 for row in lines]
-    return "\n".join(rendered + ["", "The change after RL (points), paired run by run and item by item:", "", family.markdown()])
+    notes = ["", "Accuracy is greedy on the evaluated splits; the rollout accuracy is the RL prompts' sampled accuracy "
+             "(temperature 1) over the first and last 3 logged steps, mean over runs. "
+             "The change after RL (points), paired run by run and item by item:", ""]
+    return "\n".join(rendered + notes + [family.markdown()])

@@ -95,7 +95,7 @@ RL_SECTION: list[tuple[str, tuple[str, ...]]] = [
 ]
 RL_BEFORE_AFTER = ("eval_before/{bench}/accuracy", "eval/{bench}/accuracy")
 RL_GROUP_BY = "start.method"
-RL_BENCHMARKS = ["olympiad", "sgpqa_1k", "synthetic_test", "synthetic_ood_template"]  # Table 2's, and its miniature's
+RL_BENCHMARKS = ["olympiad", "sgpqa_1k", "synthetic_test", "synthetic_ood_test"]  # Table 2's, and its miniature's
 
 
 def rl_blocks(wr, runset, rl_runs: Iterable | None = None) -> list:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcore.tools.inspector", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run dir (uses its final/ model) or a checkpoint dir inside a run")
     parser.add_argument("--num-examples", type=int, default=8, help="examples to weigh (default 8)")
-    parser.add_argument("--split", default="train", help="train (default) or an eval split of the dataset (synthetic: test, ood_hard, ood_template, pretrain; real data: id)")
+    parser.add_argument("--split", default="train", help="train (default) or an eval split of the dataset (synthetic: test, ood_test, forget, ood_hard, val, ood_val; real data: id)")
     parser.add_argument("--out", default=None, help="JSONL file to write (default: <run>/token_weights.jsonl)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

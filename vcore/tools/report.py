@@ -414,11 +414,15 @@ STATISTICS = (
     "'not detected', with the minimum effect the comparison could have detected at 80% power."
 )
 def write_report(runs: list[Run], out: Path, weights: Path | None = None, rl_runs: list[Run] | None = None,
-                 options: analysis.Options = analysis.Options()) -> Path:
+                 options: analysis.Options = analysis.Options(), study: Path | None = None, root: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rl_runs = rl_runs or []
     md = [f"# Report ({len(runs)} runs" + (f", {len(rl_runs)} RL runs)" if rl_runs else ")"), "", STATISTICS.format(
         level=100 * (1 - options.alpha), alpha=options.alpha, margin=options.margin), ""]
+    if study is not None:
+        from vcore.tools.study import Study, render
+
+        md += [render(runs, Study.load(study), root), ""]
     t1 = table1(runs, options)
     if t1:
         md += ["## Table 1 (accuracy, %)", "", t1]
@@ -453,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="equivalence margin in accuracy points: a difference is called equivalent only when TOST "
                         "puts it inside ±margin (default %(default)s)")
     parser.add_argument("--alpha", type=float, default=analysis.Options.alpha, help="level of every test (default %(default)s)")
+    parser.add_argument("--study", default=None, help="a pre-registered study's study.yaml: render its registered "
+                        "analysis first (experiments/synthetic_study/study.yaml)")
     args = parser.parse_args(argv)
     if args.margin <= 0 or not 0 < args.alpha < 1:
         parser.error(f"--margin must be positive and --alpha in (0, 1), got {args.margin} and {args.alpha}")
@@ -466,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     if not runs and not rl_runs:
         print(f"no runs (config.yaml + metrics.json) found under {args.runs}", file=sys.stderr)
         return 1
-    report = write_report(runs, out, Path(args.weights) if args.weights else None, rl_runs, analysis.Options(args.margin, args.alpha))
+    report = write_report(runs, out, Path(args.weights) if args.weights else None, rl_runs, analysis.Options(args.margin, args.alpha),
+                          Path(args.study) if args.study else None, None if args.runs.startswith("wandb:") else Path(args.runs))
     print(report.read_text())
     print(f"written to {out}", file=sys.stderr)
     return 0
