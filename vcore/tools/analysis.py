@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from vcore.eval.intervals import Interval, bootstrap_ci, paired_bootstrap
+from vcore.methods import method_names
 
-METHOD_ORDER = ["sft", "dft", "random", "iw_sft", "vcore"]
+METHOD_ORDER = list(method_names())  # the registry's order (SFT first); a method of one's own sorts after, by name
 # Synthetic benchmarks in reading order, with the name a table shows.
 SPLITS = {
     "synthetic_test": "ID test",
