@@ -84,7 +84,7 @@ class WeightedTrainer(Trainer):
     def _backend(self) -> Backend:
         # accelerate sets these from its launch config too (`accelerate launch --use_fsdp ...`), not only from args.
         fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)
-        params = list(self.model.parameters())
+        dtypes = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
         return Backend(
             world_size=world_size(),
             fsdp=self.is_fsdp_enabled,
@@ -95,8 +95,7 @@ class WeightedTrainer(Trainer):
             packing=bool(getattr(self.data_collator, "pack", False)),
             lora=hasattr(self.model, "disable_adapter"),
             # the lowest precision any weight has (bf16 base weights under float32 LoRA adapters count as bf16)
-            weights_dtype=str(min((p.dtype for p in params), key=lambda d: torch.finfo(d).bits)).removeprefix("torch.")
-            if params else None,
+            weights_dtype=str(min(dtypes, key=lambda d: torch.finfo(d).bits)).removeprefix("torch.") if dtypes else None,
         )
 
     # ----------------------------------------------------------------------------------------- resume
@@ -146,7 +145,7 @@ class WeightedTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        micro = self._micro or self.micro_batch(inputs)
+        micro = self._micro if self._micro is not None else self.micro_batch(inputs)
         if micro is None or not model.training:
             # Evaluation (or a batch that bypassed get_batch_samples): plain NLL over the local tokens.
             token_loss, mask = model_token_loss(model, inputs, chunk_size=self.loss_chunk_size)

@@ -6,7 +6,8 @@
 Each line: ``{"example", "method", "tokens", "supervised", "loss", "score", "q", "weight", "batch_alpha"}``.
 ``weight`` is ``w_t`` before the batch factor α (0 on unsupervised tokens); ``batch_alpha`` is α of the step batch
 the example was weighted in (null for methods without one); ``score`` and ``q`` are VCORE's utilities and Gibbs
-probabilities (null elsewhere). Examples are grouped into step batches of the run's size
+probabilities (null elsewhere); a method's other per-token values (``TokenWeighting.token_values``, e.g. the entropy
+of docs/adding_a_method.md) come under their own names. Examples are grouped into step batches of the run's size
 (``per_device_train_batch_size × gradient_accumulation_steps``) and weighted by the training step's own hooks, with
 the model and probe-generator state of the checkpoint. The forward runs in eval mode: with dropout (e.g. LoRA
 dropout) training's DFT / iw-SFT weights are those values seen through a random dropout mask.
