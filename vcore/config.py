@@ -1,7 +1,9 @@
 """Typed configuration schema, registered in Hydra's ConfigStore.
 
 Every YAML option in ``conf/<group>/`` starts from one of the schemas below (its ``defaults`` list names
-``base_<kind>``), so a misspelt key or a wrong type fails when Hydra composes the config, naming the key.
+``base_<kind>``), so a misspelt key or a wrong type fails when Hydra composes the config, naming the key. The method
+group's schemas are the registered methods' own (``vcore/methods/``, :mod:`vcore.methods.registry`); a method defined
+outside vcore names its class with ``_target_`` and is typed by :func:`typed_config` before anything is loaded.
 Cross-field checks (``epsilon > 0``...) run in ``__post_init__`` when :func:`to_object` builds the dataclasses,
 before any model is loaded.
 

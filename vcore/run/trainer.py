@@ -85,6 +85,8 @@ class WeightedTrainer(Trainer):
         # accelerate sets these from its launch config too (`accelerate launch --use_fsdp ...`), not only from args.
         fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)
         dtypes = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
+        # the lowest precision any weight has (bf16 base weights under float32 LoRA adapters count as bf16)
+        lowest = str(min(dtypes, key=lambda d: torch.finfo(d).bits)).removeprefix("torch.") if dtypes else None
         return Backend(
             world_size=world_size(),
             fsdp=self.is_fsdp_enabled,
@@ -94,8 +96,7 @@ class WeightedTrainer(Trainer):
             mixed_precision=self.args.mixed_precision,
             packing=bool(getattr(self.data_collator, "pack", False)),
             lora=hasattr(self.model, "disable_adapter"),
-            # the lowest precision any weight has (bf16 base weights under float32 LoRA adapters count as bf16)
-            weights_dtype=str(min(dtypes, key=lambda d: torch.finfo(d).bits)).removeprefix("torch.") if dtypes else None,
+            weights_dtype=lowest,
         )
 
     # ----------------------------------------------------------------------------------------- resume
