@@ -79,9 +79,9 @@ def paper_lengths(n: int, scale: float, seed: int = 0) -> list[int]:
 def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int, batch: int, jvp_attention: str = "vcore_blocked") -> dict:
     from transformers import TrainingArguments
 
-    from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
+    from vcore.config import ProbeConfig, ProbeMode, SFTConfig, VCOREConfig
     from vcore.data.collate import Collator
-    from vcore.methods import build_method
+    from vcore.methods import MethodContext, build_method
     from vcore.run.trainer import WeightedTrainer
 
     dev = device()
@@ -93,8 +93,9 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
         ids = torch.randint(VOCAB, (n,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": [-100] * 8 + ids[8:], "answer_mask": [False] * n, "example_id": i})
     collate = Collator(0, pack=pack)
-    cfg = type("C", (), {"name": "sft"})() if method == "sft" else VCOREConfig(tau=1.0, probe=ProbeConfig(mode=ProbeMode.jvp, batch_size=batch, accumulation=1, jvp_attention=jvp_attention))
-    weighting = build_method(cfg, model, rows, collate, loss_chunk_size=1024)
+    probe = ProbeConfig(mode=ProbeMode.jvp, batch_size=batch, accumulation=1, jvp_attention=jvp_attention)
+    cfg = SFTConfig() if method == "sft" else VCOREConfig(tau=1.0, probe=probe)
+    weighting = build_method(cfg, MethodContext(model, rows, collate, loss_chunk_size=1024))
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none", use_cpu=dev.type == "cpu")
     trainer = WeightedTrainer(
         model=model, args=args, weighting=weighting, precision="bf16" if dev.type == "cuda" else "fp32", loss_chunk_size=1024

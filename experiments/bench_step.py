@@ -50,8 +50,8 @@ def attention(variant: str) -> str:
 def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16: bool, max_positions: int = 0):
     from transformers import TrainingArguments
 
-    from vcore.config import ProbeConfig, ProbeMode, VCOREConfig
-    from vcore.methods import build_method
+    from vcore.config import ProbeConfig, ProbeMode, SFTConfig, VCOREConfig
+    from vcore.methods import MethodContext, build_method
     from vcore.run.trainer import WeightedTrainer
 
     model = random_qwen3(model_kw, max(length, 1024, max_positions), device)
@@ -62,7 +62,7 @@ def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16:
 
     collate = Collator(0)
     if variant == "sft":
-        cfg = type("C", (), {"name": "sft"})()
+        cfg = SFTConfig()
     else:
         mode = ProbeMode.finite_difference if variant == "vcore_fd" else ProbeMode.jvp
         cfg = VCOREConfig(
@@ -72,7 +72,7 @@ def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16:
                 jvp_attention=attention(variant),
             ),
         )
-    weighting = build_method(cfg, model, [row], collate)
+    weighting = build_method(cfg, MethodContext(model, [row], collate))
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=1, report_to="none", use_cpu=device.type == "cpu")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, precision="bf16" if bf16 else "fp32")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)

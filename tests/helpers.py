@@ -146,10 +146,10 @@ def varied_rows(n: int = 8, vocab: int = 37, seed: int = 0, spread: int = 7) -> 
 
 # ------------------------------------------------------------------------------------------- method configs
 def method_config(name: str, **kwargs):
-    """The typed config (vcore.config) of method ``name``, with its schema's checks; ``kwargs`` override fields."""
-    from vcore.config import DFTConfig, IwSFTConfig, RandomConfig, SFTConfig, VCOREConfig
+    """The typed config of the registered method ``name`` (its schema, with its checks); ``kwargs`` override fields."""
+    from vcore.methods import method_class
 
-    return {"sft": SFTConfig, "dft": DFTConfig, "random": RandomConfig, "iw_sft": IwSFTConfig, "vcore": VCOREConfig}[name](**kwargs)
+    return method_class({"name": name}).Config(**kwargs)
 
 
 def step_method_config(name: str):
@@ -229,7 +229,7 @@ def train_tiny(
     **training_args,
 ):
     """``STEPS`` optimizer steps of the real Trainer on a float64 GPT-2-architecture model over 32 varied rows;
-    returns the final (full) parameters. ``method``: sft, dft, iw_sft, vcore, or vcore_jvp (VCORE's jvp probe).
+    returns the final (full) parameters. ``method``: a registered method, or vcore_jvp (VCORE's jvp probe).
 
     ``loss_chunk``/``checkpointing``: chunked cross-entropy and gradient checkpointing, as ``model.loss_chunk_size``
     and ``model.gradient_checkpointing`` set them up. Under FSDP the parameters are gathered whole. ``device="cuda"``:
@@ -239,7 +239,7 @@ def train_tiny(
     from vcore.config import ProbeConfig, ProbeMode
     from vcore.data.collate import Collator
     from vcore.distributed import rank_zero_first
-    from vcore.methods import build_method
+    from vcore.methods import MethodContext, build_method
     from vcore.run.trainer import WeightedTrainer
 
     with rank_zero_first():  # save_pretrained writes on rank 0 only; the others load what it wrote
@@ -261,6 +261,6 @@ def train_tiny(
         **{"output_dir": str(out / f"ckpt-{method}"), "save_strategy": "no", **training_args},
     )
     trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_chunk_size=loss_chunk,
-                              weighting=build_method(cfg, model, data, collate, loss_chunk_size=loss_chunk))
+                              weighting=build_method(cfg, MethodContext(model, data, collate, loss_chunk)))
     trainer.train(resume_from_checkpoint=resume)
     return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}

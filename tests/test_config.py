@@ -94,11 +94,31 @@ def test_nonpositive_epsilon_is_a_config_error(make_cfg, eps):
 
 @pytest.mark.parametrize(
     "override,option",
-    [("method.tau=-1", "method.tau"), ("trainer.precision=fp8", "trainer.precision"), ("method.probe.every=0", "method.probe.every"), ("model.dtype=float8", "model.dtype")],
+    [
+        ("method.tau=-1", "method.tau"),
+        ("method.probe.every=0", "method.probe.every"),
+        ("model.dtype=float8", "model.dtype"),
+    ],
 )
 def test_bad_values_name_their_option(make_cfg, override, option):
     with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
         to_object(make_cfg(override))
+
+
+@pytest.mark.parametrize(
+    "override,choices",
+    [
+        ("trainer.precision=fp8", "fp32, bf16"),
+        ("logger.mode=offlne", "offline, online, disabled"),
+        ("eval.backend=vlm", "hf, vllm"),
+        ("method.probe.jvp_attention=flash", "vcore_blocked, eager, fused"),
+    ],
+)
+def test_a_choice_outside_its_enum_fails_at_compose_time_naming_the_option_and_the_choices(make_cfg, override, choices):
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg("logger=wandb", override)
+    message = str(err.value) + str(err.value.__cause__)
+    assert override.split("=")[0] in message and f"expected one of [{choices}]" in message, message
 
 
 def test_method_specific_keys_do_not_leak_between_methods(make_cfg):

@@ -20,8 +20,9 @@ sys.path.insert(0, str(REPO))  # as a torchrun worker script, this file is not i
 
 from tests.helpers import RANK_BATCH as B
 from tests.helpers import TINY_TEST, tiny_causal_lm, torchrun, train_tiny, varied_rows
+from vcore.methods import method_names
 
-METHODS = ("sft", "dft", "vcore", "vcore_jvp")
+METHODS = (*method_names(), "vcore_jvp")  # every method (VCORE with its default probe, finite differences), and jvp
 
 
 def worker(out: Path) -> None:
@@ -102,19 +103,27 @@ def test_unsupported_launch_configs_are_refused_before_loading(make_cfg, monkeyp
 
 
 def test_auto_probe_mode_resolving_to_jvp_is_refused_under_fsdp(tmp_path):
-    """``auto`` passes the pre-load check; with bf16 weights it becomes jvp, which the Trainer's check refuses."""
+    """VCORE's backend hook: ``auto`` passes while the weights' dtype is unknown, is the finite-difference probe for
+    float32 weights and jvp (refused under FSDP) for bf16 ones; the Trainer checks with the loaded model's dtype."""
+    from transformers import TrainingArguments
+
     from vcore.config import ConfigError, VCOREConfig
     from vcore.data.collate import Collator
-    from vcore.distributed import check_parallel_backend, probe_settings
-    from vcore.methods import build_method
+    from vcore.distributed import Backend
+    from vcore.methods import VCORE, MethodContext, build_method
+    from vcore.run.trainer import WeightedTrainer
 
     cfg = VCOREConfig()
-    check_parallel_backend("vcore", fsdp=True, deepspeed=False, **probe_settings(cfg))  # as configured: auto
-    model = tiny_causal_lm(tmp_path / "bf16", dtype=torch.bfloat16)
-    method = build_method(cfg, model, varied_rows(4, spread=11), Collator(pad_token_id=0))
-    assert probe_settings(method) == {"probe_mode": "jvp", "fidelity_every": 0}
+    VCORE.check_backend(cfg, Backend(fsdp=True))  # the dtype unknown: auto passes
+    VCORE.check_backend(cfg, Backend(fsdp=True, weights_dtype="float32"))  # finite differences
+    VCORE.check_backend(cfg, Backend(weights_dtype="bfloat16"))  # jvp without FSDP
     with pytest.raises(ConfigError, match="probe.mode=jvp under FSDP"):
-        check_parallel_backend("vcore", fsdp=True, deepspeed=False, **probe_settings(method))
+        VCORE.check_backend(cfg, Backend(fsdp=True, weights_dtype="bfloat16"))
+    model = tiny_causal_lm(tmp_path / "bf16", dtype=torch.bfloat16)
+    method = build_method(cfg, MethodContext(model, varied_rows(4, spread=11), Collator(pad_token_id=0)))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    trainer = WeightedTrainer(model=model, args=args, weighting=method, data_collator=Collator(0, pack=True))
+    assert trainer.backend == Backend(packing=True, weights_dtype="bfloat16")  # what the hook saw
 
 
 def test_the_shared_hydra_dir_follows_the_configured_pattern(tmp_path):
@@ -144,7 +153,7 @@ def step_gradients(tmp_path: Path, mode: str, lora: bool, checkpointing: bool) -
 
     from vcore.config import ProbeConfig, VCOREConfig
     from vcore.data.collate import Collator
-    from vcore.methods import build_method
+    from vcore.methods import MethodContext, build_method
     from vcore.run.trainer import WeightedTrainer
 
     model = tiny_causal_lm(tmp_path / f"gc{checkpointing}", arch="gpt2")
@@ -161,7 +170,7 @@ def step_gradients(tmp_path: Path, mode: str, lora: bool, checkpointing: bool) -
     data, collate = varied_rows(8, spread=11), Collator(pad_token_id=0)
     cfg = VCOREConfig(tau=3.0, probe=ProbeConfig(mode=mode, epsilon=1e-3, batch_size=2, accumulation=2, seed=1))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
-    trainer = WeightedTrainer(model=model, args=args, weighting=build_method(cfg, model, data, collate))
+    trainer = WeightedTrainer(model=model, args=args, weighting=build_method(cfg, MethodContext(model, data, collate)))
     model.train()
     batches, _ = trainer.get_batch_samples(iter([collate(data[:4]), collate(data[4:])]), 2, torch.device("cpu"))
     assert not calls  # the probe runs in eval mode, where transformers never checkpoints

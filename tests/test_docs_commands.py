@@ -281,7 +281,9 @@ def _check_run_args(args: tuple[str, ...], out_dir: Path, every_value: bool) -> 
         for o in OverridesParser.create().parse_overrides(lines):
             group = o.key_or_group
             if o.is_sweep_override() and group in hydra.config_loader.list_groups(""):
-                options = hydra.config_loader.get_group_options(group)
+                # the search path the command composes with (hydra.searchpath=[...] adds a config dir of one's own)
+                overrides = list(parsed.overrides)
+                options = hydra.config_loader.get_group_options(group, config_name=name, overrides=overrides)
                 unknown = [v for v in o.sweep_string_iterator() if v not in options]
                 assert not unknown, f"{group}={','.join(unknown)}: not an option of {group} ({', '.join(options)})"
         _, jobs = sweep_jobs(lines)

@@ -22,16 +22,14 @@ sys.path.insert(0, str(REPO))  # as a torchrun worker script, this file is not i
 
 from tests.helpers import RANK_BATCH as B
 from tests.helpers import TINY_TEST, tiny_causal_lm, torchrun, train_tiny
+from vcore.methods import method_names
 
 FSDP = {
     "fsdp": True,
     "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"], "state_dict_type": "SHARDED_STATE_DICT"},
 }
-RUNS = {  # name: (method, train_tiny options)
-    "sft": ("sft", {}),
-    "dft": ("dft", {}),
-    "iw_sft": ("iw_sft", {}),  # the frozen reference copy is sharded like the policy
-    "vcore": ("vcore", {}),
+RUNS = {  # name: (method, train_tiny options); iw-SFT's frozen reference copy is sharded like the policy
+    **{name: (name, {}) for name in method_names()},
     "vcore_every2": ("vcore", {"every": 2}),  # steps 2 and 4 reuse the sharded direction drawn at steps 1 and 3
     # chunked CE reads the lm-head weight outside the model's forward; checkpointing recomputes under FSDP's hooks
     "vcore_chunked_ce_checkpointing": ("vcore", {"loss_chunk": 5, "checkpointing": True}),

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import reference_paper_alpha
+from vcore.methods import method_names
 from vcore.run.training import train
 from vcore.tools.inspector import main
 
 
-@pytest.mark.parametrize("method", ["vcore", "sft", "random"])
+@pytest.mark.parametrize("method", method_names())
 def test_inspector_schema_and_values(make_cfg, tmp_path, method):
     # VCORE with α uncapped (alpha_max=null): batch_alpha is then checked against the SPEC formula, not against a cap.
     train(make_cfg("trainer.max_steps=1", *(["method.alpha_max=null"] if method == "vcore" else []), method=method))

@@ -6,6 +6,7 @@ from peft import LoraConfig, get_peft_model
 
 from tests.helpers import devices, random_lm_batch, tiny_causal_lm
 from vcore.config import ProbeConfig, ProbeMode, VCOREConfig, to_object
+from vcore.methods.base import micro_batches
 from vcore.methods.probe import finite_difference_scores, jvp_scores, trainable_parameters
 from vcore.methods.vcore import VCORE, pearson
 from vcore.ops.forward import model_token_loss
@@ -73,7 +74,8 @@ def run_fidelity(model, mode):
     dataset = [{k: v[i] for k, v in random_lm_batch(seed=9).items()} for i in range(3)]
     collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
     cfg = VCOREConfig(tau=1.0, probe=ProbeConfig(mode=mode, epsilon=1e-4, batch_size=3, accumulation=1, fidelity_every=1, allow_low_precision=True))
-    return VCORE(cfg, model, dataset, collate).prepare_step(model, [random_lm_batch(seed=s) for s in range(3)])
+    step = micro_batches([random_lm_batch(seed=s) for s in range(3)])
+    return VCORE(cfg, model, dataset, collate).prepare_step(model, step)
 
 
 def test_fidelity_diagnostic_measures_the_bf16_collapse(tmp_path):

@@ -6,8 +6,8 @@ from transformers import TrainingArguments
 
 from tests.helpers import step_method_config, tiny_causal_lm, varied_rows
 from vcore.data.collate import Collator
-from vcore.methods import METHODS, build_method
-from vcore.ops.forward import model_token_loss
+from vcore.methods import MethodContext, build_method, method_names
+from vcore.ops.forward import model_forward
 from vcore.run.trainer import WeightedTrainer
 
 
@@ -15,7 +15,7 @@ def run_step(tmp_path, method, pack, attn="sdpa", normalization="token", pack_le
     model = tiny_causal_lm(tmp_path / f"{pack}", attn=attn)  # Qwen3, float64 weights
     data = varied_rows()
     collate = Collator(pad_token_id=0, pack=pack, pack_length=pack_length)
-    weighting = build_method(step_method_config(method), model, data, collate)
+    weighting = build_method(step_method_config(method), MethodContext(model, data, collate))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, loss_normalization=normalization)
     micro = [collate(data[:4]), collate(data[4:])]
@@ -23,15 +23,15 @@ def run_step(tmp_path, method, pack, attn="sdpa", normalization="token", pack_le
     model.train()
     losses, weights = [], []
     for batch in batches:
-        token_loss, mask = model_token_loss(model, batch)
-        weights.append(weighting.weights(token_loss, mask, batch))
-        losses.append(token_loss.detach())
+        forward = model_forward(model, batch, weighting.needs)
+        weights.append(weighting.weights(forward, trainer.micro_batch(batch)))
+        losses.append(forward.token_loss.detach())
         trainer.compute_loss(model, batch).backward()
     return losses, weights, {n: p.grad for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("pack_length", [0, 16], ids=["one-row", "rows-of-16"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_packed_equals_padded(tmp_path, method, pack_length):
     padded, packed = run_step(tmp_path, method, False), run_step(tmp_path, method, True, pack_length=pack_length)
     for a, b in zip(padded[0], packed[0]):

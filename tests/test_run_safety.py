@@ -3,6 +3,7 @@ job, or resumes from a damaged checkpoint; bad options and model paths get one c
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -94,6 +95,17 @@ def test_resuming_under_other_settings_stops_and_names_them(make_cfg, tmp_path):
     assert metrics["train"]["epoch"] > 0 and latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-3"
     train(make_cfg, "trainer.save_steps=1", "trainer.max_steps=4", "trainer.learning_rate=1e-3", "trainer.resume_config_change=allow")
     assert latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-4"
+
+
+def test_a_setting_added_since_the_checkpoint_at_a_null_default_is_no_change(tmp_path):
+    """A checkpoint written before a setting existed (method._target_) resumes while the setting is null."""
+    from vcore.run.checkpoints import check_resume
+
+    old = {"task": "train", "method": {"name": "sft", "loss_normalization": "token"}, "seed": 1}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(fingerprint(old)))
+    check_resume(tmp_path, {**old, "method": {**old["method"], "_target_": None}}, allow=False)
+    with pytest.raises(ConfigError, match=r"method\._target_: '<unset>' -> 'my.Method'"):
+        check_resume(tmp_path, {**old, "method": {**old["method"], "_target_": "my.Method"}}, allow=False)
 
 
 def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(make_cfg, tmp_path, caplog):

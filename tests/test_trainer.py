@@ -7,7 +7,7 @@ from transformers import TrainingArguments
 from tests.helpers import step_method_config, tiny_causal_lm, varied_rows
 from vcore.config import to_object
 from vcore.data.collate import Collator
-from vcore.methods import METHODS, build_method
+from vcore.methods import MethodContext, build_method, method_names
 from vcore.run.trainer import WeightedTrainer
 from vcore.run.training import build_job
 
@@ -18,7 +18,7 @@ def step_gradients(tmp_path, method: str, k: int, b: int, normalization="token")
     data = varied_rows()
     collate = Collator(pad_token_id=0)
     cfg = step_method_config(method)
-    weighting = build_method(cfg, model, data, collate)
+    weighting = build_method(cfg, MethodContext(model, data, collate))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=b, gradient_accumulation_steps=k, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, loss_normalization=normalization)
     micro = [collate(data[i * b : (i + 1) * b]) for i in range(k)]
@@ -32,7 +32,7 @@ def step_gradients(tmp_path, method: str, k: int, b: int, normalization="token")
     return {n: p.grad.clone() for n, p in model.named_parameters()}, total
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
 def test_accumulation_equals_one_big_batch(tmp_path, method, normalization):
     g_big, loss_big = step_gradients(tmp_path, method, k=1, b=8, normalization=normalization)
@@ -43,7 +43,7 @@ def test_accumulation_equals_one_big_batch(tmp_path, method, normalization):
         assert rel < 1e-6, (name, rel.item())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_micro_batch_without_supervised_tokens(tmp_path, method):
     """No NaN, no hang, and a graph-connected loss (DDP/ZeRO would hang on a detached one)."""
     model = tiny_causal_lm(tmp_path, arch="gpt2")
@@ -51,7 +51,7 @@ def test_micro_batch_without_supervised_tokens(tmp_path, method):
     for r in data[:2]:
         r["labels"] = [-100] * len(r["labels"])
     collate = Collator(pad_token_id=0)
-    weighting = build_method(step_method_config(method), model, data, collate)
+    weighting = build_method(step_method_config(method), MethodContext(model, data, collate))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting)
     batches, _ = trainer.get_batch_samples(iter([collate(data[:2]), collate(data[2:4])]), 2, torch.device("cpu"))
@@ -65,7 +65,7 @@ def test_micro_batch_without_supervised_tokens(tmp_path, method):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_every_trainable_parameter_changes_after_two_steps(make_cfg, tmp_path, method, lora):
     cfg = make_cfg(f"model.lora.enabled={lora}", "model.lora.dropout=0.0", "trainer.learning_rate=1e-2", "trainer.warmup_ratio=0", method=method)
     c = to_object(cfg)

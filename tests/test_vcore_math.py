@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from tests.helpers import random_lm_batch, reference_paper_alpha, reference_weights, tiny_causal_lm
 from vcore.config import ConfigError, LossNormalization, ProbeConfig, ProbeMode, VarianceControl, VCOREConfig
 from vcore.methods import gibbs_weights, loss_ratio_alpha, paper_alpha
+from vcore.methods.base import micro_batches
 from vcore.methods.precision import check_finite_difference_precision
 from vcore.methods.probe import finite_difference_scores, trainable_parameters
 from vcore.methods.vcore import VCORE
@@ -109,17 +110,18 @@ def test_vcore_step_restores_parameters_bit_for_bit(tmp_path):
     method = VCORE(cfg, model, dataset, collate)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
-    diag = method.prepare_step(model, batches)
+    step = micro_batches(batches)
+    diag = method.prepare_step(model, step)
     assert model.training  # mode restored
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
         assert p.grad is None  # the probe gradient never lands in .grad
     # The step's weights and α against the float64 references, from the scores the probe stored (α over both
     # micro-batches: wrong if α were computed per micro-batch, or if the weights left the SPEC formula).
-    scores = np.concatenate([b["weighting"]["scores"].double().numpy() for b in batches])
+    scores = np.concatenate([m.state.scores.double().numpy() for m in step])
     mask = np.concatenate([supervised_mask(b["labels"]).numpy() for b in batches])
     w_ref, q_ref = reference_weights(scores, mask, 1.0)
-    w = np.concatenate([b["weighting"]["weights"].double().numpy() for b in batches])
+    w = np.concatenate([m.state.weights.double().numpy() for m in step])
     np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-7)
     assert (w[~mask] == 0).all()
     uncapped = reference_paper_alpha(scores, q_ref, mask, None)
@@ -149,24 +151,25 @@ def test_variance_control_choices_change_only_alpha(tmp_path):
     out = {}
     for vc in VarianceControl:
         cfg = VCOREConfig(tau=2.0, variance_control=vc, alpha_max=None, probe=ProbeConfig(epsilon=1e-3, batch_size=3, accumulation=1))
-        batches = [random_lm_batch(seed=4)]
-        VCORE(cfg, model, dataset, collate).prepare_step(model, batches)
-        out[vc.value] = batches[0]["weighting"]
-    assert out["none"]["alpha"].item() == 1.0
-    assert torch.equal(out["none"]["weights"], out["paper"]["weights"])
-    assert torch.equal(out["none"]["weights"], out["loss_ratio"]["weights"])
+        step = micro_batches([random_lm_batch(seed=4)])
+        VCORE(cfg, model, dataset, collate).prepare_step(model, step)
+        out[vc.value] = step[0].state
+    assert out["none"].alpha.item() == 1.0
+    assert torch.equal(out["none"].weights, out["paper"].weights)
+    assert torch.equal(out["none"].weights, out["loss_ratio"].weights)
     # Each α against its definition, uncapped (alpha_max=null), from float64 sums of this batch's values: fails if
     # a variant computed another quantity, or swapped with the other.
     batch = random_lm_batch(seed=4)
     with torch.no_grad():
         loss, m = model_token_loss(model.eval(), batch)
     loss, m = loss.double().numpy(), m.numpy()
-    w = out["loss_ratio"]["weights"].double().numpy()
+    w = out["loss_ratio"].weights.double().numpy()
     expected = min(1.0, (loss * m).sum() / (w * loss * m).sum())
     assert expected < 0.999  # the case where min(1, ·) does not decide the value
-    assert out["loss_ratio"]["alpha"].item() == pytest.approx(expected, rel=1e-5)
-    scores = out["paper"]["scores"].double().numpy()
-    assert out["paper"]["alpha"].item() == pytest.approx(reference_paper_alpha(scores, reference_weights(scores, m, 2.0)[1], m, None), rel=1e-5)
+    assert out["loss_ratio"].alpha.item() == pytest.approx(expected, rel=1e-5)
+    scores = out["paper"].scores.double().numpy()
+    q = reference_weights(scores, m, 2.0)[1]
+    assert out["paper"].alpha.item() == pytest.approx(reference_paper_alpha(scores, q, m, None), rel=1e-5)
 
 
 @pytest.mark.parametrize("variance_control", ["paper", "loss_ratio"])
@@ -299,7 +302,8 @@ def test_loss_ratio_alpha_is_normalised_as_the_loss_is(tmp_path, normalization):
         loss_normalization=LossNormalization(normalization),
     )
     method = VCORE(cfg, tiny_causal_lm(tmp_path, dtype=torch.float32), [1], lambda rows: rows)  # the probe is not run
-    diag = method.weigh_step(batches, losses, scores)
+    step = micro_batches(batches)
+    diag = method.weigh_step(step, losses, scores)
     assert diag["vcore/alpha"].item() == pytest.approx(expected[normalization], rel=1e-6)
-    for b in batches:  # every micro-batch of the step carries the one step-level α
-        assert b["weighting"]["alpha"].item() == pytest.approx(expected[normalization], rel=1e-12)
+    for m in step:  # every micro-batch of the step carries the one step-level α
+        assert m.state.alpha.item() == pytest.approx(expected[normalization], rel=1e-12)

@@ -1,7 +1,9 @@
 """Typed configuration schema, registered in Hydra's ConfigStore.
 
 Every YAML option in ``conf/<group>/`` starts from one of the schemas below (its ``defaults`` list names
-``base_<kind>``), so a misspelt key or a wrong type fails when Hydra composes the config, naming the key.
+``base_<kind>``), so a misspelt key or a wrong type fails when Hydra composes the config, naming the key. The method
+group's schemas are the registered methods' own (``vcore/methods/``, :mod:`vcore.methods.registry`); a method defined
+outside vcore names its class with ``_target_`` and is typed by :func:`typed_config` before anything is loaded.
 Cross-field checks (``epsilon > 0``...) run in ``__post_init__`` when :func:`to_object` builds the dataclasses,
 before any model is loaded.
 
@@ -23,118 +25,26 @@ from vcore.checks import check as _check
 from vcore.data.config import DATASET_SCHEMAS, DatasetConfig, SyntheticDatasetConfig  # noqa: F401 (re-exported)
 from vcore.eval.config import benchmark_schema
 from vcore.eval.config import register_configs as register_eval_configs
+from vcore.methods import registry as method_registry
+
+# Each method's schema lives beside its code (vcore/methods/); re-exported here for scripts and tests.
+from vcore.methods.base import LossNormalization, MethodConfig  # noqa: F401
+from vcore.methods.dft import DFTConfig  # noqa: F401
+from vcore.methods.iw_sft import IwSFTConfig  # noqa: F401
+from vcore.methods.probe import JvpAttention, ProbeConfig, ProbeMode  # noqa: F401
+from vcore.methods.random import RandomConfig  # noqa: F401
+from vcore.methods.sft import SFTConfig  # noqa: F401
+from vcore.methods.vcore import VarianceControl, VCOREConfig  # noqa: F401
 from vcore.modeling import LoraConfig, ModelConfig, TinyModelConfig, TinyPretrainConfig  # noqa: F401 (re-exported)
 from vcore.rl.config import RLConfig
 
 
-# --------------------------------------------------------------------------------------------------- methods
-class LossNormalization(str, Enum):
-    token = "token"  # (1/N) sum_B sum_t w_t l_t, N = supervised tokens of the optimizer step
-    sequence = "sequence"  # (1/|B|) sum_B (1/n) sum_t w_t l_t  (the paper's equations)
-
-
-@dataclass
-class MethodConfig:
-    name: str = MISSING
-    loss_normalization: LossNormalization = LossNormalization.token
-
-
-@dataclass
-class SFTConfig(MethodConfig):
-    name: str = "sft"
-
-
-@dataclass
-class DFTConfig(MethodConfig):
-    name: str = "dft"
-
-
-@dataclass
-class RandomConfig(MethodConfig):
-    name: str = "random"
-    keep_fraction: float = 0.2  # paper App. B.2
-    always_keep_answer: bool = True  # tokens of the final \boxed{...} are always kept
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check(0.0 < self.keep_fraction <= 1.0, "method.keep_fraction", "must be in (0, 1]")
-
-
-@dataclass
-class IwSFTConfig(MethodConfig):
-    name: str = "iw_sft"
-    # Authors' code (emmyqin/iw_sft, bounding_trainers.py): w = clamp(exp(temp * mean_t log-ratio), 0, 16), temp 1.
-    temperature: float = 1.0
-    clip_min: float = 0.0
-    clip_max: float = 16.0
-
-    def __post_init__(self) -> None:
-        _check(self.clip_max > self.clip_min >= 0.0, "method.clip_max", "need clip_max > clip_min >= 0")
-
-
-class ProbeMode(str, Enum):
-    auto = "auto"  # finite_difference for float32 weights, jvp for bf16/fp16 weights (see README, "Choosing the probe")
-    finite_difference = "finite_difference"  # (l_t(θ) - l_t(θ - εg)) / ε, two exact-float32 forwards
-    jvp = "jvp"  # exact directional derivative by forward-mode AD, one pass, any precision
-
-
-class VarianceControl(str, Enum):
-    paper = "paper"
-    loss_ratio = "loss_ratio"
-    none = "none"
-
-
-@dataclass
-class ProbeConfig:
-    mode: ProbeMode = ProbeMode.auto
-    epsilon: float = 1e-4  # finite-difference step along -g
-    batch_size: int = 4  # examples per probe micro-batch
-    accumulation: int = 2  # probe micro-batches per probe gradient
-    clip_norm: Optional[float] = 1.0  # clip g to this norm before use (authors: max_grad_norm); null: no clipping
-    every: int = 1  # recompute g every k optimizer steps, reuse it in between
-    seed: int = 0  # seed of the probe batch generator
-    # Finite differences under bf16/fp16 weights are rounding noise (SPEC §6); only set this to study that.
-    allow_low_precision: bool = False
-    attention_block: int = 256  # jvp: queries per block of the forward-mode attention (memory O(block · T))
-    # jvp: vcore_blocked (linear memory) | eager (materialises T×T; reference) | fused (one Triton kernel on CUDA,
-    # vcore_blocked where it does not apply, logged once; pip install -e ".[gpu]"; vcore/ops/fused_attention.py)
-    jvp_attention: str = "vcore_blocked"
-    fidelity_every: int = 0  # k > 0: every k steps also compute the other probe's scores and log their agreement
-
-
-@dataclass
-class VCOREConfig(MethodConfig):
-    name: str = "vcore"
-    tau: float = 0.5  # the paper's τ, multiplies s_t; see conf/method/vcore.yaml for the paper's values
-    # Set: τ is chosen every step so that the weights' Kish effective sample size is this fraction of the step's
-    # supervised tokens (method.tau is then unused; the chosen τ is logged as vcore/tau). null: τ fixed.
-    target_ess: Optional[float] = None
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    variance_control: VarianceControl = VarianceControl.paper
-    alpha_max: Optional[float] = 1.0  # cap on α; null: unbounded
-
-    def __post_init__(self) -> None:
-        _check(self.tau >= 0.0, "method.tau", f"must be >= 0 (got {self.tau}); 0 gives uniform weights")
-        _check(
-            self.target_ess is None or 0.0 < self.target_ess < 1.0,
-            "method.target_ess",
-            f"must be in (0, 1) or null (got {self.target_ess}); 1 would be uniform weights (tau=0)",
-        )
-        _check(self.probe.epsilon > 0.0, "method.probe.epsilon", f"must be > 0 (got {self.probe.epsilon})")
-        _check(self.probe.batch_size >= 1, "method.probe.batch_size", "must be >= 1")
-        _check(self.probe.accumulation >= 1, "method.probe.accumulation", "must be >= 1")
-        _check(self.probe.every >= 1, "method.probe.every", "must be >= 1")
-        _check(self.probe.clip_norm is None or self.probe.clip_norm > 0, "method.probe.clip_norm", "must be > 0 or null")
-        _check(self.alpha_max is None or self.alpha_max > 0, "method.alpha_max", "must be > 0 or null")
-        _check(self.probe.attention_block >= 1, "method.probe.attention_block", "must be >= 1")
-        _check(
-            self.probe.jvp_attention in ("vcore_blocked", "eager", "fused"), "method.probe.jvp_attention",
-            f"{self.probe.jvp_attention!r} is not vcore_blocked|eager|fused",
-        )
-        _check(self.probe.fidelity_every >= 0, "method.probe.fidelity_every", "must be >= 0 (0: off)")
-
-
 # --------------------------------------------------------------------------------------------------- trainer
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast of the training step; the weights stay in model.dtype
+
+
 @dataclass
 class TrainerConfig:
     max_steps: int = -1  # > 0 overrides num_train_epochs
@@ -150,7 +60,7 @@ class TrainerConfig:
     lr_floor: Optional[float] = None  # the authors' fork floors the lr at 1e-6 for every method; off unless set
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast, weights stay in model.dtype)
+    precision: Precision = Precision.fp32
     packing: bool = False  # padding-free: a micro-batch's examples in one row, attention kept inside each example
     pack_length: int = 0  # packing: rows of at most this many tokens (0: one row; dense attention on CPU wants ~256)
     group_by_length: bool = False  # length-grouped sampling: micro-batches of similar lengths (less padding)
@@ -171,7 +81,6 @@ class TrainerConfig:
     resume_config_change: str = "error"
 
     def __post_init__(self) -> None:
-        _check(self.precision in ("fp32", "bf16"), "trainer.precision", f"{self.precision!r} is not fp32|bf16")
         _check(bool(self.resume), "trainer.resume", "must be auto, never or a checkpoint dir")
         _check(self.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size", "must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
@@ -213,20 +122,27 @@ class NoLoggerConfig(LoggerConfig):
     name: str = "none"
 
 
+class WandbMode(str, Enum):
+    offline = "offline"  # written under <run dir>/wandb; `wandb sync <dir>` uploads it
+    online = "online"
+    disabled = "disabled"
+
+
 @dataclass
 class WandbConfig(LoggerConfig):
     name: str = "wandb"
     project: str = "vcore"
     entity: Optional[str] = None
-    mode: str = "offline"  # offline | online | disabled
+    mode: WandbMode = WandbMode.offline
     resume_by_config_hash: bool = True  # run id from the config's hash and the run dir: a requeued job resumes its run
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.mode in ("offline", "online", "disabled"), "logger.mode", f"{self.mode!r} is not offline|online|disabled")
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
+class EvalBackend(str, Enum):
+    hf = "hf"  # transformers generate
+    vllm = "vllm"  # GPU; pip install -e ".[vllm]"
+
+
 @dataclass
 class EvalRunConfig:
     """When and what to evaluate; the benchmarks and decoding come from the ``benchmark`` and ``decoding`` groups."""
@@ -235,11 +151,8 @@ class EvalRunConfig:
     # also evaluate the model training starts from (metrics "eval_before"); cached in the tiny base's directory
     before_train: bool = False
     model: Optional[str] = None  # task=eval: a run dir, a checkpoint dir, or a hub id
-    backend: str = "hf"  # hf (transformers generate) | vllm (GPU; pip install -e ".[vllm]")
+    backend: EvalBackend = EvalBackend.hf
     num_workers: int = 2  # grading worker processes (math-verify timeouts need processes)
-
-    def __post_init__(self) -> None:
-        _check(self.backend in ("hf", "vllm"), "eval.backend", f"{self.backend!r} is not hf|vllm")
 
 
 # --------------------------------------------------------------------------------------------------- root
@@ -273,13 +186,7 @@ TASKS = ("train", "eval", "pretrain", "rl")
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": DATASET_SCHEMAS,
-    "method": {
-        "base_sft": SFTConfig,
-        "base_dft": DFTConfig,
-        "base_random": RandomConfig,
-        "base_iw_sft": IwSFTConfig,
-        "base_vcore": VCOREConfig,
-    },
+    "method": method_registry.schemas(),  # the built-in methods; a method of your own is typed by its _target_
     "model": {"base_model": ModelConfig},
     "trainer": {"base_trainer": TrainerConfig},
     "logger": {"base_none": NoLoggerConfig, "base_wandb": WandbConfig},
@@ -302,12 +209,22 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with overrides, as ``run.py`` does (for tools and tests)."""
+    """Compose ``conf/<config_name>.yaml`` with overrides, as ``run.py`` does (for tools and tests); typed as
+    :func:`typed_config` types it."""
     from hydra import compose, initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides or []))
+        return typed_config(compose(config_name, overrides=list(overrides or [])))
+
+
+def typed_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` (in place) with a method YAML that names its class (``_target_``) typed by that class's schema, as a
+    built-in method's YAML is typed by Hydra (``base_<name>``): the run's ``config.yaml`` then holds every setting.
+    Idempotent; run first by every job (:func:`vcore.run.lifecycle.run_job`)."""
+    if isinstance(cfg.get("method"), DictConfig):
+        cfg.method = method_registry.typed_method_node(cfg.method)
+    return cfg
 
 
 def load_run_config(path: str | Path) -> Any:
@@ -315,6 +232,9 @@ def load_run_config(path: str | Path) -> Any:
     raw = OmegaConf.load(path)
     root = OmegaConf.structured(TrainConfig)
     for group in ("dataset", "method", "logger"):
+        if group == "method":  # a method of one's own is found by its _target_ (imported), a built-in one by name
+            root[group] = OmegaConf.structured(method_registry.method_class(raw.method).Config)
+            continue
         name = raw[group]["name"]
         schema = SCHEMAS[group].get(f"base_{name}")
         if schema is None:
@@ -324,5 +244,9 @@ def load_run_config(path: str | Path) -> Any:
 
 
 def to_object(cfg: DictConfig) -> Any:
-    """Resolve ``cfg`` into dataclass instances, running every ``__post_init__`` check."""
+    """Resolve ``cfg`` into dataclass instances, running every ``__post_init__`` check (a copy of ``cfg`` is typed
+    first, when its method YAML names its class with ``_target_``)."""
+    method = cfg.get("method")
+    if isinstance(method, DictConfig) and OmegaConf.get_type(method) is dict:
+        cfg = typed_config(cfg.copy())
     return OmegaConf.to_object(cfg)

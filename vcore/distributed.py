@@ -12,7 +12,8 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -119,37 +120,52 @@ def same_on_all_ranks(obj: Any) -> bool:
     return all_reduce_max(differs).item() == 0
 
 
-def launcher_backends() -> dict[str, Any]:
-    """What ``accelerate launch`` was configured with, readable before any model is loaded."""
+@dataclass(frozen=True)
+class Backend:
+    """How training runs, as far as a method may care: data parallelism (DDP, FSDP, DeepSpeed), accelerate's mixed
+    precision, packed rows, LoRA, and the weights' dtype (None while unknown). Built from the launcher's environment
+    and the config before anything is loaded (:func:`launcher_backend`), then from the Trainer's state."""
+
+    world_size: int = 1
+    fsdp: bool = False
+    fsdp_version: int = 2
+    fsdp_state_dict_type: str = "SHARDED_STATE_DICT"
+    deepspeed: bool = False
+    mixed_precision: str = "no"
+    packing: bool = False
+    lora: bool = False
+    weights_dtype: Optional[str] = None  # float32 | bfloat16 | float16 | float64
+
+    @property
+    def low_precision_weights(self) -> Optional[bool]:
+        """True for bf16/fp16 weights, None while the dtype is unknown."""
+        return None if self.weights_dtype is None else self.weights_dtype in ("bfloat16", "float16")
+
+
+def launcher_backend(**known: Any) -> Backend:
+    """What ``accelerate launch`` was configured with, readable before any model is loaded, plus ``known`` facts from
+    the config (``packing``, ``lora``, ``weights_dtype``)."""
     def flag(name: str) -> bool:
         return os.environ.get(name, "false").lower() == "true"
 
-    return {
-        "fsdp": flag("ACCELERATE_USE_FSDP"),
-        "deepspeed": flag("ACCELERATE_USE_DEEPSPEED"),
-        "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+    return Backend(
+        world_size=launched_world_size(),
+        fsdp=flag("ACCELERATE_USE_FSDP"),
+        deepspeed=flag("ACCELERATE_USE_DEEPSPEED"),
+        mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
         # accelerate launch's default is FSDP1 (it writes "1" unless --fsdp_version 2 / fsdp_version: 2 is given)
-        "fsdp_version": int(os.environ.get("FSDP_VERSION", "1")),
-        "fsdp_state_dict_type": _state_dict_type(
+        fsdp_version=int(os.environ.get("FSDP_VERSION", "1")),
+        fsdp_state_dict_type=_state_dict_type(
             os.environ.get("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT" if os.environ.get("FSDP_VERSION") == "2" else "FULL_STATE_DICT")
         ),
-    }
+        **known,
+    )
 
 
 def _state_dict_type(value: str) -> str:
     """accelerate's spellings (``full_state_dict``, or torch's enum number ``1``) as the enum name."""
     numbered = {"1": "FULL_STATE_DICT", "2": "LOCAL_STATE_DICT", "3": "SHARDED_STATE_DICT"}
     return numbered.get(value.strip(), value.strip().upper())
-
-
-def probe_settings(method: Any) -> dict[str, Any]:
-    """VCORE's probe mode and fidelity schedule for :func:`check_parallel_backend`, from a method config or a built
-    method (whose ``mode`` is resolved: ``auto`` became ``finite_difference`` or ``jvp``); empty for other methods."""
-    probe = getattr(getattr(method, "cfg", method), "probe", None)
-    if probe is None:
-        return {}
-    mode = getattr(method, "mode", probe.mode)
-    return {"probe_mode": str(getattr(mode, "value", mode)), "fidelity_every": probe.fidelity_every}
 
 
 @contextlib.contextmanager
@@ -164,77 +180,36 @@ def rank_zero_first() -> Iterator[None]:
             barrier()
 
 
-def check_parallel_backend(
-    method: str,
-    *,
-    fsdp: bool,
-    deepspeed: bool,
-    mixed_precision: str = "no",
-    generates_after_training: bool = False,
-    fsdp_version: int = 2,
-    fsdp_state_dict_type: str = "SHARDED_STATE_DICT",
-    probe_mode: str | None = None,
-    fidelity_every: int = 0,
-) -> None:
-    """Refuse at start, naming the alternative, every backend × method pair that is not supported (no silent
-    fallback: a probe that silently reads zero gradients would turn VCORE into SFT at 2-3x the cost).
+def check_parallel_backend(backend: Backend, *, generates_after_training: bool = False) -> None:
+    """Refuse at start, naming the alternative, every backend that no method supports (no silent fallback).
 
-    ``probe_mode``: VCORE's probe mode, resolved (``finite_difference``/``jvp``) once the model is loaded, or as
-    configured (``auto`` passes) before.
+    What one method does not support is that method's own check (``TokenWeighting.check_backend``: VCORE's probe
+    under FSDP, iw-SFT's reference under FSDP1).
     """
-    if mixed_precision != "no":
+    if backend.mixed_precision != "no":
         raise ConfigError(
-            f"accelerate's mixed precision ({mixed_precision}) is not supported: it patches the model's forward with "
-            "autocast, so the finite-difference probe could no longer run in exact float32 (SPEC §6: its scores "
-            "become rounding noise). Launch without --mixed_precision (or set mixed_precision: 'no' in the "
+            f"accelerate's mixed precision ({backend.mixed_precision}) is not supported: it patches the model's "
+            "forward with autocast, so the finite-difference probe could no longer run in exact float32 (SPEC §6: its "
+            "scores become rounding noise). Launch without --mixed_precision (or set mixed_precision: 'no' in the "
             "accelerate config) and use trainer.precision=bf16, which autocasts the training step only."
         )
-    if deepspeed:
+    if backend.deepspeed:
         raise ConfigError(
             "DeepSpeed (ZeRO-2/3) is not supported: ZeRO partitions gradients and parameters behind hooks that the "
             "VCORE probe and our step-level token count do not go through. Launch with DDP instead (torchrun or "
             "`accelerate launch` without a DeepSpeed config; add model.lora.enabled=true if the model does not fit "
             "one GPU), or with FSDP2 (docs/distributed.md)."
         )
-    if fsdp and method == "vcore":
-        _check_vcore_under_fsdp(fsdp_version, probe_mode, fidelity_every)
-    if fsdp and method == "iw_sft" and fsdp_version != 2:
-        raise ConfigError(
-            "method=iw_sft under FSDP1 is not supported: its reference copy is sharded the way FSDP2 sharded the "
-            "policy. Use FSDP2 (`fsdp_version: 2` in the accelerate config) or DDP (docs/distributed.md)."
-        )
-    if fsdp and fsdp_version == 2 and "FULL_STATE_DICT" in fsdp_state_dict_type:
+    if backend.fsdp and backend.fsdp_version == 2 and "FULL_STATE_DICT" in backend.fsdp_state_dict_type:
         raise ConfigError(
             "FSDP2 with state_dict_type FULL_STATE_DICT is not supported: the Trainer's checkpoint save then runs a "
             "collective on rank 0 alone inside save_pretrained (FSDP2, tied embeddings: the ranks deadlock or abort). "
             "Set `fsdp_state_dict_type: SHARDED_STATE_DICT` in the accelerate config (the FSDP2 default); the final "
             "model is still written as one from_pretrained directory (docs/distributed.md)."
         )
-    if fsdp and generates_after_training:
+    if backend.fsdp and generates_after_training:
         raise ConfigError(
             "eval.after_train=true under FSDP: generation runs on rank 0 only, and a sharded model needs every rank in "
             "each forward. Set eval.after_train=false and evaluate the saved model with task=eval eval.model=<run dir> "
             "on one GPU (docs/distributed.md)."
-        )
-
-
-def _check_vcore_under_fsdp(fsdp_version: int, probe_mode: str | None, fidelity_every: int) -> None:
-    if fsdp_version != 2:
-        raise ConfigError(
-            "method=vcore under FSDP1 is not supported: the probe works on FSDP2's per-parameter shards (DTensors), "
-            "and FSDP1 keeps parameters in flat buffers. Use FSDP2: `fsdp_version: 2` in the accelerate config (or "
-            "`accelerate launch --fsdp_version 2`), or DDP (docs/distributed.md)."
-        )
-    if probe_mode == "jvp":
-        raise ConfigError(
-            "method.probe.mode=jvp under FSDP is not supported: the forward-mode probe substitutes whole parameters "
-            "through functional_call, which FSDP's all-gathered shards do not allow. Set method.probe.mode="
-            "finite_difference with model.dtype=float32 (auto picks jvp for bf16 weights), or use DDP for the jvp probe "
-            "(docs/distributed.md)."
-        )
-    if fidelity_every:
-        raise ConfigError(
-            "method.probe.fidelity_every > 0 under FSDP: the fidelity check compares against the jvp probe, which FSDP "
-            "does not support. Set method.probe.fidelity_every=0, or measure fidelity on one GPU (python -m "
-            "vcore.tools.fidelity)."
         )

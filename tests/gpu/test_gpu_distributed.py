@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))  # as a torchrun worker script, this file is not i
 
 from tests.helpers import RANK_BATCH as B
 from tests.helpers import needs_cuda, tiny_causal_lm, torchrun, train_tiny
+from vcore.methods import method_names
 
 pytestmark = needs_cuda()
 
@@ -27,13 +28,9 @@ FSDP = {
     "fsdp": True,
     "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"], "state_dict_type": "SHARDED_STATE_DICT"},
 }
-RUNS = {  # name: (method, FSDP or not)
-    "ddp-sft": ("sft", False),
-    "ddp-vcore": ("vcore", False),
+RUNS = {  # name: (method, FSDP or not): every method under DDP and under FSDP2, and VCORE's jvp probe under DDP
+    **{f"{kind}-{name}": (name, fsdp) for kind, fsdp in (("ddp", False), ("fsdp", True)) for name in method_names()},
     "ddp-vcore_jvp": ("vcore_jvp", False),
-    "fsdp-sft": ("sft", True),
-    "fsdp-iw_sft": ("iw_sft", True),
-    "fsdp-vcore": ("vcore", True),
 }
 
 

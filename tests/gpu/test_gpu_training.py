@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import method_config, needs_cuda
+from vcore.methods import method_names
 
 pytestmark = needs_cuda()
 
@@ -20,7 +21,9 @@ QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                  num_key_value_heads=8, head_dim=128, vocab_size=151936)
 T = 2048
 STEPS, BATCH = 2, 2
-METHODS = ("sft", "dft", "random", "iw_sft", "vcore_fd", "vcore_jvp", "vcore_jvp_fused")
+# Every registered method with its default settings; VCORE once per probe: finite differences, jvp, the fused kernel.
+VARIANTS = {"vcore": ("vcore_fd", "vcore_jvp", "vcore_jvp_fused")}
+METHODS = tuple(v for name in method_names() for v in VARIANTS.get(name, (name,)))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def test_every_method_trains_in_bf16_at_2048(base_model, tmp_path, name, pack, l
     from transformers import TrainingArguments
 
     from vcore.data.collate import Collator
-    from vcore.methods import build_method
+    from vcore.methods import MethodContext, build_method
     from vcore.modeling import LoraConfig as VcoreLora
     from vcore.ops import fused_attention
     from vcore.run.trainer import WeightedTrainer
@@ -83,7 +86,7 @@ def test_every_method_trains_in_bf16_at_2048(base_model, tmp_path, name, pack, l
         lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False, seed=0,
     )
     trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate, precision="bf16", loss_chunk_size=1024,
-                              weighting=build_method(method(name), model, data, collate, loss_chunk_size=1024))
+                              weighting=build_method(method(name), MethodContext(model, data, collate, 1024)))
     fused_attention._reported.clear()
     with caplog.at_level("WARNING", logger="vcore.ops.fused_attention"):
         trainer.train()

@@ -5,9 +5,18 @@ Derived from the per-token CE already computed, so no second vocabulary-wide sof
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from vcore.methods.base import Batch, TokenWeighting
+from vcore.methods.base import MethodConfig, MicroBatch, TokenWeighting
+from vcore.methods.registry import register
+from vcore.ops.forward import TokenForward
+
+
+@dataclass
+class DFTConfig(MethodConfig):
+    name: str = "dft"
 
 
 def dft_weights(token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -15,8 +24,10 @@ def dft_weights(token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.exp(-token_loss.detach()) * mask
 
 
+@register
 class DFT(TokenWeighting):
     name = "dft"
+    Config = DFTConfig
 
-    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return dft_weights(token_loss, mask)
+    def weights(self, forward: TokenForward, micro: MicroBatch) -> torch.Tensor:
+        return dft_weights(forward.token_loss, forward.mask)

@@ -13,14 +13,35 @@ the full-fine-tuning copy is sharded like the policy at the first step.
 from __future__ import annotations
 
 import contextlib
-import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vcore.distributed import is_sharded
-from vcore.methods.base import Batch, TokenWeighting
-from vcore.ops.forward import model_token_loss
+from vcore.checks import ConfigError, check
+from vcore.distributed import Backend, is_sharded
+from vcore.methods.base import MethodConfig, MethodContext, MicroBatch, TokenWeighting
+from vcore.methods.registry import register
+from vcore.ops.forward import TokenForward, model_token_loss
+
+
+@dataclass
+class IwSFTConfig(MethodConfig):
+    name: str = "iw_sft"
+    # Authors' code (emmyqin/iw_sft, bounding_trainers.py): w = clamp(exp(temp * mean_t log-ratio), 0, 16), temp 1.
+    temperature: float = 1.0
+    clip_min: float = 0.0
+    clip_max: float = 16.0
+
+    def __post_init__(self) -> None:
+        check(self.clip_max > self.clip_min >= 0.0, "method.clip_max", "need clip_max > clip_min >= 0")
+
+
+@dataclass
+class IwSFTState:
+    """A micro-batch's reference losses, from :meth:`IwSFT.prepare_step`."""
+
+    ref_token_loss: torch.Tensor  # [B, T] NLL of the reference (start) model
 
 
 def iw_sft_weights(
@@ -59,28 +80,47 @@ def shard_like(module: nn.Module, sharded: nn.Module) -> None:
         fully_shard(targets if len(targets) > 1 else targets[0], mesh=mesh)
 
 
+@register
 class IwSFT(TokenWeighting):
     name = "iw_sft"
+    Config = IwSFTConfig
 
     def __init__(
-        self, model: nn.Module, temperature: float, clip_min: float, clip_max: float, reference: nn.Module | None = None, loss_chunk_size: int = 0
+        self, cfg: IwSFTConfig, model: nn.Module, reference: nn.Module | None = None, loss_chunk_size: int = 0
     ) -> None:
-        self.temperature, self.clip_min, self.clip_max, self.chunk_size = temperature, clip_min, clip_max, loss_chunk_size
+        """``reference``: a frozen copy of the start model (full fine-tuning), or None under LoRA, where the reference
+        is ``model`` with its adapters off, so no second copy of the weights exists."""
+        super().__init__(cfg)
+        self.chunk_size = loss_chunk_size
         self.uses_adapters = hasattr(model, "disable_adapter")
         if self.uses_adapters and reference is not None:
             raise ValueError("iw_sft under LoRA: the reference is the model with its adapters off; pass no reference")
-        # Full fine-tuning: a frozen copy of the starting weights (``reference`` when ``model`` has already moved
-        # away from them). LoRA: the base model itself, adapters off.
-        start = reference if reference is not None else model
-        self.reference = None if self.uses_adapters else copy.deepcopy(start).eval().requires_grad_(False)
+        if not self.uses_adapters and reference is None:
+            raise ValueError("iw_sft under full fine-tuning needs a frozen copy of the start model as its reference")
+        self.reference = None if self.uses_adapters else reference.eval().requires_grad_(False)
+
+    @classmethod
+    def build(cls, cfg: IwSFTConfig, ctx: MethodContext) -> IwSFT:
+        # Full fine-tuning: a frozen copy of the starting weights (loaded afresh when ctx.model has already moved away
+        # from them, as in the inspector). LoRA: the base model itself, adapters off.
+        reference = None if hasattr(ctx.model, "disable_adapter") else ctx.load_start_model()
+        return cls(cfg, ctx.model, reference, ctx.loss_chunk_size)
+
+    @classmethod
+    def check_backend(cls, cfg: IwSFTConfig, backend: Backend) -> None:
+        if backend.fsdp and backend.fsdp_version != 2:
+            raise ConfigError(
+                "method=iw_sft under FSDP1 is not supported: its reference copy is sharded the way FSDP2 sharded the "
+                "policy. Use FSDP2 (`fsdp_version: 2` in the accelerate config) or DDP (docs/distributed.md)."
+            )
 
     def _reference_context(self, model: nn.Module):
         return model.disable_adapter() if self.uses_adapters else contextlib.nullcontext()
 
     @torch.no_grad()
-    def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
+    def prepare_step(self, model: nn.Module, step: list[MicroBatch]) -> dict[str, torch.Tensor]:
         ref = model if self.uses_adapters else self.reference
-        device = batches[0]["input_ids"].device
+        device = step[0].inputs["input_ids"].device
         if not self.uses_adapters and is_sharded(model.parameters()) and not is_sharded(ref.parameters()):
             shard_like(ref, model)  # FSDP: the copy is sharded as the policy is (a whole copy per rank would not fit)
         elif not self.uses_adapters and next(ref.parameters()).device != device:
@@ -89,20 +129,20 @@ class IwSFT(TokenWeighting):
         ref.eval()
         try:
             with self._reference_context(model):
-                for batch in batches:
-                    batch.setdefault("weighting", {})["ref_token_loss"] = model_token_loss(ref, batch, chunk_size=self.chunk_size)[0]
+                for micro in step:
+                    micro.state = IwSFTState(model_token_loss(ref, micro.inputs, chunk_size=self.chunk_size)[0])
         finally:
             ref.train(was_training)
         return {}
 
-    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if "weighting" not in batch:
+    def weights(self, forward: TokenForward, micro: MicroBatch) -> torch.Tensor:
+        if micro.state is None:
             raise RuntimeError("iw_sft: the reference losses were not prepared for this batch (prepare_step not called)")
         return iw_sft_weights(
-            token_loss,
-            batch["weighting"]["ref_token_loss"],
-            mask,
-            temperature=self.temperature,
-            clip_min=self.clip_min,
-            clip_max=self.clip_max,
+            forward.token_loss,
+            micro.state.ref_token_loss,
+            forward.mask,
+            temperature=self.cfg.temperature,
+            clip_min=self.cfg.clip_min,
+            clip_max=self.cfg.clip_max,
         )

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from vcore.config import ConfigError
+from vcore.checks import ConfigError
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 

@@ -16,17 +16,49 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from vcore.config import ProbeConfig
 from vcore.distributed import all_reduce_sum, is_sharded, rank, world_size
 from vcore.methods.base import RANK_STATE_FILE, Batch
 from vcore.methods.precision import exact_float32
 from vcore.ops.forward import model_token_loss
 from vcore.ops.losses import supervised_mask
+
+
+class ProbeMode(str, Enum):
+    auto = "auto"  # finite_difference for float32 weights, jvp for bf16/fp16 weights (see README, "Choosing the probe")
+    finite_difference = "finite_difference"  # (l_t(θ) - l_t(θ - εg)) / ε, two exact-float32 forwards
+    jvp = "jvp"  # exact directional derivative by forward-mode AD, one pass, any precision
+
+
+class JvpAttention(str, Enum):
+    """The attention of the jvp probe's forward (it needs a forward-mode derivative, which SDPA lacks)."""
+
+    vcore_blocked = "vcore_blocked"  # linear memory: blocks of queries (vcore/ops/attention.py)
+    eager = "eager"  # materialises T×T; the reference
+    # one Triton kernel on CUDA, vcore_blocked where it does not apply (logged once); pip install -e ".[gpu]"
+    fused = "fused"
+
+
+@dataclass
+class ProbeConfig:
+    mode: ProbeMode = ProbeMode.auto
+    epsilon: float = 1e-4  # finite-difference step along -g
+    batch_size: int = 4  # examples per probe micro-batch
+    accumulation: int = 2  # probe micro-batches per probe gradient
+    clip_norm: Optional[float] = 1.0  # clip g to this norm before use (authors: max_grad_norm); null: no clipping
+    every: int = 1  # recompute g every k optimizer steps, reuse it in between
+    seed: int = 0  # seed of the probe batch generator
+    # Finite differences under bf16/fp16 weights are rounding noise (SPEC §6); only set this to study that.
+    allow_low_precision: bool = False
+    attention_block: int = 256  # jvp: queries per block of the forward-mode attention (memory O(block · T))
+    jvp_attention: JvpAttention = JvpAttention.vcore_blocked  # jvp: see JvpAttention; vcore/ops/fused_attention.py
+    fidelity_every: int = 0  # k > 0: every k steps also compute the other probe's scores and log their agreement
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -179,7 +211,7 @@ def jvp_scores(
     g: Sequence[torch.Tensor],
     batches: Sequence[Batch],
     block: int = 256,
-    attention: str = "vcore_blocked",
+    attention: str | JvpAttention = JvpAttention.vcore_blocked,
     chunk_size: int = 0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per micro-batch ``(l_t(θ), s_t)`` with ``s_t`` the exact derivative of ``l_t`` along ``g`` (forward-mode AD).
@@ -192,7 +224,8 @@ def jvp_scores(
 
     from vcore.ops.attention import use_attention
 
-    if attention == "fused":  # the Triton kernel, vcore_blocked for the calls it cannot take (vcore.ops.fused_attention)
+    attention = JvpAttention(attention).value  # the name transformers' attention interface knows
+    if attention == JvpAttention.fused:  # the Triton kernel; vcore_blocked for calls it cannot take
         from vcore.ops import fused_attention
 
         fused_attention.register(block)

@@ -13,10 +13,26 @@ the tokens training used).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from vcore.methods.base import Batch, TokenWeighting
+from vcore.checks import check
+from vcore.methods.base import MethodConfig, MicroBatch, TokenWeighting
+from vcore.methods.registry import register
+from vcore.ops.forward import TokenForward
+
+
+@dataclass
+class RandomConfig(MethodConfig):
+    name: str = "random"
+    keep_fraction: float = 0.2  # paper App. B.2
+    always_keep_answer: bool = True  # tokens of the final \boxed{...} are always kept
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.keep_fraction <= 1.0, "method.keep_fraction", "must be in (0, 1]")
+
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, id) pairs over the seed space
 
@@ -60,18 +76,17 @@ def random_weights(
     return w.to(mask.device)
 
 
+@register
 class RandomTokens(TokenWeighting):
     name = "random"
+    Config = RandomConfig
 
-    def __init__(self, keep_fraction: float, seed: int, always_keep_answer: bool = True) -> None:
-        self.keep_fraction, self.seed, self.always_keep_answer = keep_fraction, seed, always_keep_answer
-
-    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def weights(self, forward: TokenForward, micro: MicroBatch) -> torch.Tensor:
         return random_weights(
-            mask,
-            batch["answer_mask"],
-            batch["example_id"],
-            keep_fraction=self.keep_fraction,
-            seed=self.seed,
-            always_keep_answer=self.always_keep_answer,
+            forward.mask,
+            micro.inputs["answer_mask"],
+            micro.inputs["example_id"],
+            keep_fraction=self.cfg.keep_fraction,
+            seed=self.cfg.seed,
+            always_keep_answer=self.cfg.always_keep_answer,
         )

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from vcore.methods.base import Batch, TokenWeighting
+from vcore.methods.base import MethodConfig, MicroBatch, TokenWeighting
+from vcore.methods.registry import register
+from vcore.ops.forward import TokenForward
+
+
+@dataclass
+class SFTConfig(MethodConfig):
+    name: str = "sft"
 
 
 def sft_weights(mask: torch.Tensor) -> torch.Tensor:
@@ -12,8 +21,10 @@ def sft_weights(mask: torch.Tensor) -> torch.Tensor:
     return mask.to(torch.float32)
 
 
+@register
 class SFT(TokenWeighting):
     name = "sft"
+    Config = SFTConfig
 
-    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return sft_weights(mask)
+    def weights(self, forward: TokenForward, micro: MicroBatch) -> torch.Tensor:
+        return sft_weights(forward.mask)

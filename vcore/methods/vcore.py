@@ -13,17 +13,72 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from vcore.config import ProbeMode, VCOREConfig
-from vcore.distributed import all_reduce_sum
-from vcore.methods.base import Batch, TokenWeighting, step_counts
-from vcore.methods.precision import check_finite_difference_precision
-from vcore.methods.probe import Probe, finite_difference_scores, jvp_scores, trainable_parameters
+from vcore.checks import ConfigError, check
+from vcore.distributed import Backend, all_reduce_sum
+from vcore.methods.base import Batch, MethodConfig, MethodContext, MicroBatch, TokenWeighting
+from vcore.methods.precision import LOW_PRECISION, check_finite_difference_precision
+from vcore.methods.probe import (
+    Probe,
+    ProbeConfig,
+    ProbeMode,
+    finite_difference_scores,
+    jvp_scores,
+    trainable_parameters,
+)
+from vcore.methods.registry import register
+from vcore.ops.forward import TokenForward
 from vcore.ops.losses import supervised_mask, weighted_loss
+
+
+class VarianceControl(str, Enum):
+    paper = "paper"
+    loss_ratio = "loss_ratio"
+    none = "none"
+
+
+@dataclass
+class VCOREConfig(MethodConfig):
+    name: str = "vcore"
+    tau: float = 0.5  # the paper's τ, multiplies s_t; see conf/method/vcore.yaml for the paper's values
+    # Set: τ is chosen every step so that the weights' Kish effective sample size is this fraction of the step's
+    # supervised tokens (method.tau is then unused; the chosen τ is logged as vcore/tau). null: τ fixed.
+    target_ess: Optional[float] = None
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    variance_control: VarianceControl = VarianceControl.paper
+    alpha_max: Optional[float] = 1.0  # cap on α; null: unbounded
+
+    def __post_init__(self) -> None:
+        check(self.tau >= 0.0, "method.tau", f"must be >= 0 (got {self.tau}); 0 gives uniform weights")
+        check(
+            self.target_ess is None or 0.0 < self.target_ess < 1.0,
+            "method.target_ess",
+            f"must be in (0, 1) or null (got {self.target_ess}); 1 would be uniform weights (tau=0)",
+        )
+        check(self.probe.epsilon > 0.0, "method.probe.epsilon", f"must be > 0 (got {self.probe.epsilon})")
+        check(self.probe.batch_size >= 1, "method.probe.batch_size", "must be >= 1")
+        check(self.probe.accumulation >= 1, "method.probe.accumulation", "must be >= 1")
+        check(self.probe.every >= 1, "method.probe.every", "must be >= 1")
+        check(self.probe.clip_norm is None or self.probe.clip_norm > 0, "method.probe.clip_norm", "must be > 0 or null")
+        check(self.alpha_max is None or self.alpha_max > 0, "method.alpha_max", "must be > 0 or null")
+        check(self.probe.attention_block >= 1, "method.probe.attention_block", "must be >= 1")
+        check(self.probe.fidelity_every >= 0, "method.probe.fidelity_every", "must be >= 0 (0: off)")
+
+
+@dataclass
+class VCOREState:
+    """A micro-batch's share of the step's weighting, from :meth:`VCORE.prepare_step` (all ``[B, T]`` but ``alpha``)."""
+
+    weights: torch.Tensor  # w_t = n q_t
+    alpha: torch.Tensor  # the step's variance-control factor (a scalar)
+    scores: torch.Tensor  # s_t, the probe utilities
+    q: torch.Tensor  # the Gibbs probabilities
 
 
 def gibbs_weights(scores: torch.Tensor, mask: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,32 +198,71 @@ def resolve_probe_mode(mode: ProbeMode, model: nn.Module) -> ProbeMode:
     """``auto``: the cheapest faithful probe (fidelity ≥ 0.99) for the model's weights. Float32 weights: finite
     differences in exact float32 (Pearson 1.000 at ε ≥ 2e-5, SPEC §6); bf16/fp16 weights: jvp (finite differences
     there are rounding noise, and the exact-float32 forwards would need a float32 copy of the weights)."""
-    if mode != ProbeMode.auto:
+    return probe_mode_for(mode, any(p.dtype in LOW_PRECISION for p in model.parameters()))
+
+
+def probe_mode_for(mode: ProbeMode, low_precision_weights: bool | None) -> ProbeMode:
+    """:func:`resolve_probe_mode` from the weights' precision alone; ``auto`` stays ``auto`` while it is unknown."""
+    if mode != ProbeMode.auto or low_precision_weights is None:
         return mode
-    low = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
-    return ProbeMode.jvp if low else ProbeMode.finite_difference
+    return ProbeMode.jvp if low_precision_weights else ProbeMode.finite_difference
 
 
+@register
 class VCORE(TokenWeighting):
     name = "vcore"
+    Config = VCOREConfig
 
     def __init__(
         self, cfg: VCOREConfig, model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch], loss_chunk_size: int = 0
     ) -> None:
+        super().__init__(cfg)
         self.mode = resolve_probe_mode(cfg.probe.mode, model)
         if self.mode == ProbeMode.finite_difference:
             check_finite_difference_precision(model, cfg.probe.allow_low_precision)
-        self.cfg, self.chunk_size = cfg, loss_chunk_size
+        self.chunk_size = loss_chunk_size
         self.probe = Probe(cfg.probe, dataset, collate, loss_chunk_size)
         self.steps = 0
+
+    @classmethod
+    def build(cls, cfg: VCOREConfig, ctx: MethodContext) -> VCORE:
+        return cls(cfg, ctx.model, ctx.train_dataset, ctx.collate, ctx.loss_chunk_size)
+
+    @classmethod
+    def check_backend(cls, cfg: VCOREConfig, backend: Backend) -> None:
+        """Under FSDP: FSDP2 only, the finite-difference probe only (``auto`` resolved from the weights' dtype), no
+        fidelity check (it runs the jvp probe)."""
+        if not backend.fsdp:
+            return
+        if backend.fsdp_version != 2:
+            raise ConfigError(
+                "method=vcore under FSDP1 is not supported: the probe works on FSDP2's per-parameter shards "
+                "(DTensors), and FSDP1 keeps parameters in flat buffers. Use FSDP2: `fsdp_version: 2` in the "
+                "accelerate config (or `accelerate launch --fsdp_version 2`), or DDP (docs/distributed.md)."
+            )
+        if probe_mode_for(cfg.probe.mode, backend.low_precision_weights) == ProbeMode.jvp:
+            raise ConfigError(
+                "method.probe.mode=jvp under FSDP is not supported: the forward-mode probe substitutes whole "
+                "parameters through functional_call, which FSDP's all-gathered shards do not allow. Set "
+                "method.probe.mode=finite_difference with model.dtype=float32 (auto picks jvp for bf16 weights), or "
+                "use DDP for the jvp probe (docs/distributed.md)."
+            )
+        if cfg.probe.fidelity_every:
+            raise ConfigError(
+                "method.probe.fidelity_every > 0 under FSDP: the fidelity check compares against the jvp probe, which "
+                "FSDP does not support. Set method.probe.fidelity_every=0, or measure fidelity on one GPU (python -m "
+                "vcore.tools.fidelity)."
+            )
 
     def scores(self, model: nn.Module, params, g, batches: list[Batch], mode: ProbeMode):
         """``(l_t(θ), s_t)`` per micro-batch by the chosen probe."""
         if mode == ProbeMode.jvp:
-            return jvp_scores(model, params, g, batches, self.cfg.probe.attention_block, self.cfg.probe.jvp_attention, self.chunk_size)
+            probe = self.cfg.probe
+            return jvp_scores(model, params, g, batches, probe.attention_block, probe.jvp_attention, self.chunk_size)
         return finite_difference_scores(model, params, g, batches, self.cfg.probe.epsilon, chunk_size=self.chunk_size)
 
-    def prepare_step(self, model: nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
+    def prepare_step(self, model: nn.Module, step: list[MicroBatch]) -> dict[str, torch.Tensor]:
+        batches = [micro.inputs for micro in step]
         was_training = model.training
         model.eval()  # one deterministic function for g and the score passes: no dropout mask differs between them
         fidelity: dict[str, torch.Tensor] = {}
@@ -185,22 +279,24 @@ class VCORE(TokenWeighting):
         finally:
             model.train(was_training)
         self.steps += 1
-        return {**self.weigh_step(batches, losses, scores), **fidelity}
+        return {**self.weigh_step(step, losses, scores), **fidelity}
 
-    def weigh_step(self, batches: list[Batch], losses: list[torch.Tensor], scores: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Weights and α for the whole step batch from its float32 losses and scores; stored in each batch."""
-        masks = [supervised_mask(b["labels"]) for b in batches]
+    def weigh_step(
+        self, step: list[MicroBatch], losses: list[torch.Tensor], scores: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Weights and α for the whole step batch from its float32 losses and scores; kept in each micro-batch."""
+        masks = [supervised_mask(micro.inputs["labels"]) for micro in step]
         if self.cfg.target_ess is not None:  # τ chosen per step for a fixed sharpness of the weights
             tau = tau_for_ess(scores, masks, self.cfg.target_ess).to(scores[0].dtype)
         else:
             tau = torch.tensor(self.cfg.tau, dtype=scores[0].dtype, device=scores[0].device)
         wq = [gibbs_weights(s, m, tau if self.cfg.target_ess is not None else self.cfg.tau) for s, m in zip(scores, masks)]
-        alpha = self._alpha(batches, losses, scores, masks, wq)
-        for b, s, (w, q) in zip(batches, scores, wq):
-            b.setdefault("weighting", {}).update(weights=w, alpha=alpha, scores=s, q=q)
+        alpha = self._alpha(step, losses, scores, masks, wq)
+        for micro, s, (w, q) in zip(step, scores, wq):
+            micro.state = VCOREState(weights=w, alpha=alpha, scores=s, q=q)
         return {**self._diagnostics(scores, masks, wq, alpha), "vcore/tau": tau.detach().float()}
 
-    def _alpha(self, batches, losses, scores, masks, wq) -> torch.Tensor:
+    def _alpha(self, step: list[MicroBatch], losses, scores, masks, wq) -> torch.Tensor:
         vc, device = self.cfg.variance_control.value, scores[0].device
         # τ = 0: the weights are exactly uniform, so every variant's α is 1 by definition; computing it would give
         # 1 only up to rounding (q = exp(log q) is not exactly 1/n), and τ = 0 must be SFT bit for bit.
@@ -209,9 +305,9 @@ class VCORE(TokenWeighting):
         if vc == "paper":
             return paper_alpha(scores, [q for _, q in wq], masks, self.cfg.alpha_max)
         norm = self.cfg.loss_normalization.value
-        counts = batches[0].get("step_counts") or step_counts(batches)  # the trainer's, computed once per step
+        counts = step[0].counts  # the trainer's, computed once per step
         # float32 as the losses: the counts are integers, exact in either type
-        n_tok, n_ex = counts["num_tokens"].float(), counts["num_examples"].float()
+        n_tok, n_ex = counts.num_tokens.float(), counts.num_examples.float()
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         for l, m, (w, _) in zip(losses, masks, wq):
             ones = m.to(l.dtype)
@@ -232,13 +328,20 @@ class VCORE(TokenWeighting):
             "vcore/probe_grad_norm": self.probe.last_norm.detach().float(),
         }
 
-    def weights(self, token_loss: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if "weighting" not in batch:
+    def _state(self, micro: MicroBatch) -> VCOREState:
+        if micro.state is None:
             raise RuntimeError("vcore: weights were not prepared for this batch (prepare_step not called)")
-        return batch["weighting"]["weights"]
+        return micro.state
 
-    def loss_scale(self, batch: Batch) -> torch.Tensor:
-        return batch["weighting"]["alpha"]
+    def weights(self, forward: TokenForward, micro: MicroBatch) -> torch.Tensor:
+        return self._state(micro).weights
+
+    def loss_scale(self, micro: MicroBatch) -> torch.Tensor:
+        return self._state(micro).alpha
+
+    def token_values(self, forward: TokenForward, micro: MicroBatch) -> dict[str, torch.Tensor]:
+        state = self._state(micro)
+        return {"score": state.scores, "q": state.q}
 
     def state_dict(self) -> dict[str, Any]:
         return {"probe": self.probe.state_dict(), "steps": self.steps}

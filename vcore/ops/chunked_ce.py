@@ -39,23 +39,42 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 class ChunkedTokenCE(torch.autograd.Function):
+    """``(loss [N], entropy [N] | [0], top-k log-probs [N, k] | [0], top-k ids [N, k] | [0])``; the extras (empty
+    unless asked for) come from the same chunk of logits as the loss and carry no derivative."""
+
     @staticmethod
-    def forward(hidden, weight, targets, chunk, proj_dtype, acc_dtype):
-        loss = torch.zeros(hidden.shape[0], dtype=acc_dtype, device=hidden.device)
+    def forward(hidden, weight, targets, chunk, proj_dtype, acc_dtype, entropy=False, top_k=0):
+        n = hidden.shape[0]
+        loss = torch.zeros(n, dtype=acc_dtype, device=hidden.device)
+        ent = torch.zeros(n if entropy else 0, dtype=acc_dtype, device=hidden.device)
+        top_lp = torch.zeros((n, top_k) if top_k else (0,), dtype=acc_dtype, device=hidden.device)
+        top_id = torch.zeros((n, top_k) if top_k else (0,), dtype=torch.long, device=hidden.device)
         w = weight.to(proj_dtype)
-        for sl in _chunks(hidden.shape[0], chunk):
+        for sl in _chunks(n, chunk):
             logits = (hidden[sl].to(proj_dtype) @ w.T).to(acc_dtype)
             tgt = targets[sl]
             keep = tgt != IGNORE_INDEX
             picked = logits.gather(1, tgt.clamp(min=0)[:, None]).squeeze(1)
-            loss[sl] = torch.where(keep, torch.logsumexp(logits, dim=-1) - picked, torch.zeros_like(picked))
-        return loss
+            lse = torch.logsumexp(logits, dim=-1)
+            loss[sl] = torch.where(keep, lse - picked, torch.zeros_like(picked))
+            if entropy or top_k:
+                log_p = logits - lse[:, None]
+            if entropy:  # -Σ p log p, with 0 · log 0 = 0 for tokens a model rules out (-inf logits)
+                p = log_p.exp()
+                h = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+                ent[sl] = torch.where(keep, h, torch.zeros_like(h))
+            if top_k:
+                values, ids = log_p.topk(top_k, dim=-1)
+                top_lp[sl] = torch.where(keep[:, None], values, torch.zeros_like(values))
+                top_id[sl] = torch.where(keep[:, None], ids, torch.zeros_like(ids))
+        return loss, ent, top_lp, top_id
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        hidden, weight, targets, chunk, proj_dtype, acc_dtype = inputs
+        hidden, weight, targets, chunk, proj_dtype, acc_dtype, *_ = inputs
         ctx.save_for_backward(hidden, weight, targets)
         ctx.save_for_forward(hidden, weight, targets)
+        ctx.mark_non_differentiable(*output[1:])
         ctx.chunk, ctx.proj_dtype, ctx.acc_dtype = chunk, proj_dtype, acc_dtype
 
     @staticmethod
@@ -66,7 +85,7 @@ class ChunkedTokenCE(torch.autograd.Function):
         return p * keep, targets[sl].clamp(min=0), keep
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, *_):
         hidden, weight, targets = ctx.saved_tensors
         w = weight.to(ctx.proj_dtype)
         d_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
@@ -79,7 +98,7 @@ class ChunkedTokenCE(torch.autograd.Function):
                 d_hidden[sl] = (d_logits @ w).to(hidden.dtype)
             if d_weight is not None:
                 d_weight += (d_logits.T @ hidden[sl].to(ctx.proj_dtype)).to(ctx.acc_dtype)
-        return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None, None, None
+        return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, d_hidden, d_weight, *_):
@@ -94,7 +113,7 @@ class ChunkedTokenCE(torch.autograd.Function):
             if d_weight is not None:
                 d_logits = d_logits + (hidden[sl].to(ctx.proj_dtype) @ d_weight.to(ctx.proj_dtype).T).to(ctx.acc_dtype)
             out[sl] = ((p * d_logits).sum(-1) - d_logits.gather(1, tgt[:, None]).squeeze(1)) * keep.squeeze(1)
-        return out
+        return out, None, None, None
 
 
 def chunked_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
@@ -103,11 +122,36 @@ def chunked_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labe
     Aligned like :func:`vcore.ops.losses.token_cross_entropy`: entry ``t`` is the loss of ``labels[t]`` predicted from
     ``hidden[t - 1]``; position 0 is 0.
     """
+    return chunked_token_statistics(hidden, weight, labels, chunk)[0]
+
+
+def chunked_token_statistics(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk: int = DEFAULT_CHUNK,
+    *,
+    entropy: bool = False,
+    top_k: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`chunked_token_cross_entropy` plus, from the same chunks of logits, what is asked for: ``entropy``
+    ``[B, T]`` (of the distribution that predicts ``labels[t]``), ``top_k_log_probs`` and ``top_k_ids`` ``[B, T, k]``
+    (largest first). Aligned like the loss, 0 where ``labels`` is ignored; the extras are detached."""
     b, t, h = hidden.shape
     targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1).reshape(-1)
     proj, acc = _dtypes(hidden)
-    loss = ChunkedTokenCE.apply(hidden.reshape(-1, h), weight, targets, int(chunk), proj, acc).view(b, t)
-    return torch.nn.functional.pad(loss[:, :-1], (1, 0))
+    flat = hidden.reshape(-1, h)
+    loss, ent, top_lp, top_id = ChunkedTokenCE.apply(flat, weight, targets, int(chunk), proj, acc, entropy, top_k)
+
+    def shift(x: torch.Tensor) -> torch.Tensor:  # [B*T, ...] by predicting position -> [B, T, ...] by predicted one
+        return torch.nn.functional.pad(x.view(b, t, *x.shape[1:])[:, :-1], (0, 0) * (x.dim() - 1) + (1, 0))
+
+    extras = {}
+    if entropy:
+        extras["entropy"] = shift(ent)
+    if top_k:
+        extras["top_k_log_probs"], extras["top_k_ids"] = shift(top_lp), shift(top_id)
+    return shift(loss), extras
 
 
 # Architectures that transform logits after the lm-head (soft-capping, scaling) would need that transform here.

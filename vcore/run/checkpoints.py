@@ -156,7 +156,10 @@ def check_resume(checkpoint: Path, resolved: dict[str, Any], allow: bool, group:
         return
     saved = json.loads(saved_file.read_text())
     now = json.loads(json.dumps(fingerprint(resolved), default=str))  # same JSON round trip as the saved side
-    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "<unset>") != now.get(k, "<unset>"))
+    # A setting added since the checkpoint was written, at a null default (method._target_, say), changes nothing.
+    added_unset = {k for k in now.keys() - saved.keys() if now[k] is None}
+    keys = (saved.keys() | now.keys()) - added_unset
+    differ = sorted(k for k in keys if saved.get(k, "<unset>") != now.get(k, "<unset>"))
     if not differ:
         return
     lines = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in differ[:8])

@@ -27,7 +27,8 @@ import torch
 from transformers import TrainerCallback
 
 from vcore.checks import ConfigError
-from vcore.ops.forward import model_token_loss
+from vcore.methods.base import micro_batches
+from vcore.ops.forward import model_forward
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ def weigh_examples(
     chunk_size: int = 0, device="cpu", autocast=contextlib.nullcontext,
 ) -> list[dict]:
     """The inspector's lines for ``rows``: grouped into step batches of ``batch_size × accumulation`` rows, each
-    weighted by the method's own step hooks (``prepare_step``, ``weights``), as the training step weighs them, inside
-    a fresh ``autocast()`` context per step batch (the run's precision).
+    weighted by the method's own step hooks (``prepare_step``, the forward it declares, ``weights``), as the training
+    step weighs them, inside a fresh ``autocast()`` context per step batch (the run's precision).
 
     Also what a training run logs as its token-weight heatmap (above). ``model`` is used in the
     mode it is in; the method's state (VCORE's probe stream) advances, so a caller inside training restores it.
@@ -110,18 +111,23 @@ def weigh_examples(
             {key: v.to(device) for key, v in collate(chunk[i : i + batch_size]).items()} for i in range(0, len(chunk), batch_size)
         ]
         with autocast():
-            weighting.prepare_step(model, batches)
-            for batch in batches:
+            micros = micro_batches(batches)
+            weighting.prepare_step(model, micros)
+            for micro in micros:
                 with torch.no_grad():
-                    token_loss, mask = model_token_loss(model, batch, chunk_size=chunk_size)
-                w = weighting.weights(token_loss, mask, batch)
-                alpha = batch.get("weighting", {}).get("alpha")
-                lines.extend(rows_to_lines(tokenizer, method, batch, token_loss, mask, w, alpha))
+                    forward = model_forward(model, micro.inputs, weighting.needs, chunk_size=chunk_size)
+                w = weighting.weights(forward, micro)
+                alpha = weighting.loss_scale(micro)
+                values = weighting.token_values(forward, micro)
+                inputs, loss, mask = micro.inputs, forward.token_loss, forward.mask
+                lines.extend(rows_to_lines(tokenizer, method, inputs, loss, mask, w, alpha, values))
     return lines
 
 
-def rows_to_lines(tokenizer, method: str, batch, token_loss, mask, weights, alpha) -> list[dict]:
-    extra = batch.get("weighting", {})
+def rows_to_lines(tokenizer, method: str, batch, token_loss, mask, weights, alpha, values=None) -> list[dict]:
+    """One inspector line per row. ``values``: the method's per-token values (``TokenWeighting.token_values``), on
+    supervised tokens only (None elsewhere); ``score`` and ``q`` (VCORE's) are always keys, None for other methods."""
+    values = {"score": None, "q": None, **(values or {})}
     out = []
     for r in range(batch["input_ids"].shape[0]):
         length = int(batch["attention_mask"][r].sum())
@@ -141,13 +147,16 @@ def rows_to_lines(tokenizer, method: str, batch, token_loss, mask, weights, alph
                 "tokens": [tokenizer.decode([i]) for i in ids],
                 "supervised": sup,
                 "loss": [v if s else 0.0 for v, s in zip(token_loss[r, :length].double().tolist(), sup)],
-                "score": per_token(extra.get("scores")),
-                "q": per_token(extra.get("q")),
+                **{name: per_token(v) for name, v in values.items()},
                 "weight": [v if s else 0.0 for v, s in zip(weights[r, :length].double().tolist(), sup)],
                 "batch_alpha": None if alpha is None else float(alpha),
             }
         )
     return out
+
+
+# Keys of an inspector line that are not a method's per-token values.
+LINE_KEYS = ("example", "method", "tokens", "supervised", "loss", "weight", "batch_alpha")
 
 
 def heatmap_html(examples: list[dict]) -> str:
@@ -170,8 +179,9 @@ def heatmap_html(examples: list[dict]) -> str:
             w = ex["weight"][i]
             shade = 0.1 + 0.9 * (w / top if top > 0 else 0)
             info = f"loss={ex['loss'][i]:.3f} weight={w:.3f}"
-            if ex.get("score"):
-                info += f" score={ex['score'][i]:.4g} q={ex['q'][i]:.4g}"
+            for name, v in ex.items():  # the method's per-token values (VCORE: score, q)
+                if name not in LINE_KEYS and isinstance(v, list) and v[i] is not None:
+                    info += f" {html.escape(name)}={v[i]:.4g}"
             parts.append(f"<span class='t' style='background:rgba(255,120,0,{shade:.3f})' title='{info}'>{text}</span>")
         parts.append("</div>")
     parts.append("</body></html>")

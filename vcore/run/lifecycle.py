@@ -16,16 +16,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vcore.checks import ConfigError
-from vcore.config import to_object
+from vcore.config import to_object, typed_config
 from vcore.distributed import (
     broadcast_object,
     check_parallel_backend,
     init_distributed,
-    launcher_backends,
-    probe_settings,
+    launcher_backend,
     rank,
     same_on_all_ranks,
 )
+from vcore.methods import method_class
 from vcore.run.checkpoints import RunDirBusy, check_resume, hold, resolve_resume
 from vcore.run.loggers import NullLogger, build_logger
 from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted
@@ -50,12 +50,12 @@ def hydra_job() -> tuple[list[str], str | None]:
 
 def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
     """Run ``task`` as the job ``cfg`` describes; its metrics also go to ``<output_dir>/metrics.json``."""
+    cfg = typed_config(cfg)  # a method of one's own typed by its schema, so config.yaml holds all its settings
     c = to_object(cfg)  # every schema check runs here, before anything is loaded
     if c.task == "train":  # refuse unsupported backends before anything is loaded
-        generates = bool(c.eval.after_train and c.benchmark)
-        check_parallel_backend(
-            c.method.name, generates_after_training=generates, **probe_settings(c.method), **launcher_backends()
-        )
+        backend = launcher_backend(packing=c.trainer.packing, lora=c.model.lora.enabled, weights_dtype=c.model.dtype)
+        method_class(c.method).check_backend(c.method, backend)  # what the method cannot run on, then what none can
+        check_parallel_backend(backend, generates_after_training=bool(c.eval.after_train and c.benchmark))
     init_distributed()  # under torchrun: the group run.py made, or a new one when a task is called directly
     out = Path(c.output_dir)
     if not same_on_all_ranks(str(out.resolve())):

@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from vcore.config import WandbMode
 from vcore.distributed import rank
 from vcore.run.heatmap import heatmap_html
 from vcore.run.preemption import PREEMPTED_EXIT_CODE
@@ -72,7 +73,7 @@ class WandbLogger(NullLogger):
             job_type=resolved.get("task", "train"),  # train | eval | pretrain | rl: a dashboard can split a group by it
             name=cfg.run_name or run_name(overrides),
             tags=run_tags(cfg.tags, resolved),
-            mode=cfg.mode,
+            mode=WandbMode(cfg.mode).value,
             dir=str(output_dir),
             id=self.run_id,
             resume="allow" if self.run_id else None,

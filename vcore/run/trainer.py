@@ -2,14 +2,17 @@
 
 - :meth:`WeightedTrainer.get_batch_samples` sees the whole accumulation window before any backward: it counts the
   step's supervised tokens and examples (all micro-batches, all ranks) and lets the method prepare step-level
-  weights (VCORE's probe and α, iw-SFT's reference losses).
-- :meth:`WeightedTrainer.compute_loss` computes per-token losses itself (the model never sees ``labels``, so no
-  model-specific loss scaling applies) and returns this micro-batch's share of the step loss.
+  weights (VCORE's probe and α, iw-SFT's reference losses) into each micro-batch's record
+  (:class:`vcore.methods.base.MicroBatch`), which the trainer keeps beside the batch, not in it.
+- :meth:`WeightedTrainer.training_step` hands that record to :meth:`WeightedTrainer.compute_loss`, which runs the
+  forward the method asks for (per-token losses, plus entropy or top-k log-probabilities if it declared them; the
+  model never sees ``labels``, so no model-specific loss scaling applies) and returns this micro-batch's share of the
+  step loss.
 - :meth:`WeightedTrainer.train` restores the method's state (VCORE's probe stream) next to what the Trainer restores
   from a checkpoint (weights, optimizer, scheduler, RNGs, data position), so a resumed run is the uninterrupted one.
 
 Backends: DDP and FSDP2 for every method (under FSDP2, VCORE with the finite-difference probe); DeepSpeed refused
-(:func:`vcore.distributed.check_parallel_backend`, docs/distributed.md).
+(:func:`vcore.distributed.check_parallel_backend`, each method's ``check_backend``; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -25,17 +28,17 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from vcore.distributed import (
+    Backend,
     all_reduce_max,
     all_reduce_min,
     all_reduce_sum,
     barrier,
     check_parallel_backend,
-    probe_settings,
     rank,
     world_size,
 )
-from vcore.methods.base import METHOD_STATE, RANK_STATE_FILE, TokenWeighting, step_counts
-from vcore.ops.forward import model_token_loss
+from vcore.methods.base import METHOD_STATE, RANK_STATE_FILE, MicroBatch, TokenWeighting, micro_batches
+from vcore.ops.forward import model_forward, model_token_loss
 from vcore.ops.losses import weighted_loss
 from vcore.ops.stats import StepStats
 from vcore.run.checkpoints import seal
@@ -60,17 +63,9 @@ class WeightedTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        # accelerate sets these from its launch config too (`accelerate launch --use_fsdp ...`), not only from args.
-        fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)
-        check_parallel_backend(
-            weighting.name,
-            fsdp=self.is_fsdp_enabled,
-            deepspeed=self.is_deepspeed_enabled,
-            mixed_precision=self.args.mixed_precision,
-            fsdp_version=getattr(fsdp, "fsdp_version", 2),
-            fsdp_state_dict_type=str(getattr(fsdp, "state_dict_type", "SHARDED_STATE_DICT")),
-            **probe_settings(weighting),
-        )
+        self.backend = self._backend()
+        type(weighting).check_backend(weighting.cfg, self.backend)  # what the method cannot run on, then what none can
+        check_parallel_backend(self.backend)
         self.weighting = weighting
         self.loss_normalization = loss_normalization
         self.precision = precision
@@ -83,6 +78,26 @@ class WeightedTrainer(Trainer):
         self.add_callback(_FiniteGuard(self))
         self._last_log_step = 0
         self._finite = torch.ones((), dtype=torch.bool, device=self.args.device)  # this step's losses so far
+        self._step: dict[int, MicroBatch] = {}  # this step's micro-batch records, by identity of their batch dicts
+        self._micro: MicroBatch | None = None  # the record of the micro-batch in training_step
+
+    def _backend(self) -> Backend:
+        # accelerate sets these from its launch config too (`accelerate launch --use_fsdp ...`), not only from args.
+        fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)
+        dtypes = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
+        # the lowest precision any weight has (bf16 base weights under float32 LoRA adapters count as bf16)
+        lowest = str(min(dtypes, key=lambda d: torch.finfo(d).bits)).removeprefix("torch.") if dtypes else None
+        return Backend(
+            world_size=world_size(),
+            fsdp=self.is_fsdp_enabled,
+            fsdp_version=getattr(fsdp, "fsdp_version", 2),
+            fsdp_state_dict_type=str(getattr(fsdp, "state_dict_type", "SHARDED_STATE_DICT")),
+            deepspeed=self.is_deepspeed_enabled,
+            mixed_precision=self.args.mixed_precision,
+            packing=bool(getattr(self.data_collator, "pack", False)),
+            lora=hasattr(self.model, "disable_adapter"),
+            weights_dtype=lowest,
+        )
 
     # ----------------------------------------------------------------------------------------- resume
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
@@ -104,32 +119,47 @@ class WeightedTrainer(Trainer):
     # ----------------------------------------------------------------------------------------- step batch
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step = {}
         if not batches:
             return batches, None
         # The method's step-level work runs before training_step moves inputs, so place them here.
         batches = [{k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
-        counts = step_counts(batches)  # once per step, for the loss and the method
-        for b in batches:
-            b["step_counts"] = counts
+        step = micro_batches(batches)  # the step's token and example counts, once per step, for the loss and the method
         with self.compute_loss_context_manager():
-            diagnostics = self.weighting.prepare_step(self.model, batches)
+            diagnostics = self.weighting.prepare_step(self.model, step)
         self.step_stats.add_step(diagnostics)
-        return batches, counts["num_tokens"]
+        self._step = {id(b): micro for b, micro in zip(batches, step)}
+        return batches, step[0].counts.num_tokens
+
+    def micro_batch(self, inputs: dict[str, Any]) -> MicroBatch | None:
+        """The record :meth:`get_batch_samples` prepared for the batch dict ``inputs`` (None for any other batch)."""
+        return self._step.get(id(inputs))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # The Trainer copies the batch dict before compute_loss (moving it to the device): find the record by the dict
+        # get_batch_samples returned, which is the one passed here.
+        self._micro = self.micro_batch(inputs)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._micro = None
 
     # ----------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        counts = inputs.get("step_counts")
-        token_loss, mask = model_token_loss(model, inputs, chunk_size=self.loss_chunk_size)
-        if counts is None or not model.training:
+        micro = self._micro if self._micro is not None else self.micro_batch(inputs)
+        if micro is None or not model.training:
             # Evaluation (or a batch that bypassed get_batch_samples): plain NLL over the local tokens.
+            token_loss, mask = model_token_loss(model, inputs, chunk_size=self.loss_chunk_size)
             loss = weighted_loss(token_loss, mask.float(), mask, mask.sum())
             return (loss, {"token_loss": token_loss}) if return_outputs else loss
-        w = self.weighting.weights(token_loss, mask, inputs)
-        alpha = self.weighting.loss_scale(inputs)
-        loss = weighted_loss(
-            token_loss, w, mask, counts["num_tokens"], normalization=self.loss_normalization, num_examples=counts["num_examples"]
-        )
-        loss = loss * torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
+        forward = model_forward(model, inputs, self.weighting.needs, chunk_size=self.loss_chunk_size)
+        token_loss, mask, counts = forward.token_loss, forward.mask, micro.counts
+        w = self.weighting.weights(forward, micro)
+        norm, num_examples = self.loss_normalization, counts.num_examples
+        loss = weighted_loss(token_loss, w, mask, counts.num_tokens, normalization=norm, num_examples=num_examples)
+        alpha = self.weighting.loss_scale(micro)
+        if alpha is not None:
+            loss = loss * torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
         tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
         self.step_stats.add_micro_batch(token_loss, w, mask, loss, inputs["labels"], tokens)
         self._finite = self._finite & torch.isfinite(loss.detach()).to(self._finite.device)  # read once per step

@@ -28,8 +28,8 @@ from vcore.checks import ConfigError
 from vcore.config import ModelConfig, TinyModelConfig
 from vcore.data.build import DataBundle, build_data
 from vcore.data.collate import Collator
-from vcore.distributed import barrier, rank, rank_zero_first
-from vcore.methods import build_method
+from vcore.distributed import barrier, launcher_backend, rank, rank_zero_first
+from vcore.methods import MethodContext, build_method
 from vcore.methods.base import METHOD_STATE
 from vcore.modeling import load_model, load_tokenizer
 from vcore.ops.forward import model_token_loss
@@ -114,7 +114,9 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     log.info("data: %s", data.stats)
     t = c.trainer
     collator = Collator(tokenizer.pad_token_id, pack=t.packing, pack_length=t.pack_length)
-    weighting = build_method(c.method, model, data.train, collator, loss_chunk_size=c.model.loss_chunk_size)
+    backend = launcher_backend(packing=t.packing, lora=c.model.lora.enabled, weights_dtype=c.model.dtype)
+    context = MethodContext(model, data.train, collator, c.model.loss_chunk_size, backend=backend)
+    weighting = build_method(c.method, context)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         **schedule_args(t),

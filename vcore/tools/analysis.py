@@ -32,8 +32,9 @@ import numpy as np
 
 from vcore.eval.intervals import Estimate, NotPaired, Scope, combined, difference, from_run_values, holm, pair_seeds
 from vcore.eval.intervals import accuracy as accuracy_estimate
+from vcore.methods import method_names
 
-METHOD_ORDER = ["sft", "dft", "random", "iw_sft", "vcore"]
+METHOD_ORDER = list(method_names())  # the registry's order (SFT first); a method of one's own sorts after, by name
 # Synthetic benchmarks in reading order, with the name a table shows.
 SPLITS = {
     "synthetic_test": "ID test",

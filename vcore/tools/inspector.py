@@ -6,7 +6,8 @@
 Each line: ``{"example", "method", "tokens", "supervised", "loss", "score", "q", "weight", "batch_alpha"}``.
 ``weight`` is ``w_t`` before the batch factor α (0 on unsupervised tokens); ``batch_alpha`` is α of the step batch
 the example was weighted in (null for methods without one); ``score`` and ``q`` are VCORE's utilities and Gibbs
-probabilities (null elsewhere). Examples are grouped into step batches of the run's size
+probabilities (null elsewhere); a method's other per-token values (``TokenWeighting.token_values``, e.g. the entropy
+of docs/adding_a_method.md) come under their own names. Examples are grouped into step batches of the run's size
 (``per_device_train_batch_size × gradient_accumulation_steps``) and weighted by the training step's own hooks, with
 the model and probe-generator state of the checkpoint. The forward runs in eval mode: with dropout (e.g. LoRA
 dropout) training's DFT / iw-SFT weights are those values seen through a random dropout mask.
@@ -25,7 +26,7 @@ import torch
 from vcore.config import load_run_config
 from vcore.data.build import build_data
 from vcore.data.collate import Collator
-from vcore.methods import build_method
+from vcore.methods import MethodContext, build_method
 from vcore.methods.base import METHOD_STATE
 from vcore.modeling import load_checkpoint, load_model
 from vcore.run.checkpoints import find_run
@@ -42,12 +43,15 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
     data = build_data(c.dataset, tokenizer)
     dataset = data.train if split == "train" else data.eval[split]
     collate = Collator(tokenizer.pad_token_id)
-    # iw-SFT under full fine-tuning weighs against the model training started from, not the checkpoint being
-    # inspected (LoRA's reference is the checkpoint's own base with adapters off, which is the same thing).
-    reference = load_model(model_cfg).to(device) if c.method.name == "iw_sft" and not c.model.lora.enabled else None
-    weighting = build_method(c.method, model, data.train, collate, reference=reference, loss_chunk_size=c.model.loss_chunk_size)
+    # A method that weighs against the model training started from (iw-SFT) gets those weights, not the checkpoint
+    # being inspected (under LoRA the reference is the checkpoint's own base with adapters off, the same thing).
+    context = MethodContext(
+        model, data.train, collate, c.model.loss_chunk_size, start_model=lambda: load_model(model_cfg).to(device)
+    )
+    weighting = build_method(c.method, context)
     if (checkpoint / METHOD_STATE).exists():
         weighting.load_state_dict(torch.load(checkpoint / METHOD_STATE, weights_only=False))
+
     def autocast():
         bf16 = c.trainer.precision == "bf16"
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -55,7 +59,7 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
     n = min(num_examples, len(dataset))
     model.eval()
     return weigh_examples(
-        model, weighting, [dataset[i] for i in range(n)], collate, tokenizer, c.method.name,
+        model, weighting, [dataset[i] for i in range(n)], collate, tokenizer, weighting.name,
         c.trainer.per_device_train_batch_size, c.trainer.gradient_accumulation_steps, c.model.loss_chunk_size, device, autocast,
     )
 
