@@ -122,6 +122,7 @@ class MethodContext:
     loss_chunk_size: int = 0  # model.loss_chunk_size, for the forwards a method runs itself (probe, reference)
     start_model: Optional[Callable[[], nn.Module]] = None
     backend: Backend = field(default_factory=Backend)
+    tokenizer: Any = None  # the run's tokenizer (a method that weighs tokens by what they are)
 
     def load_start_model(self) -> nn.Module:
         return self.start_model() if self.start_model is not None else copy.deepcopy(self.model)

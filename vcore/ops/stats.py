@@ -12,8 +12,10 @@ import torch
 
 
 class StepStats:
-    def __init__(self, eos_token_id: int | None = None) -> None:
+    def __init__(self, eos_token_id: int | None = None, reasoning_vocab: torch.Tensor | None = None) -> None:
         self.eos_token_id = eos_token_id
+        # [vocab] bool (vcore.data.token_classes): splits the weight between reasoning-bearing and style tokens.
+        self.reasoning_vocab = reasoning_vocab
         self._reset()
 
     def _reset(self) -> None:
@@ -40,6 +42,11 @@ class StepStats:
         if w.numel():
             self.mins["w"] = torch.minimum(self.mins["w"], w.min()) if "w" in self.mins else w.min()
             self.maxs["w"] = torch.maximum(self.maxs["w"], w.max()) if "w" in self.maxs else w.max()
+        if self.reasoning_vocab is not None:
+            vocab = self.reasoning_vocab.to(labels.device)
+            style = mask & ~vocab[labels.clamp(0, vocab.numel() - 1)]
+            self._add("w_style_sum", (weights.detach().double() * style).sum())
+            self._add("style_tokens", style.sum())
         if self.eos_token_id is not None:
             eos = mask & labels.eq(self.eos_token_id)
             self._add("w_eos_sum", (weights.detach().double() * eos).sum())
@@ -72,6 +79,10 @@ class StepStats:
         }
         if s.get("eos_tokens", 0) > 0:
             out["weights/eos_mean"] = s["w_eos_sum"] / s["eos_tokens"]
+        if "style_tokens" in s and s["w_sum"] > 0:
+            # The share of the weight on style tokens, and what uniform weights would give (their share of tokens).
+            out["weights/style_share"] = s["w_style_sum"] / s["w_sum"]
+            out["weights/style_token_frac"] = s["style_tokens"] / n
         for k, vals in self.step_diag.items():
             out[k] = float(torch.stack(vals).nanmean())
         self._reset()

@@ -40,6 +40,7 @@ from vcore.distributed import (
 from vcore.methods.base import METHOD_STATE, RANK_STATE_FILE, MicroBatch, TokenWeighting, micro_batches
 from vcore.ops.forward import model_forward, model_token_loss
 from vcore.ops.losses import weighted_loss
+from vcore.data.token_classes import reasoning_token_mask
 from vcore.ops.stats import StepStats
 from vcore.run.checkpoints import seal
 
@@ -72,7 +73,8 @@ class WeightedTrainer(Trainer):
         self.lr_floor = lr_floor
         self.loss_chunk_size = loss_chunk_size  # model.loss_chunk_size (vcore.ops.forward.model_token_loss)
         eos = getattr(self.processing_class, "eos_token_id", None)
-        self.step_stats = StepStats(eos_token_id=eos)
+        vocab = reasoning_token_mask(self.processing_class) if self.processing_class is not None else None
+        self.step_stats = StepStats(eos_token_id=eos, reasoning_vocab=vocab)
         self.run_fingerprint = run_fingerprint
         self.add_callback(_MethodStateCallback(self))
         self.add_callback(_FiniteGuard(self))

@@ -115,7 +115,7 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
     t = c.trainer
     collator = Collator(tokenizer.pad_token_id, pack=t.packing, pack_length=t.pack_length)
     backend = launcher_backend(packing=t.packing, lora=c.model.lora.enabled, weights_dtype=c.model.dtype)
-    context = MethodContext(model, data.train, collator, c.model.loss_chunk_size, backend=backend)
+    context = MethodContext(model, data.train, collator, c.model.loss_chunk_size, backend=backend, tokenizer=tokenizer)
     weighting = build_method(c.method, context)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),

@@ -46,7 +46,8 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
     # A method that weighs against the model training started from (iw-SFT) gets those weights, not the checkpoint
     # being inspected (under LoRA the reference is the checkpoint's own base with adapters off, the same thing).
     context = MethodContext(
-        model, data.train, collate, c.model.loss_chunk_size, start_model=lambda: load_model(model_cfg).to(device)
+        model, data.train, collate, c.model.loss_chunk_size, start_model=lambda: load_model(model_cfg).to(device),
+        tokenizer=tokenizer,
     )
     weighting = build_method(c.method, context)
     if (checkpoint / METHOD_STATE).exists():
