@@ -28,7 +28,7 @@ from vcore.distributed import (
 )
 from vcore.run.checkpoints import RunDirBusy, check_resume, hold, resolve_resume
 from vcore.run.loggers import NullLogger, build_logger
-from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted
+from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted, Pruned, Stopped
 
 # Tasks that write checkpoints and resume from them, and the config group holding their resume options.
 RESUMING_TASKS = {"train": "trainer", "rl": "rl"}
@@ -52,9 +52,16 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
     """Run ``task`` as the job ``cfg`` describes; its metrics also go to ``<output_dir>/metrics.json``."""
     c = to_object(cfg)  # every schema check runs here, before anything is loaded
     if c.task == "train":  # refuse unsupported backends before anything is loaded
+        backends = launcher_backends()
+        if c.eval.every and c.benchmark and backends["fsdp"]:
+            raise ConfigError(
+                "eval.every > 0 under FSDP: validation generates on rank 0 only, and a sharded model needs every rank "
+                "in each forward. Set eval.every=0 (a search on FSDP-sized models compares final results) or train "
+                "with DDP (docs/distributed.md)."
+            )
         generates = bool(c.eval.after_train and c.benchmark)
         check_parallel_backend(
-            c.method.name, generates_after_training=generates, **probe_settings(c.method), **launcher_backends()
+            c.method.name, generates_after_training=generates, **probe_settings(c.method), **backends
         )
     init_distributed()  # under torchrun: the group run.py made, or a new one when a task is called directly
     out = Path(c.output_dir)
@@ -82,6 +89,10 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
             metrics = task(c, resolved, out, logger, checkpoint)
         except Preempted:
             logger.finish(exit_code=PREEMPTED_EXIT_CODE)
+            raise
+        except (Stopped, Pruned) as stop:  # a search ended the run on purpose: finished, not failed
+            logger.summary({"stopped/step": stop.step, "stopped/reason": getattr(stop, "reason", "pruned")})
+            logger.finish(exit_code=0)
             raise
         except BaseException:
             logger.finish(exit_code=1)
