@@ -251,9 +251,16 @@ def check_trials(tmp_path, n: int) -> list:
     return study.trials
 
 
-def test_optuna_search_runs_two_trials_offline_and_a_second_invocation_adds_to_the_study(tmp_path):
-    """Two tiny trials through run.py -m (basic launcher), reporting their validation to the journal study; the
-    same command again continues the study (a new trial in a new run dir, the first ones kept). ~60 s."""
+def test_optuna_search_runs_two_trials_offline(tmp_path):
+    """Two tiny trials through run.py -m (basic launcher, ~35 s), each reporting its validation to the journal
+    study and returning its validation accuracy."""
+    search(tmp_path)
+    check_trials(tmp_path, 2)
+
+
+@pytest.mark.slow  # ~60 s
+def test_a_second_invocation_adds_to_the_study(tmp_path):
+    """The same command again continues the study: a new trial in a new run dir, the first ones kept."""
     search(tmp_path)
     first = [(t.number, t.params, t.value) for t in check_trials(tmp_path, 2)]
     search(tmp_path, "hydra.sweeper.sampler.seed=2", "hydra.sweeper.n_trials=1")
