@@ -50,7 +50,8 @@ def test_optuna_sweep_composes_to_a_validation_search(name):
     assert cfg.logger.group == sweeper.study_name  # one W&B group per study, whatever the invocation
     expected = {
         "optuna_lr": {"trainer.learning_rate": "tag(log, interval(1e-5, 3e-2))"},
-        "optuna_vcore": {"method.tau": "tag(log, interval(0.003, 1.0))", "method.probe.epsilon": "tag(log, interval(1e-5, 1e-2))"},
+        "optuna_vcore": {"method.tau": "tag(log, interval(0.003, 1.0))",
+                         "method.probe.epsilon": "tag(log, interval(1e-5, 1e-2))"},
     }[name]
     assert OmegaConf.to_container(sweeper.params) == expected
     # The objective is the accuracy of the validation benchmark, measured during training for the pruner too, and
@@ -225,8 +226,9 @@ TINY_TRIAL = [
 
 
 def search(tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(REPO / "run.py"), "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", "optuna_lr",
-            "method=sft", *TINY_TRIAL, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra]
+    args = [sys.executable, str(REPO / "run.py"), "-m", "--config-dir", str(REPO / "sweeps"), "--config-name",
+            "optuna_lr", "method=sft", *TINY_TRIAL, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *extra]
     proc = subprocess.run(args, cwd=tmp_path, env=subprocess_env(VCORE_CACHE=str(tmp_path / "cache")),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -237,15 +239,18 @@ def check_trials(tmp_path, n: int) -> list:
     """The study holds ``n`` complete trials, each with its run's rate, validation curve and validation accuracy."""
     from vcore.search.trial import open_storage
 
-    study = optuna.load_study(study_name="optuna_lr_sft", storage=open_storage(f"journal:{tmp_path / 'optuna' / 'optuna_lr_sft.journal'}"))
+    storage = open_storage(f"journal:{tmp_path / 'optuna' / 'optuna_lr_sft.journal'}")
+    study = optuna.load_study(study_name="optuna_lr_sft", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * n
     for t in study.trials:
         run = tmp_path / "sweep" / f"trial_{t.number}"
         metrics = json.loads((run / "metrics.json").read_text())
         assert t.value == metrics["eval"]["synthetic_val/accuracy"]
-        assert t.params["trainer.learning_rate"] == yaml.safe_load((run / "config.yaml").read_text())["trainer"]["learning_rate"]
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert t.params["trainer.learning_rate"] == config["trainer"]["learning_rate"]
         curve = [json.loads(x) for x in (run / "validation.jsonl").read_text().splitlines()]
-        assert t.intermediate_values == {x["step"]: x["eval/synthetic_val/accuracy"] for x in curve} and list(t.intermediate_values) == [2]
+        assert t.intermediate_values == {x["step"]: x["eval/synthetic_val/accuracy"] for x in curve}
+        assert list(t.intermediate_values) == [2]
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["trials"]["COMPLETE"] == n and results["best_value"] == study.best_value
     return study.trials

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from tests.helpers import finished_wandb_run
 from vcore.checks import ConfigError
 from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCallback, Pruned, Stopped
 from vcore.run.validation import VALIDATION_FILE, ValidationCallback
@@ -46,7 +47,8 @@ def test_validation_runs_every_k_steps_not_at_the_end_the_final_evaluation_cover
 
 def test_a_pruner_stops_the_run_at_its_validation_step(tmp_path):
     reports = []
-    callback = ValidationCallback(lambda step: {}, 2, tmp_path, skip_final=True, report=lambda s, m: reports.append(s) or s >= 4)
+    stop_from_4 = lambda s, m: reports.append(s) or s >= 4  # noqa: E731
+    callback = ValidationCallback(lambda step: {}, 2, tmp_path, skip_final=True, report=stop_from_4)
     control, args = TrainerControl(), TrainingArguments(output_dir="unused", use_cpu=True)
     callback.evaluate = lambda step: {"eval/b/accuracy": 0.1}
     for step in (1, 2, 3):
@@ -121,7 +123,8 @@ def hydra_sweeper(tmp_path):
     HydraConfig.instance().cfg = None
 
 
-def test_an_optuna_trial_is_pruned_with_a_checkpoint_and_a_finished_wandb_run(make_cfg, tmp_path, monkeypatch, hydra_sweeper):
+def test_an_optuna_trial_is_pruned_with_a_checkpoint_and_a_finished_wandb_run(make_cfg, tmp_path, monkeypatch,
+                                                                              hydra_sweeper):
     """The job side of pruning: the validation is reported to the trial in the study's storage; the study's pruner
     (the sweeper's config) stops the run there; the run ends with Pruned after its checkpoint."""
     optuna = pytest.importorskip("optuna", minversion="4.0")
@@ -135,8 +138,8 @@ def test_an_optuna_trial_is_pruned_with_a_checkpoint_and_a_finished_wandb_run(ma
         monkeypatch.setenv(name, value)
     hydra_sweeper({"_target_": "optuna.pruners.ThresholdPruner", "lower": 2.0})  # below 2: every accuracy is
     out = tmp_path / "run"
-    cfg = make_cfg(*QUICK, "trainer.max_steps=4", "eval.every=2", "logger=wandb", "objective=eval/synthetic_val/accuracy",
-                   f"output_dir={out}", method="sft")
+    cfg = make_cfg(*QUICK, "trainer.max_steps=4", "eval.every=2", "logger=wandb",
+                   "objective=eval/synthetic_val/accuracy", f"output_dir={out}", method="sft")
     with pytest.raises(Pruned) as pruned:
         train(cfg)
     assert pruned.value.step == 2
@@ -144,27 +147,8 @@ def test_an_optuna_trial_is_pruned_with_a_checkpoint_and_a_finished_wandb_run(ma
     (reported,) = [t for t in study.get_trials() if t.number == trial.number]
     accuracy = json.loads((out / VALIDATION_FILE).read_text())["eval/synthetic_val/accuracy"]
     assert reported.intermediate_values == {2: accuracy}
-    run, exit_code = finished_run(out)
+    run, exit_code = finished_wandb_run(out)
     assert run.summary["stopped/step"] == 2 and run.summary["stopped/reason"] == "pruned" and exit_code == 0
-
-
-def finished_run(out, timeout: float = 30.0):
-    """The run's offline W&B record once W&B's service has written all of it (its exit record; the service is a
-    separate process that may still be writing when finish() returns), and the exit code it records."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    from vcore.tools.wandb_files import read_offline_run, records
-
-    (run_files,) = (out / "wandb").glob("offline-run-*")
-    deadline = time.monotonic() + timeout
-    while True:
-        for raw in records(next(run_files.glob("run-*.wandb"))):
-            rec = pb.Record()
-            rec.ParseFromString(raw)
-            if rec.WhichOneof("record_type") == "exit":
-                return read_offline_run(run_files), rec.exit.exit_code
-        assert time.monotonic() < deadline, "no exit record: the W&B run was not finished"
-        time.sleep(0.2)
 
 
 def test_a_wandb_stop_request_stops_at_a_step_end_with_a_checkpoint(make_cfg, tmp_path, monkeypatch):
@@ -177,10 +161,11 @@ def test_a_wandb_stop_request_stops_at_a_step_end_with_a_checkpoint(make_cfg, tm
     monkeypatch.setattr(WandbLogger, "stop_requested", lambda self: next(calls) >= 1)  # asked during step 2
     out = tmp_path / "run"
     with pytest.raises(Stopped) as stopped:
-        train(make_cfg("trainer.max_steps=4", "logger=wandb", "eval.after_train=false", f"output_dir={out}", method="sft"))
+        train(make_cfg("trainer.max_steps=4", "logger=wandb", "eval.after_train=false", f"output_dir={out}",
+                       method="sft"))
     assert stopped.value.code == 0 and stopped.value.step == 2
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "final").exists()
-    run, exit_code = finished_run(out)
+    run, exit_code = finished_wandb_run(out)
     assert run.summary["stopped/step"] == 2 and run.summary["stopped/reason"] == "stopped by W&B" and exit_code == 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, TINY_MODEL, subprocess_env
+from tests.helpers import REPO, TINY_MODEL, finished_wandb_run, subprocess_env
 from vcore.checks import ConfigError
 from vcore.search.wandb_sweep import agent_command, check_sweep, load_sweep, parameter_sets, with_overrides
 
@@ -92,14 +92,16 @@ def test_agent_command_is_the_command_wandbs_agent_runs(tmp_path, monkeypatch):
             started.update(command=command, env=env)
 
     monkeypatch.setattr(wandb_agent, "AgentProcess", Started)
-    for name, value in {"WANDB_SWEEP_ID": "sid", "WANDB_RUN_ID": "", "WANDB_SWEEP_PARAM_PATH": "", "WANDB_DIR": str(tmp_path)}.items():
+    agent_env = {"WANDB_SWEEP_ID": "sid", "WANDB_RUN_ID": "", "WANDB_SWEEP_PARAM_PATH": "", "WANDB_DIR": str(tmp_path)}
+    for name, value in agent_env.items():  # what _command_run sets is put back after the test
         monkeypatch.setenv(name, value)
     for path in SWEEPS:
         sweep = load_sweep(path)
         params = parameter_sets(sweep)[0]
         agent = wandb_agent.Agent(api=None, queue=None, sweep_id="sid")
         agent._sweep_command = sweep["command"]
-        agent._command_run({"run_id": "r1", "program": sweep["program"], "args": {k: {"value": v} for k, v in params.items()}})
+        args = {k: {"value": v} for k, v in params.items()}
+        agent._command_run({"run_id": "r1", "program": sweep["program"], "args": args})
         assert started["command"] == agent_command(sweep, params)
         assert started["env"]["WANDB_RUN_ID"] == "r1" and started["env"]["WANDB_SWEEP_ID"] == "sid"
 
@@ -128,24 +130,6 @@ def start_run(sweep_file: Path, params: dict, run_id: str, cwd: Path, log: Path)
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def finished_run(run_dir: Path, timeout: float = 30.0):
-    """The run's offline W&B record once it holds its exit record, and that exit code."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    from vcore.tools.wandb_files import read_offline_run, records
-
-    (files,) = (run_dir / "wandb").glob("offline-run-*")
-    deadline = time.monotonic() + timeout
-    while True:
-        for raw in records(next(files.glob("run-*.wandb"))):
-            rec = pb.Record()
-            rec.ParseFromString(raw)
-            if rec.WhichOneof("record_type") == "exit":
-                return read_offline_run(files), rec.exit.exit_code, rec
-        assert time.monotonic() < deadline, "no exit record: the W&B run was not finished"
-        time.sleep(0.2)
-
-
 def test_a_stand_in_agent_runs_two_trials_to_completion_offline(tmp_path):
     """Two parameter sets of sweeps/wandb/synthetic_lr.yaml, one run after the other as an agent runs them (~40 s):
     each trains, logs its validation curve under the sweep's metric, and ends as a finished W&B run of the sweep."""
@@ -153,18 +137,20 @@ def test_a_stand_in_agent_runs_two_trials_to_completion_offline(tmp_path):
     handed_out = [{**TINY_PARAMS, "trainer.learning_rate": lr} for lr in (0.001, 0.01)]
     for i, params in enumerate(handed_out):
         log = tmp_path / f"run{i}.log"
-        assert start_run(sweep_file, params, f"fakerun{i}", tmp_path, log).wait(timeout=300) == 0, log.read_text()[-4000:]
+        run = start_run(sweep_file, params, f"fakerun{i}", tmp_path, log)
+        assert run.wait(timeout=300) == 0, log.read_text()[-4000:]
 
     for i, params in enumerate(handed_out):
         run_dir = tmp_path / "multirun" / "wandb_fakesweep" / f"fakerun{i}"  # the command's hydra.run.dir
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        assert config["trainer"]["learning_rate"] == params["trainer.learning_rate"] and config["method"]["name"] == "sft"
+        assert config["trainer"]["learning_rate"] == params["trainer.learning_rate"]
+        assert config["method"]["name"] == "sft"
         metrics = json.loads((run_dir / "metrics.json").read_text())
         accuracy = metrics["eval"]["synthetic_val/accuracy"]
         curve = [json.loads(x) for x in (run_dir / "validation.jsonl").read_text().splitlines()]
         assert [x["step"] for x in curve] == [2]
 
-        run, exit_code, _ = finished_run(run_dir)
+        run, exit_code = finished_wandb_run(run_dir)
         assert exit_code == 0 and run.run["id"] == f"fakerun{i}" and run.run["group"] == "wandb_fakesweep"
         metric = load_sweep(sweep_file)["metric"]["name"]
         logged = [(h["_step"], h[metric]) for h in run.history if metric in h]
@@ -172,7 +158,8 @@ def test_a_stand_in_agent_runs_two_trials_to_completion_offline(tmp_path):
         assert run.summary[metric] == accuracy
         # The sweep's parameters as W&B records them, next to the run's nested config the dashboard reads.
         assert run.config["trainer.learning_rate"] == params["trainer.learning_rate"]
-        assert run.config["method"]["name"] == "sft" and run.config["trainer"]["learning_rate"] == params["trainer.learning_rate"]
+        assert run.config["method"]["name"] == "sft"
+        assert run.config["trainer"]["learning_rate"] == params["trainer.learning_rate"]
 
 
 @pytest.mark.slow  # ~30 s
@@ -192,6 +179,6 @@ def test_a_run_the_agent_stops_ends_cleanly(tmp_path):
     run_dir = tmp_path / "multirun" / "wandb_fakesweep" / "fakerun"
     (checkpoint,) = (run_dir / "checkpoints").glob("checkpoint-*")
     assert 3 <= int(checkpoint.name.split("-")[1]) < 200 and not (run_dir / "final").exists()
-    record, exit_code, _ = finished_run(run_dir)
+    record, exit_code = finished_wandb_run(run_dir)
     assert exit_code == 0 and record.summary["stopped/step"] == int(checkpoint.name.split("-")[1])
     assert "W&B sweep" in record.summary["stopped/reason"]

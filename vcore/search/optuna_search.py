@@ -209,7 +209,8 @@ class OptunaSearch(Sweeper):
                 study.tell(trial, float(value))
                 log.info("trial %d: %s = %s", trial.number, self.config.get("objective"), value)
                 return TrialState.COMPLETE
-            log.warning("trial %d returned %r, not a number: recorded as failed (objective=<metric>)", trial.number, value)
+            log.warning("trial %d returned %r, not a number: recorded as failed (objective=<metric>)", trial.number,
+                        value)
         elif isinstance(result._return_value, Pruned):
             study.tell(trial, state=TrialState.PRUNED)
             log.info("trial %d: %s", trial.number, result._return_value)

@@ -72,7 +72,7 @@ def run_overrides(command: list[str], program: str) -> list[str]:
     args = command[ends[0] + 1 :]
     flags = [a for a in args if a.startswith("-")]
     if flags:
-        raise ConfigError(f"{' '.join(flags)}: the command passes Hydra overrides only (choose configs: experiment=...)")
+        raise ConfigError(f"{' '.join(flags)}: the command passes Hydra overrides only (configs: experiment=...)")
     return args
 
 
