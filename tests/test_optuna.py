@@ -272,8 +272,17 @@ def test_a_second_invocation_adds_to_the_study(tmp_path):
     assert [(t.number, t.params, t.value) for t in check_trials(tmp_path, 3)[:2]] == first
 
 
-@pytest.mark.slow  # ~60 s: trials in two joblib worker processes at once, reporting to one journal file
-def test_optuna_trials_run_through_the_joblib_launcher(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    search(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
+LAUNCHERS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+    # submitit's local executor: the SLURM launcher's code path, each trial a process submitit starts and waits for
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", ["hydra/launcher=submitit_local"]),
+}
+
+
+@pytest.mark.slow  # ~60 s each: two trials at once in other processes, reporting to one journal file
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_optuna_trials_run_through_other_launchers(tmp_path, launcher):
+    plugin, overrides = LAUNCHERS[launcher]
+    pytest.importorskip(plugin)
+    search(tmp_path, *overrides, "hydra.sweeper.n_jobs=2")
     check_trials(tmp_path, 2)

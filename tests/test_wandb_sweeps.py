@@ -133,6 +133,8 @@ def start_run(sweep_file: Path, params: dict, run_id: str, cwd: Path, log: Path)
 def test_a_stand_in_agent_runs_two_trials_to_completion_offline(tmp_path):
     """Two parameter sets of sweeps/wandb/synthetic_lr.yaml, one run after the other as an agent runs them (~40 s):
     each trains, logs its validation curve under the sweep's metric, and ends as a finished W&B run of the sweep."""
+    from vcore.tools.dashboard import GROUP_BY
+
     sweep_file = REPO / "sweeps" / "wandb" / "synthetic_lr.yaml"
     handed_out = [{**TINY_PARAMS, "trainer.learning_rate": lr} for lr in (0.001, 0.01)]
     for i, params in enumerate(handed_out):
@@ -156,10 +158,11 @@ def test_a_stand_in_agent_runs_two_trials_to_completion_offline(tmp_path):
         logged = [(h["_step"], h[metric]) for h in run.history if metric in h]
         assert logged == [(2, curve[0][metric]), (4, accuracy)]  # what Hyperband reads: one value per validation
         assert run.summary[metric] == accuracy
-        # The sweep's parameters as W&B records them, next to the run's nested config the dashboard reads.
+        # The sweep's parameters as W&B records them, next to the run's nested config the dashboard groups by
+        # (python -m vcore.dashboard ENTITY/PROJECT --group wandb_<sweep id> shows them with the rest).
         assert run.config["trainer.learning_rate"] == params["trainer.learning_rate"]
-        assert run.config["method"]["name"] == "sft"
         assert run.config["trainer"]["learning_rate"] == params["trainer.learning_rate"]
+        assert run.config[GROUP_BY.split(".")[0]][GROUP_BY.split(".")[1]] == "sft" and run.run["job_type"] == "train"
 
 
 @pytest.mark.slow  # ~30 s

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,10 +102,13 @@ def validation_callback(c, trainer, tokenizer, model_path: str, out: Path, logge
                         stopping: Callable[[], bool]) -> ValidationCallback | None:
     """``eval.every > 0``: the callback that evaluates ``cfg.benchmark`` during training, reporting to the Optuna
     trial this job runs if a search launched it (:func:`vcore.search.trial.current_trial`)."""
+    from vcore.search.trial import ENV_TRIAL_ID, current_trial
+
     if not (c.eval.every and c.benchmark):
+        if os.environ.get(ENV_TRIAL_ID):
+            log.warning("this Optuna trial cannot be pruned: it measures no validation during training (eval.every=0)")
         return None
     from vcore.run.benchmarks import run_benchmarks
-    from vcore.search.trial import current_trial
 
     def evaluate(step: int) -> dict[str, float]:
         name = f"{out} at step {step} (trained from {model_path})"
