@@ -94,7 +94,7 @@ class WandbLogger(NullLogger):
             mode=cfg.mode,
             dir=str(output_dir),
             id=self.run_id,
-            resume="allow" if self.run_id or agent else None,  # an agent's requeued run continues its run id
+            resume="allow" if self.run_id or agent else None,  # an agent's run id may exist (a run it resumes)
             config={**resolved, "overrides": overrides, "git_commit": git_commit()},
             reinit="finish_previous",
             settings=wandb.Settings(stop_fn=self._on_stop),

@@ -11,8 +11,8 @@ Runs of a hyperparameter search also stop on purpose, each after the same checkp
 
 - W&B asks the run to stop (the UI's Stop; a sweep's Hyperband through its agent, which sends the run SIGTERM): inside
   a W&B sweep (the agent sets ``WANDB_SWEEP_ID``) a SIGTERM means that too. The run ends with :class:`Stopped`, exit
-  status 0: a stopped trial is an outcome of the search, and the agent counts nonzero statuses as failed runs (a few
-  in its first minute, or only failures, and it quits).
+  status 0: a stopped trial is an outcome of the search, and the agent counts nonzero statuses as failed runs (three
+  in its first minute, or five without a success, and it quits).
 - Optuna's pruner stops a trial after a validation (:mod:`vcore.run.validation`): :class:`Pruned`, an exception, so
   that in a Hydra multirun it ends this job only and the sweeper records the trial as pruned.
 """
