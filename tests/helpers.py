@@ -71,6 +71,29 @@ def torchrun(args: list[str], cwd: Path, timeout: int = 120, ranks: int = 2) -> 
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def finished_wandb_run(run_dir: Path, timeout: float = 30.0):
+    """The offline W&B run of ``run_dir`` (``read_offline_run``) once its record is complete, and its exit code.
+
+    W&B's service, a separate process, may still be writing the run's file when ``finish()`` returns; its exit record
+    comes last, after the final summary, so a reader waits for it."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from vcore.tools.wandb_files import read_offline_run, records
+
+    (files,) = (Path(run_dir) / "wandb").glob("offline-run-*")
+    deadline = time.monotonic() + timeout
+    while True:
+        for raw in records(next(files.glob("run-*.wandb"))):
+            rec = pb.Record()
+            rec.ParseFromString(raw)
+            if rec.WhichOneof("record_type") == "exit":
+                return read_offline_run(files), rec.exit.exit_code
+        assert time.monotonic() < deadline, f"{files}: no exit record, the W&B run was not finished"
+        time.sleep(0.2)
+
+
 # ------------------------------------------------------------------------------------------- devices
 def needs_cuda():
     """Marks of a test that needs a CUDA device: ``gpu`` (deselected by default; ``pytest -m gpu``) and a skip

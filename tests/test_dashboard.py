@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.helpers import CONF, TINY_TEST
+from tests.helpers import CONF, TINY_TEST, finished_wandb_run
 
 ws = pytest.importorskip("wandb_workspaces.workspaces")
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
@@ -42,7 +42,6 @@ def _train(out, tiny_dir, *overrides: str):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, tiny_dir):
     """A one-run "sweep" dir and that run as read back from its offline W&B files (~5 s)."""
-    from vcore.tools.wandb_files import read_offline_run
 
     root = tmp_path_factory.mktemp("sweep")
     _train(
@@ -50,8 +49,8 @@ def sweep(tmp_path_factory, tiny_dir):
         f"logger.token_weights_examples={SPLIT_EXAMPLES}", "dataset.eval_examples=4", "decoding.max_new_tokens=8",
         "eval.after_train=true", "benchmark=synthetic_test",
     )
-    (run_files,) = (root / "0" / "wandb").glob("offline-run-*")
-    return root, read_offline_run(run_files)
+    run, _ = finished_wandb_run(root / "0")
+    return root, run
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,6 @@ def rl_run(sweep, tmp_path_factory, tiny_dir):
     """A tiny RL run (task=rl, W&B offline, evaluated before and after) from the sweep's run, read back."""
     from tests.test_rl import TINY_RL
     from vcore.run.tasks import run_task
-    from vcore.tools.wandb_files import read_offline_run
 
     pytest.importorskip("trl")
     root, _ = sweep
@@ -69,8 +67,8 @@ def rl_run(sweep, tmp_path_factory, tiny_dir):
         *rl, "logger=wandb", f"logger.group={GROUP}", f"output_dir={out}", f"model.name_or_path={tiny_dir}",
         f"rl.start={root / '0'}", "dataset.eval_examples=4", "decoding.max_new_tokens=8", "benchmark=synthetic_test",
     ))
-    (run_files,) = (out / "wandb").glob("offline-run-*")
-    return out.parent, read_offline_run(run_files)
+    run, _ = finished_wandb_run(out)
+    return out.parent, run
 
 
 def _config_paths(config: dict, prefix: str = "") -> set[str]:

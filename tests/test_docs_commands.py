@@ -367,3 +367,18 @@ def test_sweep_cover_has_every_value():
     assert count == 4  # the later method list replaces the earlier one, as in Hydra's basic sweeper
     assert [j[0] for j in jobs] == ["method=sft", "method=vcore"] and {j[1] for j in jobs} == {"seed=1", "seed=2"}
     assert all(j[2] == "trainer.max_steps=3" for j in jobs)
+
+
+# ------------------------------------------------------------------------------------------------ W&B sweep files
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps" / "wandb").glob("*.yaml")), ids=lambda p: p.stem)
+def test_wandb_sweep_agent_commands_compose_and_validate(path, tmp_path_factory):
+    """What W&B's agent runs for a sweep file (sweeps/wandb/*.yaml), for parameter sets covering every value, is a
+    run.py command checked like the docs' ones; the agent's environment gives the run and sweep ids it reads."""
+    from vcore.search.wandb_sweep import agent_command, load_sweep, parameter_sets
+
+    sweep = load_sweep(path)
+    env = (("WANDB_RUN_ID", "run1"), ("WANDB_SWEEP_ID", "sweep1"))
+    for params in parameter_sets(sweep):
+        command = agent_command(sweep, params)
+        args = command[command.index(sweep["program"]) + 1 :]
+        assert check_run_args(tuple(args), tmp_path_factory.getbasetemp() / "docs_run", env=env) == 1

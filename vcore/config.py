@@ -153,6 +153,13 @@ class EvalRunConfig:
     model: Optional[str] = None  # task=eval: a run dir, a checkpoint dir, or a hub id
     backend: EvalBackend = EvalBackend.hf
     num_workers: int = 2  # grading worker processes (math-verify timeouts need processes)
+    # k > 0 (task=train): also evaluate cfg.benchmark every k optimizer steps during training, logged at that step
+    # under the same keys (eval/<bench>/accuracy): the validation curve that W&B Hyperband and Optuna's pruner read
+    # (sweeps/README.md). 0: only after training.
+    every: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "eval.every", f"must be >= 0 optimizer steps (got {self.every}); 0: off")
 
 
 # --------------------------------------------------------------------------------------------------- root

@@ -28,7 +28,7 @@ from vcore.distributed import (
 from vcore.methods import method_class
 from vcore.run.checkpoints import RunDirBusy, check_resume, hold, resolve_resume
 from vcore.run.loggers import NullLogger, build_logger
-from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted
+from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted, Pruned, Stopped
 
 # Tasks that write checkpoints and resume from them, and the config group holding their resume options.
 RESUMING_TASKS = {"train": "trainer", "rl": "rl"}
@@ -54,6 +54,12 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
     c = to_object(cfg)  # every schema check runs here, before anything is loaded
     if c.task == "train":  # refuse unsupported backends before anything is loaded
         backend = launcher_backend(packing=c.trainer.packing, lora=c.model.lora.enabled, weights_dtype=c.model.dtype)
+        if c.eval.every and c.benchmark and backend.fsdp:
+            raise ConfigError(
+                "eval.every > 0 under FSDP: validation generates on rank 0 only, and a sharded model needs every rank "
+                "in each forward. Set eval.every=0 (a search on FSDP-sized models compares final results) or train "
+                "with DDP (docs/distributed.md)."
+            )
         method_class(c.method).check_backend(c.method, backend)  # what the method cannot run on, then what none can
         check_parallel_backend(backend, generates_after_training=bool(c.eval.after_train and c.benchmark))
     init_distributed()  # under torchrun: the group run.py made, or a new one when a task is called directly
@@ -82,6 +88,10 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
             metrics = task(c, resolved, out, logger, checkpoint)
         except Preempted:
             logger.finish(exit_code=PREEMPTED_EXIT_CODE)
+            raise
+        except (Stopped, Pruned) as stop:  # a search ended the run on purpose: finished, not failed
+            logger.summary({"stopped/step": stop.step, "stopped/reason": getattr(stop, "reason", "pruned")})
+            logger.finish(exit_code=0)
             raise
         except BaseException:
             logger.finish(exit_code=1)

@@ -8,15 +8,22 @@ the job's Hydra overrides, grouped by sweep, typed by task (``job_type``), tagge
 method, carry the resolved config, and are always finished, also when training raises (jobs of one multirun share
 a process and would otherwise log into each other's runs). The dashboard (:mod:`vcore.tools.dashboard`) groups and
 filters by these.
+
+Under a W&B sweep agent the run is the agent's: its id, project and entity come from the agent (W&B ignores ours
+there), and W&B's stop request (the UI's Stop, a sweep's early termination) stops training at the end of an optimizer
+step, after a checkpoint (:mod:`vcore.run.preemption`), instead of W&B's default Ctrl+C in the middle of one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import signal
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,7 @@ from transformers import TrainerCallback
 from vcore.config import WandbMode
 from vcore.distributed import rank
 from vcore.run.heatmap import heatmap_html
-from vcore.run.preemption import PREEMPTED_EXIT_CODE
+from vcore.run.preemption import PREEMPTED_EXIT_CODE, in_wandb_sweep
 
 # Where a run's token-weight heatmap goes (vcore.run.heatmap), and the table's columns.
 TOKEN_WEIGHTS_HTML = "token_weights/heatmap"
@@ -54,6 +61,16 @@ class NullLogger:
     def log_token_weights(self, examples: list[dict[str, Any]], step: int) -> None:
         """Per-token weights of a few examples (inspector lines, :func:`vcore.run.heatmap.weigh_examples`)."""
 
+    def stop_requested(self) -> bool:
+        """The experiment tracker asked the run to stop (W&B: Stop in the UI, a sweep's early termination)."""
+        return False
+
+    @contextlib.contextmanager
+    def stops_at_step_end(self) -> Iterator[None]:
+        """While training: a stop request waits for the end of the optimizer step (a checkpoint, then
+        :class:`vcore.run.preemption.Stopped`); outside it, it interrupts the main thread."""
+        yield
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
@@ -64,11 +81,13 @@ class WandbLogger(NullLogger):
 
         self.wandb = wandb
         # Stable across requeues of one job (same config, same run dir), distinct across run dirs: two runs of one
-        # config in different dirs are two W&B runs, not one run written twice.
-        self.run_id = run_id(resolved, output_dir) if cfg.resume_by_config_hash else None
+        # config in different dirs are two W&B runs, not one run written twice. A sweep agent's run has its own id.
+        agent = in_wandb_sweep()
+        self.run_id = run_id(resolved, output_dir) if cfg.resume_by_config_hash and not agent else None
+        self._stop, self._defer_stop = threading.Event(), False
         self.run = wandb.init(
-            project=cfg.project,
-            entity=cfg.entity,
+            project=None if agent else cfg.project,
+            entity=None if agent else cfg.entity,
             group=cfg.group or sweep,
             job_type=resolved.get("task", "train"),  # train | eval | pretrain | rl: a dashboard can split a group by it
             name=cfg.run_name or run_name(overrides),
@@ -76,10 +95,28 @@ class WandbLogger(NullLogger):
             mode=WandbMode(cfg.mode).value,
             dir=str(output_dir),
             id=self.run_id,
-            resume="allow" if self.run_id else None,
+            resume="allow" if self.run_id or agent else None,  # an agent's run id may exist (a run it resumes)
             config={**resolved, "overrides": overrides, "git_commit": git_commit()},
             reinit="finish_previous",
+            settings=wandb.Settings(stop_fn=self._on_stop),
         )
+        self.run_id = self.run.id
+
+    def _on_stop(self) -> None:
+        self._stop.set()
+        if not self._defer_stop:  # W&B's own way (wandb.sdk.lib.interrupt): Ctrl+C in the main thread
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @contextlib.contextmanager
+    def stops_at_step_end(self) -> Iterator[None]:
+        self._defer_stop = True
+        try:
+            yield
+        finally:
+            self._defer_stop = False
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self.run.log(metrics, step=step)

@@ -38,9 +38,10 @@ from vcore.run.checkpoints import fingerprint
 from vcore.run.heatmap import TokenWeightsCallback, heatmap_examples
 from vcore.run.lifecycle import run_job, write_metrics
 from vcore.run.loggers import LoggerCallback, NullLogger
-from vcore.run.preemption import Preempted, PreemptionCallback
+from vcore.run.preemption import PreemptionCallback, Pruned
 from vcore.run.tiny import ensure_tiny
 from vcore.run.trainer import WeightedTrainer
+from vcore.run.validation import validation_callback
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +159,23 @@ def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint:
     trainer.run_fingerprint = fingerprint(resolved)  # into every checkpoint (vcore.run.checkpoints.check_resume)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
-    preemption = PreemptionCallback()
+    preemption = PreemptionCallback(stop_requested=logger.stop_requested)
     trainer.add_callback(preemption)
     if rows := heatmap_examples(c.logger, job.data.eval):  # the token-weight heatmap on W&B (vcore.run.heatmap)
         heatmap = TokenWeightsCallback(
             trainer, logger, rows, Collator(job.tokenizer.pad_token_id), c.logger.token_weights_every, lambda: preemption.stopped
         )
         trainer.add_callback(heatmap)
-    with preemption.handle_sigterm():
+    # eval.every: validation during training, what a search's early termination compares (vcore.run.validation)
+    validation = validation_callback(c, trainer, job.tokenizer, job.model_path, out, logger, lambda: preemption.stopped)
+    if validation is not None:
+        trainer.add_callback(validation)
+    with preemption.handle_sigterm(), logger.stops_at_step_end():
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-    if preemption.stopped:
-        raise Preempted(trainer.state.global_step)
+    if preemption.stopped:  # Preempted (75, requeue) or, when W&B or its sweep agent stopped the run, Stopped (0)
+        raise preemption.exit(trainer.state.global_step)
+    if validation is not None and validation.pruned_at is not None:
+        raise Pruned(validation.pruned_at)
     save_final_model(trainer, out / "final")
     if rank() == 0:  # the probe generator's state: the inspector weighs examples as the next step would (under FSDP
         # with probe.every > 1 the stored direction stays in the checkpoints' per-rank files: a fresh probe instead)

@@ -2,6 +2,7 @@
 
     python -m vcore.dashboard ENTITY/PROJECT                              # the workspace (every run of the project)
     python -m vcore.dashboard ENTITY/PROJECT --group synthetic_study      # workspace of one group + its report
+    python -m vcore.dashboard ENTITY/PROJECT --group wandb_SWEEP_ID       # a W&B sweep's runs (sweeps/wandb/*.yaml)
     python -m vcore.dashboard ENTITY/PROJECT --group G --runs multirun/synthetic_study/<date> --dry-run spec.json
 
 Built with ``wandb-workspaces`` (``pip install -e ".[dashboard]"``). Saving needs network and ``wandb login``;
@@ -9,14 +10,16 @@ Built with ``wandb-workspaces`` (``pip install -e ".[dashboard]"``). Saving need
 ``wandb_workspaces.workspaces.internal.View``; report: ``wandb_workspaces.reports.v2.internal.ReportViewspec``, whose
 run sets get their project ids from the server at save time, so the dry run leaves them out) and touches no network.
 
-Workspace sections: training (plain NLL next to the weighted loss, learning rate, grad norm, tokens/s), token weights
-(ESS, max, fraction below 0.1, EOS weight, the per-run heatmap page and table), VCORE (α, score mean/std, probe
-gradient norm, τ, q entropy, probe fidelity when logged), evaluation (accuracy and truncation per benchmark, held-out
-NLL per eval split), RL (reward and rollout accuracy, KL, entropy, completion length, truncation and no-answer
-rate of task=rl runs); the runs table pins method, τ, ε, variance control, data size and seed and groups runs by
-method, so every curve is the mean over seeds with its spread. Report (``--group``): Table 1 per domain, data
-scaling, τ × ε, loss curves with and without variance control, RL before and after per benchmark (Table 2, RL runs
-grouped by the SFT method they started from), each over grouped runs (mean, std over seeds).
+Runs of W&B sweeps and Optuna searches (sweeps/README.md) are training runs like the others, grouped by the sweep
+(``wandb_<sweep id>``) or the study's name. Workspace sections: training (plain NLL next to the weighted loss, learning
+rate, grad norm, tokens/s), token weights (ESS, max, fraction below 0.1, EOS weight, the per-run heatmap page and
+table), VCORE (α, score mean/std, probe gradient norm, τ, q entropy, probe fidelity when logged), evaluation (accuracy
+and truncation per benchmark, held-out NLL per eval split; the validation curve during training), RL (reward and rollout
+accuracy, KL, entropy, completion length, truncation and no-answer rate of task=rl runs); the runs table pins method, τ,
+ε, variance control, data size and seed and groups runs by method, so every curve is the mean over seeds with its
+spread. Report (``--group``): Table 1 per domain, data scaling, τ × ε, loss curves with and without variance control, RL
+before and after per benchmark (Table 2, RL runs grouped by the SFT method they started from), each over grouped runs
+(mean, std over seeds).
 
 Every key a panel reads is in this module's tables below (``SECTIONS``, ``EVAL_*``, ``CONFIG_COLUMNS``, ...);
 tests/test_dashboard.py checks them against the keys a real offline run logs. Benchmarks and eval splits come from
@@ -198,7 +201,9 @@ def build_workspace(entity: str, project: str, group: str | None = None, runs: I
 
 
 def _eval_panels(wr, seen: dict[str, Any]) -> list:
-    panels = []
+    # The validation curve (eval.every; runs of sweeps/: W&B Hyperband and Optuna's pruner compare it), then results.
+    curve = tuple(EVAL_BENCHMARK_KEYS[0].format(bench=b) for b in seen["benchmarks"])
+    panels = [_line(wr, "accuracy during training (eval.every)", curve)] if curve else []
     for template, title in zip(EVAL_BENCHMARK_KEYS, ("accuracy", "truncation rate")):
         keys = [template.format(bench=b) for b in seen["benchmarks"]]
         if keys:
