@@ -32,7 +32,7 @@ from vcore.eval.generate import Generation, chat_prompts, make_generator
 from vcore.eval.metrics import benchmark_metrics
 from vcore.eval.results import jsonable, summary_markdown, table1, write_json, write_jsonl
 from vcore.eval.sandbox import isolation_report
-from vcore.eval.sandbox import reclaim as sandbox_reclaim
+from vcore.eval.sandbox_cleanup import reclaim as sandbox_reclaim
 from vcore.eval.workers import map_with_timeout
 from vcore.prompts import PROMPT_TEMPLATES
 

@@ -125,7 +125,7 @@ def map_with_timeout(
     ``fn`` must be importable (a module-level function). ``workers=0`` runs in this process without timeouts
     (for debugging only). Results keep the order of ``payloads``. ``after_worker_exit(pid)`` runs here after each
     worker has exited, killed at a deadline or stopped at the end: it removes what a killed worker could not (the
-    code sandbox's processes and folders, :func:`vcore.eval.sandbox.reclaim`).
+    code sandbox's processes and folders, :func:`vcore.eval.sandbox_cleanup.reclaim`).
     """
     if workers == 0:
         results = []
