@@ -119,24 +119,28 @@ def map_with_timeout(
     desc: str | None = None,
     progress: bool = True,
     after_worker_exit: Callable[[int], None] | None = None,
+    on_result: Callable[[int, TaskResult], None] | None = None,
 ) -> list[TaskResult]:
     """``[fn(p) for p in payloads]`` in ``workers`` processes, each item cut off after its ``timeout_s``.
 
     ``fn`` must be importable (a module-level function). ``workers=0`` runs in this process without timeouts
-    (for debugging only). Results keep the order of ``payloads``. ``after_worker_exit(pid)`` runs here after each
+    (for debugging only). Results keep the order of ``payloads``; ``on_result(index, result)`` also gets each one as
+    soon as it is known (the evaluation journal records it then). ``after_worker_exit(pid)`` runs here after each
     worker has exited, killed at a deadline or stopped at the end: it removes what a killed worker could not (the
     code sandbox's processes and folders, :func:`vcore.eval.sandbox_cleanup.reclaim`).
     """
     if workers == 0:
         results = []
-        for p in tqdm(payloads, desc=desc, disable=not progress or not payloads, leave=False):
+        for i, p in enumerate(tqdm(payloads, desc=desc, disable=not progress or not payloads, leave=False)):
             try:
                 results.append(TaskResult("ok", fn(p)))
             except Exception as err:  # reported per item, as a worker would
                 results.append(TaskResult("error", error=f"{type(err).__name__}: {err}"))
+            if on_result is not None:
+                on_result(i, results[-1])
         return results
     with WorkerPool(min(workers, max(len(payloads), 1)), after_worker_exit) as pool:
-        return pool.map(fn, payloads, timeout_s=timeout_s, desc=desc, progress=progress)
+        return pool.map(fn, payloads, timeout_s=timeout_s, desc=desc, progress=progress, on_result=on_result)
 
 
 class WorkerPool:
@@ -164,8 +168,22 @@ class WorkerPool:
             w.stop()
         self.workers = []
 
+    def abandon(self) -> None:
+        """Kill every worker now: the caller was interrupted (SIGTERM, an error), and a worker mid-task would only
+        answer when its task ends."""
+        for w in self.workers:
+            w.kill()
+        self.workers = []
+
     def map(
-        self, fn: Callable[[Any], Any], payloads: Sequence[Any], *, timeout_s: float | Sequence[float], desc: str | None = None, progress: bool = True
+        self,
+        fn: Callable[[Any], Any],
+        payloads: Sequence[Any],
+        *,
+        timeout_s: float | Sequence[float],
+        desc: str | None = None,
+        progress: bool = True,
+        on_result: Callable[[int, TaskResult], None] | None = None,
     ) -> list[TaskResult]:
         """``[fn(p) for p in payloads]`` on the pool's workers (see :func:`map_with_timeout`)."""
         n = len(payloads)
@@ -184,6 +202,12 @@ class WorkerPool:
         def replace(i: int) -> None:
             pool[i].kill()
             pool[i] = _Worker(self.after_worker_exit)
+
+        def done(index: int, result: TaskResult) -> None:
+            results[index] = result
+            bar.update(1)
+            if on_result is not None:
+                on_result(index, result)
 
         try:
             while any(r is None for r in results):
@@ -204,18 +228,19 @@ class WorkerPool:
                     if w.proc.stdout in ready:
                         try:
                             index, status, value, error = _recv(w.proc.stdout)
-                            results[index] = TaskResult(status, value, error)
-                            w.task = None
                         except (EOFError, OSError, pickle.UnpicklingError):  # died (OOM killer, segfault in a C library)
-                            results[w.task] = TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})")
+                            task = w.task
                             replace(i)
-                        bar.update(1)
+                            done(task, TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})"))
+                            continue
+                        w.task = None
+                        done(index, TaskResult(status, value, error))
                     elif time.monotonic() >= w.deadline:
-                        results[w.task] = TaskResult("timeout", error=f"no result within {timeouts[w.task]:.0f} s")
+                        task = w.task
                         replace(i)
-                        bar.update(1)
+                        done(task, TaskResult("timeout", error=f"no result within {timeouts[task]:.0f} s"))
         except BaseException:
-            self.close()  # a worker may be mid-task: none of them can be reused
+            self.abandon()  # a worker may be mid-task: none of them can be reused
             raise
         finally:
             bar.close()
