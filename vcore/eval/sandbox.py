@@ -531,7 +531,7 @@ class IsolationReport:
     """What the sandbox could enforce here; written into the results."""
 
     level: str
-    uid: int | None
+    own_uid: bool  # programs run under a uid of their own (root), not the harness's; the uid itself is per process
     notes: list[str] = field(default_factory=list)
     memory: str = ""
 
@@ -540,7 +540,7 @@ def isolation_report(requested: str = "auto") -> IsolationReport:
     iso = probe_isolation(requested)
     sup = cgroups.support()
     memory = sup.description if sup is not None else WATCHDOG_NOTE
-    return IsolationReport(iso.level, iso.uid, ISOLATION_NOTES[iso.level], memory)
+    return IsolationReport(iso.level, iso.uid is not None, ISOLATION_NOTES[iso.level], memory)
 
 
 ISOLATION_NOTES = {

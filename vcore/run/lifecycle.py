@@ -26,6 +26,7 @@ from vcore.distributed import (
     rank,
     same_on_all_ranks,
 )
+from vcore.eval.preemption import EvaluationPreempted
 from vcore.run.checkpoints import RunDirBusy, check_resume, hold, resolve_resume
 from vcore.run.loggers import NullLogger, build_logger
 from vcore.run.preemption import PREEMPTED_EXIT_CODE, Preempted
@@ -80,7 +81,7 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
         logger = build_logger(c.logger, resolved, out, overrides, sweep)
         try:
             metrics = task(c, resolved, out, logger, checkpoint)
-        except Preempted:
+        except (Preempted, EvaluationPreempted):  # everything done is saved; a rerun of the job continues
             logger.finish(exit_code=PREEMPTED_EXIT_CODE)
             raise
         except BaseException:
