@@ -18,6 +18,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -30,8 +31,11 @@ from vcore.eval.preemption import PREEMPTED_EXIT_CODE
 from vcore.locks import DirBusy
 
 N_MATH = 6  # synthetic_test items; batches of 2 (decoding below): 3 generation batches
-SAMPLED = dict(name="resume-sampled", temperature=1.0, top_p=0.95, n=2, max_new_tokens=8, batch_size=2, pass_k=[1, 2])
-GREEDY = dict(name="resume-greedy", max_new_tokens=8, batch_size=2)
+SAMPLED = {
+    "name": "resume-sampled", "temperature": 1.0, "top_p": 0.95, "n": 2, "max_new_tokens": 8, "batch_size": 2,
+    "pass_k": [1, 2],
+}
+GREEDY = {"name": "resume-greedy", "max_new_tokens": 8, "batch_size": 2}
 GENERATED_LOG = "generated.log"  # one line per item generated, appended by every process (beside the eval dir)
 
 
@@ -179,11 +183,11 @@ def greedy_run(tiny_tokenizer, tiny_dir, tmp_path, monkeypatch):
 def test_sigterm_at_several_points_then_resume_gives_the_uninterrupted_results(greedy_run, tmp_path, monkeypatch):
     """Greedy decoding; SIGTERM (as SLURM sends it) in a generation batch, while a batch is being recorded, while a
     grade is being recorded, and while the summary is written: each stops with status 75 and loses nothing recorded."""
-    import vcore.eval.harness as harness
+    from vcore.eval import harness
 
     greedy_run(tmp_path / "ref")
     out = tmp_path / "run"
-    generate, append, write_whole = HFGenerator.generate, JournalFile.append, harness.write_whole
+    generate, write_whole = HFGenerator.generate, harness.write_whole
 
     def sigterm_on_call(fn, n):
         calls = []
@@ -267,7 +271,7 @@ def test_a_record_cut_short_is_dropped_and_a_damaged_middle_is_named(tmp_path, c
 def test_a_run_stopped_in_its_final_evaluation_continues_it_without_training_again(make_cfg, tmp_path, monkeypatch):
     """task=train: SIGTERM once the trained model's evaluation has graded 3 samples: status 75. The rerun (same
     command, same dir, as a requeued job) skips training and generation, grades the rest, writes metrics.json."""
-    import vcore.run.training as training
+    from vcore.run import training
 
     small = ("benchmark=synthetic_test", "dataset.eval_examples=6", "decoding.max_new_tokens=8", "eval.num_workers=0")
     cfg = make_cfg(*small, method="sft")
@@ -324,7 +328,7 @@ def test_progress_counts_items_rate_and_time_left_in_the_log_and_on_the_logger(m
 class FakeLLM:
     """``vllm.LLM`` where a sample is a function of its request's seed and prompt (vLLM's per-request seeding)."""
 
-    requests: list = []
+    requests: ClassVar[list] = []
 
     def __init__(self, **kwargs):
         pass

@@ -57,9 +57,9 @@ class JournalFile:
             pos += len(line) + 1
             try:
                 rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
             except ValueError:
+                rec = None
+            if not isinstance(rec, dict):
                 bad = bad or number
                 continue
             if bad is not None:
