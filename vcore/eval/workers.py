@@ -5,7 +5,8 @@ from the call, not from when the task started. Grading needs both: math-verify b
 ``signal.alarm`` (which only works in a main thread, so every worker runs tasks in its main thread), and a task
 that still hangs (a C-level loop in sympy, a stuck judge) must cost one item, not the run. Here every worker
 takes one task at a time; a task past its deadline gets its worker killed and replaced, and is reported as a
-timeout.
+timeout. A deadline starts when a started worker receives its task: a worker first says it is ready, so the seconds
+a new worker spends starting Python and importing (many, on a busy node) never count against an item.
 
 Workers are plain ``python -m vcore.eval.worker_main`` subprocesses talking pickle frames over pipes, not
 ``multiprocessing`` children: nothing is forked from a parent that may hold CUDA or threads, and unlike
@@ -30,6 +31,8 @@ from typing import Any, BinaryIO
 from tqdm.auto import tqdm
 
 _HEADER = struct.Struct("<Q")
+READY = "ready"  # a worker's first message
+STARTUP_S = 300.0  # a worker that has not started after this long stops the map
 
 
 @dataclass
@@ -62,6 +65,7 @@ def serve() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything the task prints goes to stderr, never into the result stream
     sys.stdout = sys.stderr
+    _send(out, READY)  # started: deadlines count from here, not from the spawn (imports take seconds on a busy node)
     while True:
         try:
             msg = _recv(inp)
@@ -85,6 +89,7 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "vcore.eval.worker_main"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.task: int | None = None
         self.deadline = 0.0
+        self.ready = False
 
     def send(self, msg: Any) -> None:
         _send(self.proc.stdin, msg)
@@ -212,7 +217,7 @@ class WorkerPool:
         try:
             while any(r is None for r in results):
                 for w in pool:
-                    if w.task is None and next_task < n:
+                    if w.ready and w.task is None and next_task < n:
                         w.task, w.deadline = next_task, time.monotonic() + timeouts[next_task]
                         next_task += 1
                         try:
@@ -220,8 +225,20 @@ class WorkerPool:
                         except (BrokenPipeError, OSError):
                             pass  # a dead worker shows up as EOF below
                 busy = [w for w in pool if w.task is not None]
-                wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-                ready = wait([w.proc.stdout for w in busy], timeout=wait_s)
+                starting = [w for w in pool if not w.ready]
+                wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic()) if busy else STARTUP_S
+                ready = wait([w.proc.stdout for w in busy + starting], timeout=wait_s)
+                if not busy and not ready:
+                    raise RuntimeError(f"no grading worker started within {STARTUP_S:.0f} s")
+                for w in starting:
+                    if w.proc.stdout in ready:
+                        try:
+                            w.ready = _recv(w.proc.stdout) == READY
+                        except (EOFError, OSError, pickle.UnpicklingError):
+                            w.ready = False
+                        if not w.ready:  # the package does not import, say: every replacement would fail alike
+                            code = w.proc.wait()
+                            raise RuntimeError(f"a grading worker exited while starting (status {code}): see its stderr")
                 for i, w in enumerate(pool):
                     if w.task is None:
                         continue
