@@ -238,6 +238,38 @@ def test_rl_resumes_where_it_stopped(sft_runs, tiny_dir, tmp_path):
         run_task(rl_cfg(parts, sft_runs["full"], tiny_dir, *two, "rl.save_steps=2", "rl.kl_coef=0.1"))
 
 
+def test_rl_stopped_in_its_final_evaluation_does_not_train_again(sft_runs, tiny_dir, tmp_path, monkeypatch):
+    """SIGTERM once the final evaluation has recorded a grade: status 75. The rerun evaluates the saved final/ from
+    where it stopped and does not run GRPO again (vcore.run.checkpoints.trained_metrics)."""
+    import os
+    import signal
+
+    import vcore.run.rl as rl_job
+    from vcore.eval.journal import JournalFile
+    from vcore.eval.preemption import PREEMPTED_EXIT_CODE
+    from vcore.run.tasks import run_task
+
+    out = tmp_path / "rl"
+    evaluation = ("eval.after_train=true", "benchmark=synthetic_test", "decoding.max_new_tokens=8",
+                  "eval.num_workers=0", "benchmark.synthetic_test.synthetic.kwargs.num_examples=4")
+    append = JournalFile.append
+
+    def sigterm_after_first_grade(self, records):
+        append(self, records)
+        if self.path.name == "synthetic_test.grades.jsonl":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(JournalFile, "append", sigterm_after_first_grade)
+        with pytest.raises(SystemExit) as stopped:
+            run_task(rl_cfg(out, sft_runs["full"], tiny_dir, *evaluation))
+    assert stopped.value.code == PREEMPTED_EXIT_CODE and not (out / "metrics.json").exists()
+    monkeypatch.setattr(rl_job, "_train", lambda *a, **k: pytest.fail("GRPO ran again"))
+    metrics = run_task(rl_cfg(out, sft_runs["full"], tiny_dir, *evaluation))
+    assert "synthetic_test/accuracy" in metrics["eval"] and metrics["start"]["method"] == "sft"
+    assert len((out / "eval" / "journal" / "synthetic_test.grades.jsonl").read_text().splitlines()) == 4
+
+
 @pytest.mark.slow  # ~40 s: two RL jobs with evaluation, in a subprocess
 def test_table2_sweep_runs_one_job_per_sft_run(sft_runs, tiny_dir, tmp_path):
     """sweeps/rl_table2.yaml, shrunk to the tiny model: one RL job per SFT run given, and the report's Table 2."""

@@ -9,7 +9,9 @@ from tests.eval.eval_helpers import FN_PY, PY, lcb_local_overrides, load_benchma
 from vcore.eval import DecodingConfig, GradingConfig, evaluate, evaluate_checkpoint
 from vcore.eval.generate import chat_prompts
 
-RECORD_KEYS = {"benchmark", "id", "sample", "prompt", "output", "extracted", "gold", "verdict", "correct", "n_tokens", "truncated", "detail"}
+RECORD_KEYS = {
+    "benchmark", "id", "sample", "seed", "prompt", "output", "extracted", "gold", "verdict", "correct", "n_tokens", "truncated", "detail"
+}
 
 
 class RecordingLogger:
@@ -117,6 +119,9 @@ class EchoTokenizer:
     def apply_chat_template(self, messages, tokenize, add_generation_prompt, enable_thinking):
         return f"<user>{messages[0]['content']}</user><assistant>"
 
+    def __call__(self, text, add_special_tokens):  # one "token" per character: batches are planned by length
+        return {"input_ids": list(text)}
+
 
 class ScriptedGenerator:
     """Answers from a script keyed by prompt, so every grader is exercised through evaluate()."""
@@ -124,10 +129,10 @@ class ScriptedGenerator:
     def __init__(self, answers):
         self.answers, self.tokenizer = answers, EchoTokenizer()
 
-    def generate(self, prompts, desc=""):
+    def generate(self, prompts, seeds=None, desc="", progress=True):
         from vcore.eval.generate import Generation
 
-        return [[Generation(f"<think>\nthinking\n</think>\n{self.answers(p)}", 12, False)] for p in prompts]
+        return [[Generation(f"<think>\nthinking\n</think>\n{self.answers(p)}", 12, False, 0)] for p in prompts]
 
 
 @needs_data

@@ -61,6 +61,43 @@ def test_worker_pool_times_out_and_survives_crashes():
     assert res[0].value == 7 and res[1].status == "error" and "ValueError" in res[1].error
 
 
+def test_a_workers_start_up_does_not_count_against_its_first_item(monkeypatch):
+    """Workers that take 3 s to start (Python and imports on a busy node) still give a 0.1 s item its full 2 s."""
+    import subprocess
+
+    from vcore.eval import workers
+
+    popen = subprocess.Popen
+
+    def slow_start(cmd, **kwargs):
+        slow = [cmd[0], "-c", "import time; time.sleep(3); from vcore.eval.workers import serve; serve()"]
+        return popen(slow, **kwargs)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", slow_start)
+    res = map_with_timeout(time.sleep, [0.1, 0.1], workers=2, timeout_s=2.0, progress=False)
+    assert [r.status for r in res] == ["ok", "ok"], res
+
+
+def test_an_interrupted_pool_kills_its_workers_at_once():
+    """A SIGTERM stop raised while a result is handed over (``on_result``), another worker mid-task: the pool kills its
+    workers there and then, instead of waiting for the busy one to finish or time out."""
+    from vcore.eval.workers import WorkerPool
+
+    class Stop(BaseException):
+        pass
+
+    pool, seen = WorkerPool(2), {}
+
+    def stop(index, result):
+        seen["procs"], seen["at"] = [w.proc for w in pool.workers], time.monotonic()
+        raise Stop
+
+    with pytest.raises(Stop):
+        pool.map(time.sleep, [0.0, 30.0], timeout_s=60, progress=False, on_result=stop)
+    assert time.monotonic() - seen["at"] < 1.0 and pool.workers == []
+    assert all(p.poll() is not None for p in seen["procs"])
+
+
 def _self_check():
     """Per benchmark: items, items judged correct, and the failures, for gold-as-prediction."""
     golds, preds, owners = [], [], []

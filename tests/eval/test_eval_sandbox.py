@@ -78,6 +78,16 @@ def marked_processes():
     return pids
 
 
+def describe(pid: int) -> str:
+    """What a leftover process is, for the failure message: its command line, state and parent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return f"pid {pid} state {stat[0]} parent {stat[1]}: {cmd}"
+    except OSError:
+        return f"pid {pid} (gone)"
+
+
 @pytest.fixture(scope="module")
 def listener():
     srv = socket.socket()
@@ -139,7 +149,7 @@ def test_hostile_program_is_contained(attack, language, tmp_path, listener, moun
     deadline = time.monotonic() + 5
     while (marked_processes() or (ISO.uid is not None and sandbox_uid_processes(ISO.uid))) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not marked_processes()
+    assert not marked_processes(), [describe(pid) for pid in marked_processes()]
     if ISO.uid is not None and ISO.uid != os.getuid():
         assert not sandbox_uid_processes(ISO.uid)
     assert Path("/proc/self/mountinfo").read_text() == mounts_before

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -21,17 +22,8 @@ import pytest
 
 from vcore.eval import cgroups
 from vcore.eval.code_grader import CPP_COMPILE, PYTHON_RUN, judge, judge_lcb, judge_ojbench
-from vcore.eval.sandbox import (
-    MARKER_VAR,
-    OUTER_PREFIX,
-    Isolation,
-    Limits,
-    Sandbox,
-    ipc_objects,
-    probe_isolation,
-    reclaim,
-    uid_for,
-)
+from vcore.eval.sandbox import Isolation, Limits, Sandbox, probe_isolation
+from vcore.eval.sandbox_cleanup import MARKER_VAR, OUTER_PREFIX, ipc_objects, reclaim, uid_for
 from vcore.eval.workers import map_with_timeout
 
 ISO = probe_isolation()
@@ -316,6 +308,50 @@ def test_exit_status_above_128_is_an_exit_status_not_a_signal():
     assert verdict["verdict"] == "RE" and "exit status 152" in verdict["detail"], verdict
     crash = run_python("import ctypes\nctypes.string_at(0)")
     assert crash.returncode is None and crash.signal == 11, crash
+
+
+def _kill_from_outside(signum: int, stop: threading.Event) -> None:
+    """Send ``signum`` to the sandboxed ``sleep`` (found by the run's marker variable) as soon as it runs."""
+    while not stop.wait(0.01):
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                marked = f"{MARKER_VAR}=".encode() in Path(f"/proc/{d}/environ").read_bytes()
+                if marked and Path(f"/proc/{d}/cmdline").read_bytes().startswith(b"sleep\0"):
+                    os.kill(int(d), signum)
+                    return
+            except OSError:
+                continue
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("level", ["full", "net", "none"])
+def test_a_program_killed_from_outside_is_reported_as_that_signal(level, signum):
+    """At the namespace levels ``unshare`` passes a child's fatal signal on by re-raising it, which fails for SIGKILL
+    ("sigprocmask unblock failed", exit 1): the status must come from the sandbox's own init, whatever unshare says."""
+    if level == "full" and not FULL:
+        pytest.skip(f"needs 'full' isolation (root, unshare); have {ISO.level!r}")
+    if level == "net" and not (ROOT and shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("the 'net' level as tested here needs root, unshare and setpriv")
+    iso = ISO if level == ISO.level else Isolation(level, uid_for(os.getpid()) if ROOT else None)
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_from_outside, args=(signum, stop), daemon=True)
+    killer.start()
+    try:
+        with Sandbox(isolation=iso) as sb:
+            res = sb.run(["sleep", "30"], limits=Limits(time_s=20))
+    finally:
+        stop.set()
+        killer.join()
+    assert (res.returncode, res.signal, res.timed_out, res.isolation) == (None, signum, False, level), res
+    assert res.wall_s < 15 and b"sigprocmask" not in res.stderr, res
+
+
+def test_a_program_that_aborts_is_reported_as_sigabrt():
+    """The program is not PID 1 of its namespace (the init is), so signals it sends itself are delivered."""
+    res = run_python("import os\nos.abort()")
+    assert (res.returncode, res.signal) == (None, signal.SIGABRT), res
 
 
 @needs_gxx

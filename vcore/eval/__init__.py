@@ -3,6 +3,9 @@ graders with a sandbox for model-written programs, and results in the paper's Ta
 
     from vcore.eval import evaluate, evaluate_checkpoint, register_configs, benchmarks_from_cfg, decoding_from_cfg
 
+Killed or preempted (SIGTERM: exit status 75), an evaluation continues where it stopped when rerun into the same output
+dir (:mod:`vcore.eval.journal`).
+
 Protocol: ../shared/EVAL.md. Tests: ``HF_HUB_OFFLINE=1 python -m pytest tests/eval -q``.
 """
 

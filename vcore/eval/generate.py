@@ -5,6 +5,12 @@ Both take user-turn texts, apply the tokenizer's chat template (one user turn, n
 return, per prompt, ``decoding.n`` :class:`Generation` objects with the decoded text (special tokens skipped;
 Qwen3's ``<think>``/``</think>`` are ordinary added tokens and stay in the text), the number of generated
 tokens and whether the length limit cut the output off.
+
+Prompts go in batches of ``decoding.batch_size`` fixed by :func:`plan_batches` (HF: longest first, to waste less
+padding), and each prompt has a seed (:func:`vcore.eval.journal.item_seed` in the harness). vLLM seeds each request
+with its prompt's seed, so a prompt's samples do not depend on its neighbours. HF ``generate`` draws a batch from one
+random stream, seeded with the seed of the batch's first prompt: a batch's samples depend on the whole batch, which
+is why batches are fixed by the full prompt list, so that a resumed evaluation regenerates a batch exactly.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class Generation:
     text: str
     n_tokens: int
     truncated: bool  # stopped by max_new_tokens, not by an end-of-sequence token
+    seed: int | None = None  # the seed of the random stream it was drawn from (its own with vLLM, its batch's with HF)
 
 
 def supports_thinking_switch(tokenizer: Any) -> bool:
@@ -45,6 +52,17 @@ def chat_prompts(tokenizer: Any, prompts: list[str], enable_thinking: bool) -> l
     ]
 
 
+def plan_batches(backend: str, tokenizer: Any, prompts: list[str], decoding: DecodingConfig) -> list[list[int]]:
+    """Indices of ``prompts`` in generation batches of ``decoding.batch_size``; for HF sorted longest first (less
+    padding), ties in prompt order. A function of the prompts alone, so every run of one evaluation has the same."""
+    order = list(range(len(prompts)))
+    if backend == "hf":
+        texts = chat_prompts(tokenizer, prompts, decoding.enable_thinking)
+        lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        order.sort(key=lambda i: -lengths[i])
+    return [order[start : start + decoding.batch_size] for start in range(0, len(order), decoding.batch_size)]
+
+
 def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     """The ids a generation stops at: the model's generation config's end tokens and the tokenizer's."""
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -57,16 +75,20 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 class HFGenerator:
-    """Batched ``model.generate`` with left padding; prompts are sorted by length to waste less padding."""
+    """Batched ``model.generate`` with left padding, in the batches of :func:`plan_batches`."""
 
     def __init__(self, model: Any, tokenizer: Any, decoding: DecodingConfig) -> None:
         self.model, self.tokenizer, self.decoding = model, tokenizer, decoding
 
-    def generate(self, prompts: list[str], desc: str = "generate") -> list[list[Generation]]:
+    def generate(
+        self, prompts: list[str], seeds: list[int] | None = None, desc: str = "generate", progress: bool = True
+    ) -> list[list[Generation]]:
+        """``decoding.n`` generations per prompt; ``seeds``: one per prompt (default: all ``decoding.seed``)."""
         import torch
         from transformers import GenerationConfig
 
         dec, tok, model = self.decoding, self.tokenizer, self.model
+        seeds = seeds if seeds is not None else [dec.seed] * len(prompts)
         eos = eos_ids(model, tok)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         sampling = not dec.greedy
@@ -86,7 +108,6 @@ class HFGenerator:
         )
         texts = chat_prompts(tok, prompts, dec.enable_thinking)
         encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
         out: list[list[Generation] | None] = [None] * len(texts)
         device = next(model.parameters()).device
         was_training = model.training
@@ -95,9 +116,8 @@ class HFGenerator:
         try:
             # Seeded sampling without touching the caller's global RNG state.
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
-                torch.manual_seed(dec.seed)
-                for start in tqdm(range(0, len(order), dec.batch_size), desc=desc, leave=False):
-                    idx = order[start : start + dec.batch_size]
+                for idx in tqdm(plan_batches("hf", tok, prompts, dec), desc=desc, leave=False, disable=not progress):
+                    torch.manual_seed(seeds[idx[0]])
                     width = max(len(encoded[i]) for i in idx)
                     ids = torch.full((len(idx), width), pad, dtype=torch.long)
                     mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -108,18 +128,18 @@ class HFGenerator:
                     gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
                     gen = gen[:, width:].cpu()
                     for row, i in enumerate(idx):
-                        out[i] = [self._finish(gen[row * dec.n + s].tolist(), eos) for s in range(dec.n)]
+                        out[i] = [self._finish(gen[row * dec.n + s].tolist(), eos, seeds[idx[0]]) for s in range(dec.n)]
         finally:
             model.train(was_training)
         return out  # type: ignore[return-value]
 
-    def _finish(self, tokens: list[int], eos: list[int]) -> Generation:
+    def _finish(self, tokens: list[int], eos: list[int], seed: int) -> Generation:
         stop = next((j for j, t in enumerate(tokens) if t in eos), None)
         if stop is None:
             kept, truncated = tokens, len(tokens) >= self.decoding.max_new_tokens
         else:
             kept, truncated = tokens[: stop + 1], False
-        return Generation(self.tokenizer.decode(kept, skip_special_tokens=True), len(kept), truncated)
+        return Generation(self.tokenizer.decode(kept, skip_special_tokens=True), len(kept), truncated, seed)
 
 
 class VLLMGenerator:
@@ -141,9 +161,26 @@ class VLLMGenerator:
         if self.tokenizer is None:
             self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts: list[str], desc: str = "generate") -> list[list[Generation]]:
+    def generate(
+        self, prompts: list[str], seeds: list[int] | None = None, desc: str = "generate", progress: bool = True
+    ) -> list[list[Generation]]:
+        """``decoding.n`` generations per prompt, each request seeded with its prompt's seed (default:
+        ``decoding.seed``)."""
         dec = self.decoding
-        params = self.vllm.SamplingParams(
+        seeds = seeds if seeds is not None else [dec.seed] * len(prompts)
+        texts = chat_prompts(self.tokenizer, prompts, dec.enable_thinking)
+        out: list[list[Generation] | None] = [None] * len(texts)
+        for idx in tqdm(plan_batches("vllm", self.tokenizer, prompts, dec), desc=desc, leave=False, disable=not progress):
+            params = [self._params(seeds[i]) for i in idx]
+            for i, req in zip(idx, self.llm.generate([texts[i] for i in idx], params, use_tqdm=False)):
+                out[i] = [
+                    Generation(c.text, len(c.token_ids), c.finish_reason == "length", seeds[i]) for c in req.outputs
+                ]
+        return out  # type: ignore[return-value]
+
+    def _params(self, seed: int):
+        dec = self.decoding
+        return self.vllm.SamplingParams(
             n=dec.n,
             temperature=dec.temperature,
             top_p=dec.top_p,
@@ -151,15 +188,9 @@ class VLLMGenerator:
             min_p=dec.min_p,
             repetition_penalty=dec.repetition_penalty,
             max_tokens=dec.max_new_tokens,
-            seed=dec.seed,
+            seed=seed,
             skip_special_tokens=True,
         )
-        texts = chat_prompts(self.tokenizer, prompts, dec.enable_thinking)
-        out: list[list[Generation]] = []
-        for start in tqdm(range(0, len(texts), dec.batch_size), desc=desc, leave=False):
-            for req in self.llm.generate(texts[start : start + dec.batch_size], params, use_tqdm=False):
-                out.append([Generation(c.text, len(c.token_ids), c.finish_reason == "length") for c in req.outputs])
-        return out
 
 
 def make_generator(backend: str, model: Any, tokenizer: Any, decoding: DecodingConfig) -> HFGenerator | VLLMGenerator:

@@ -8,10 +8,10 @@ by :func:`grade_many` in worker processes (vcore/eval/workers.py) with a hard pe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vcore.eval.workers import WorkerPool, map_with_timeout
+from vcore.eval.workers import TaskResult, WorkerPool, map_with_timeout
 
 
 @dataclass
@@ -43,23 +43,35 @@ def grade_many(
     timeout_s: float = 10.0,
     progress: bool = True,
     pool: WorkerPool | None = None,
+    on_verdict: Callable[[int, MathVerdict], None] | None = None,
 ) -> list[MathVerdict]:
     """Grade aligned gold/prediction lists; a missing prediction is wrong without asking math-verify.
 
-    ``pool``: workers kept across calls (the RL reward grades every generation batch); else ``workers`` new ones."""
+    ``pool``: workers kept across calls (the RL reward grades every generation batch); else ``workers`` new ones.
+    ``on_verdict(i, verdict)`` gets each verdict as soon as it is known."""
     if len(golds) != len(preds):
         raise ValueError(f"{len(golds)} golds but {len(preds)} predictions")
     todo = [i for i, p in enumerate(preds) if p is not None and p.strip()]
     out = [MathVerdict(False, "no_answer") for _ in preds]
-    pairs = [(golds[i], preds[i]) for i in todo]
-    if pool is not None:
-        results = pool.map(grade_one, pairs, timeout_s=timeout_s, desc="math-verify", progress=progress)
-    else:
-        results = map_with_timeout(grade_one, pairs, workers=workers, timeout_s=timeout_s, desc="math-verify", progress=progress)
-    for i, res in zip(todo, results):
+    if on_verdict is not None:
+        for i in sorted(set(range(len(preds))) - set(todo)):
+            on_verdict(i, out[i])
+
+    def verdict(k: int, res: TaskResult) -> None:
+        i = todo[k]
         if res.status == "ok":
             correct, parsed = res.value
             out[i] = MathVerdict(correct, "ok", parsed)
         else:
             out[i] = MathVerdict(False, res.status, res.error)
+        if on_verdict is not None:
+            on_verdict(i, out[i])
+
+    pairs = [(golds[i], preds[i]) for i in todo]
+    if pool is not None:
+        pool.map(grade_one, pairs, timeout_s=timeout_s, desc="math-verify", progress=progress, on_result=verdict)
+    else:
+        map_with_timeout(
+            grade_one, pairs, workers=workers, timeout_s=timeout_s, desc="math-verify", progress=progress, on_result=verdict
+        )
     return out

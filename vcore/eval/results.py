@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,19 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a kill mid-write leaves the previous version (or none), never half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(jsonable(rec), ensure_ascii=False) + "\n")
+    write_whole(path, "".join(json.dumps(jsonable(rec), ensure_ascii=False) + "\n" for rec in records))
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(jsonable(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_whole(path, json.dumps(jsonable(obj), indent=2, ensure_ascii=False) + "\n")
 
 
 def _pct(x: float | None) -> str:

@@ -12,7 +12,7 @@ model, what each isolation level defends against and what it does not, is in doc
 - a new session, killed as a whole on timeout or overflow; every process still in the run's cgroup, PID
   namespace or uid is killed after the run, and the run's first process dies with the grading process
   (parent-death signal), so nothing outlives a grader that is itself killed (the harness then removes what that
-  grader left: :func:`reclaim`);
+  grader left: :func:`vcore.eval.sandbox_cleanup.reclaim`);
 - "full" isolation (root, ``unshare``): new network, PID, mount and IPC namespaces; the program
   runs chrooted into a minimal root (system directories read-only, fresh /proc and /dev/shm, a private /tmp, the
   box as a size-limited tmpfs) under an unprivileged uid of its own, with no-new-privileges. Test data, other
@@ -25,7 +25,6 @@ model, what each isolation level defends against and what it does not, is in doc
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
@@ -43,16 +42,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vcore.eval import cgroups
+from vcore.eval.sandbox_cleanup import (
+    MARKER_VAR,
+    OUTER_PREFIX,
+    after_run,
+    become_subreaper,
+    ipc_objects,
+    kill_pids,
+    libc,
+    proc_table,
+    processes_of,
+    uid_for,
+)
 
 log = logging.getLogger(__name__)
 
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
-MARKER_VAR = "VCORE_SANDBOX_RUN"
 STDERR_CAP = 1 << 20
-OUTER_PREFIX = "vcore-sbx-"  # + pid of the grading process + "-": reclaim() finds a killed grader's boxes by it
 WATCHDOG_PERIOD_S = 0.005
 
-INIT = Path(__file__).with_name("sandbox_init.py")  # PID 1 of a "full" run: builds its root, starts the program
+INIT = Path(__file__).with_name("sandbox_init.py")  # PID 1 of a namespaced run: starts the program, records its status
 
 
 @dataclass
@@ -88,13 +97,6 @@ class RunResult:
 class Isolation:
     level: str  # full | net | none
     uid: int | None  # uid the program runs as (None: ours)
-
-
-def uid_for(pid: int) -> int:
-    """The sandbox uid of grading process ``pid``. One uid per grading process: sandboxes of different workers
-    neither share an RLIMIT_NPROC budget nor can signal each other, and a killed worker's leftovers can be found
-    by it. No passwd entry is needed."""
-    return 1_500_000_000 + pid % 1_000_000
 
 
 def probe_isolation(requested: str = "auto") -> Isolation:
@@ -145,10 +147,6 @@ def _run_cgroup(sup: cgroups.Support, limit_bytes: int) -> cgroups.RunCgroup | N
         return None
 
 
-def _processes_of(uid: int) -> list[int]:
-    return [pid for pid, (_, u) in _proc_table().items() if u == uid]
-
-
 @functools.cache
 def _pdeath_option() -> str:
     """setpriv's option that re-arms the parent-death signal after the uid change (util-linux >= 2.33), or ""."""
@@ -159,12 +157,7 @@ def _pdeath_option() -> str:
     return "--pdeathsig=KILL" if "--pdeathsig" in usage else ""
 
 
-@functools.cache
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+PR_SET_PDEATHSIG = 1
 
 
 def _set_limits(limits: Limits, nproc: int, drop_to: int | None, cgroup: cgroups.RunCgroup | None, prctl, file_size: bool) -> None:
@@ -224,25 +217,10 @@ def _reader(stream, cap: int, kill_on_cap: bool, on_cap, sink: list) -> None:
             break
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, uid) of every process we can see."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            table[int(d)] = (ppid, os.stat(f"/proc/{d}").st_uid)
-        except (OSError, IndexError, ValueError):
-            pass
-    return table
-
-
 def _run_processes(root_pid: int, uid: int | None) -> list[int]:
     """The run's processes without a cgroup: ``root_pid``'s descendants (orphans land on the PID namespace's init,
     or on us as subreaper) and every process of the sandbox uid when it is not ours."""
-    table = _proc_table()
+    table = proc_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -293,141 +271,35 @@ class _Watchdog(threading.Thread):
             if used > self.limit:
                 self.tripped = True
                 self.kill()
-                _kill_pids(pids)
+                kill_pids(pids)
                 return
 
 
-def _kill_pids(pids) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def sweep_marker(marker: str) -> int:
-    """SIGKILL every process whose environment carries ``marker``; returns how many."""
-    needle = f"{MARKER_VAR}={marker}".encode()
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle in env.split(b"\0"):
-            found.append(int(d))
-    _kill_pids(found)
-    return len(found)
-
-
-@functools.cache
-def _become_subreaper() -> bool:
-    """Orphans of a sandboxed run get re-parented to us (not to an init that may never reap them), so their
-    zombies, which still count against RLIMIT_NPROC, can be reaped. Linux only; False when unavailable."""
-    try:
-        return _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _reap_orphans(uid: int, patience_s: float = 1.0) -> None:
-    """waitpid() our child processes that run as the sandbox ``uid`` (never the harness's own children),
-    retrying briefly for those SIGKILLed a moment ago and not yet dead."""
-    deadline = time.monotonic() + patience_s
-    while _reap_once(uid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _reap_once(uid: int) -> int:
-    """One pass; returns how many such children were still running."""
-    me, running = os.getpid(), 0
-    for pid, (ppid, u) in _proc_table().items():
-        if u != uid or ppid != me:
-            continue
-        try:
-            if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                running += 1
-        except ChildProcessError:
-            pass
-    return running
-
-
-# ------------------------------------------------------------------------------------------------ leftovers
-_IPC = (("shm", "shmid"), ("sem", "semid"), ("msg", "msqid"))
-IPC_RMID = 0
-
-
-def ipc_objects() -> dict[tuple[str, int], int]:
-    """(kind, id) -> owner uid of every System V IPC object in our IPC namespace."""
-    objects = {}
-    for kind, id_col in _IPC:
-        try:
-            lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
-        except OSError:
-            continue
-        if not lines:
-            continue
-        header = lines[0].split()
-        i_id, i_uid = header.index(id_col), header.index("uid")
-        for line in lines[1:]:
-            cols = line.split()
-            if len(cols) > max(i_id, i_uid):
-                objects[(kind, int(cols[i_id]))] = int(cols[i_uid])
-    return objects
-
-
-def _remove_ipc(keys) -> None:
-    libc = _libc()
-    for kind, ident in keys:
-        if kind == "shm":
-            libc.shmctl(ident, IPC_RMID, None)
-        elif kind == "sem":
-            libc.semctl(ident, 0, IPC_RMID)
-        else:
-            libc.msgctl(ident, IPC_RMID, None)
-
-
-TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
-
-
-def _remove_files_of(uid: int) -> None:
-    """Entries of world-writable temp directories owned by the sandbox uid (never by us: the uid is its own)."""
-    for d in TEMP_DIRS:
-        try:
-            entries = list(os.scandir(d))
-        except OSError:
-            continue
-        for e in entries:
-            try:
-                if e.stat(follow_symlinks=False).st_uid != uid:
-                    continue
-                if e.is_dir(follow_symlinks=False):
-                    shutil.rmtree(e.path, ignore_errors=True)
-                else:
-                    os.unlink(e.path)
-            except OSError:
-                pass
-
-
-def reclaim(pid: int) -> None:
-    """Remove what grading process ``pid`` left when it was killed mid-run: the processes of its run (cgroup and
-    uid), its run cgroups, its box folders and, outside "full" isolation, its uid's IPC objects and temp files.
-    The harness calls this after killing a grading worker."""
-    cgroups.reclaim(pid)
-    uid = uid_for(pid)
-    if os.geteuid() == 0:
-        for _ in range(3):  # a fork in flight can add one after a pass
-            _kill_pids(_processes_of(uid))
-        _remove_ipc([k for k, u in ipc_objects().items() if u == uid])
-        _remove_files_of(uid)
-    for outer in Path(tempfile.gettempdir()).glob(f"{OUTER_PREFIX}{pid}-*"):
-        shutil.rmtree(outer, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------------------ the box
+@dataclass
+class _Launched:
+    """A run that has started."""
+
+    proc: subprocess.Popen
+    marker: str  # the value of MARKER_VAR in its environment
+    cgroup: cgroups.RunCgroup | None
+    ipc_before: dict[tuple[str, int], int]  # at "none": the IPC objects that existed before it
+    start: float  # time.monotonic() at launch
+
+
+@dataclass
+class _Ended:
+    """What supervising a run saw, once all of it is dead."""
+
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    output_limit: bool
+    memory_limit: bool
+    peak_bytes: int
+    wall_s: float
+
+
 class Sandbox:
     """A scratch area for one candidate program; each :meth:`run` starts from the seeded files.
 
@@ -445,7 +317,7 @@ class Sandbox:
         for name, data in (files or {}).items():
             self.add_file(name, data)
         if self.isolation.level != "full":
-            _become_subreaper()
+            become_subreaper()
 
     # ---------------------------------------------------------------------------------------------- files
     def add_file(self, name: str, data: bytes | str) -> None:
@@ -476,25 +348,43 @@ class Sandbox:
                 os.chown(p, uid, uid, follow_symlinks=False)
 
     # ---------------------------------------------------------------------------------------------- run
+    def run(
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | str | None = None,
+        limits: Limits | None = None,
+        export: tuple[str, ...] | list[str] = (),
+    ) -> RunResult:
+        """Run ``argv`` in a fresh box. Files named in ``export`` are copied back into the seed afterwards
+        (a compiler's output becomes available to later runs)."""
+        limits = limits or Limits()
+        launched = self._launch(argv, stdin, limits, export)
+        ended = self._supervise(launched, limits)
+        after_run(self.isolation.level, self.isolation.uid, launched.marker, launched.ipc_before)
+        return self._collect(launched, ended, export)
+
     def _command(self, argv: list[str], limits: Limits, export) -> tuple[list[str], str]:
+        """The command line of a run and its working directory. At the namespace levels our init script is PID 1:
+        it starts the program and records its exact exit status (sandbox_init.py says why)."""
         level, uid = self.isolation.level, self.isolation.uid
+        init = [sys.executable, "-I", "-S", str(INIT)]
         if level == "full":
             size = limits.box_size_mb + self._seed_mb()
-            cmd = ["unshare", "--net", "--pid", "--mount", "--ipc", "--fork", "--kill-child", "--", sys.executable, "-I", "-S", str(INIT)]
+            cmd = ["unshare", "--net", "--pid", "--mount", "--ipc", "--fork", "--kill-child", "--", *init, "full"]
             return cmd + [str(self.outer), str(size), str(uid), str(limits.file_size_mb << 20), ":".join(export), *argv], str(self.outer)
         self._prepare_box()
         drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *_pdeath_option().split(), "--"] if self._setpriv else []
-        prefix = ["unshare", "--net", "--pid", "--ipc", "--fork", "--kill-child", "--"] if level == "net" else []
+        namespaces = ["unshare", "--net", "--pid", "--ipc", "--fork", "--kill-child", "--"]
+        prefix = [*namespaces, *init, "wait", str(self.outer)] if level == "net" else []
         return prefix + drop + list(argv), str(self.box)
 
     @property
     def _setpriv(self) -> bool:
         return self.isolation.uid is not None and shutil.which("setpriv") is not None
 
-    def run(self, argv: list[str], *, stdin: bytes | str | None = None, limits: Limits | None = None, export: tuple[str, ...] | list[str] = ()) -> RunResult:
-        """Run ``argv`` in a fresh box. Files named in ``export`` are copied back into the seed afterwards
-        (a compiler's output becomes available to later runs)."""
-        limits = limits or Limits()
+    def _launch(self, argv: list[str], stdin: bytes | str | None, limits: Limits, export) -> _Launched:
+        """Start the run: its environment, command, limits (in ``preexec_fn``), memory cgroup and stdin file."""
         level, uid = self.isolation.level, self.isolation.uid
         marker = secrets.token_hex(8)
         box = self.box
@@ -511,17 +401,16 @@ class Sandbox:
         }
         cmd, cwd = self._command(argv, limits, export)
         # RLIMIT_NPROC counts every process of the uid; for our own uid leave room for what already runs.
-        nproc = limits.max_processes if uid is not None else len(_processes_of(os.getuid())) + limits.max_processes
+        nproc = limits.max_processes if uid is not None else len(processes_of(os.getuid())) + limits.max_processes
         sup = cgroups.support()
         cgroup = _run_cgroup(sup, limits.memory_mb << 20) if sup is not None else None
         ipc_before = ipc_objects() if level == "none" else {}
+        (self.outer / "status").unlink(missing_ok=True)  # written by the init script of this run only
 
         stdin_path = self.outer / "stdin"
         stdin_path.write_bytes(stdin.encode() if isinstance(stdin, str) else (stdin or b""))
         os.chmod(stdin_path, 0o600)  # the program gets it as fd 0, never by name
-        out_chunks: list[bytes] = []
-        err_chunks: list[bytes] = []
-        overflow = threading.Event()
+        drop_in_preexec = uid if level == "none" and uid is not None and not self._setpriv else None
         start = time.monotonic()
         try:
             with open(stdin_path, "rb") as fin:
@@ -537,13 +426,22 @@ class Sandbox:
                     # Only C-call wrappers run between fork and exec, and graders call this from single-threaded
                     # worker processes, so the usual preexec_fn-with-threads deadlock does not apply.
                     preexec_fn=functools.partial(  # noqa: PLW1509
-                        _set_limits, limits, nproc, uid if level == "none" and uid is not None and not self._setpriv else None, cgroup, _libc().prctl, level != "full"
+                        _set_limits, limits, nproc, drop_in_preexec, cgroup, libc().prctl, level != "full"
                     ),
                 )
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
             raise
+        return _Launched(proc, marker, cgroup, ipc_before, start)
+
+    def _supervise(self, run: _Launched, limits: Limits) -> _Ended:
+        """Read its output (killing it past the cap), hold its memory limit (the watchdog where there is no cgroup),
+        wait for it up to the time limit, then kill whatever is left of its process group and cgroup."""
+        proc = run.proc
+        out_chunks: list[bytes] = []
+        err_chunks: list[bytes] = []
+        overflow = threading.Event()
 
         def kill_group() -> None:
             try:
@@ -562,61 +460,59 @@ class Sandbox:
         for t in readers:
             t.start()
         watchdog = None
-        if cgroup is None:
-            watchdog = _Watchdog(proc.pid, uid, limits.memory_mb << 20, kill_group)
+        if run.cgroup is None:
+            watchdog = _Watchdog(proc.pid, self.isolation.uid, limits.memory_mb << 20, kill_group)
             watchdog.start()
         timed_out = not _wait(proc, limits.time_s)
         kill_group()  # stragglers in the group (and the whole PID namespace with it)
         proc.wait()
-        wall = time.monotonic() - start
+        wall = time.monotonic() - run.start
         if watchdog is not None:
             watchdog.done.set()
             watchdog.join()
-        if cgroup is not None:
-            memory_limit, peak = cgroup.oom_killed(), cgroup.peak_bytes()
-            cgroup.remove()  # kills whatever is left in it first
-        else:
             memory_limit, peak = watchdog.tripped, watchdog.peak
-        if level != "full":
-            sweep_marker(marker)
-            if uid is not None and uid != os.getuid():
-                _kill_pids(_processes_of(uid))
-                _reap_orphans(uid)
-                _remove_files_of(uid)
-        if level == "none":  # no IPC namespace: remove the objects this run created
-            owner = uid if uid is not None else os.getuid()
-            _remove_ipc([k for k, u in ipc_objects().items() if u == owner and k not in ipc_before])
+        else:
+            memory_limit, peak = run.cgroup.oom_killed(), run.cgroup.peak_bytes()
+            run.cgroup.remove()  # kills whatever is left in it first
         for t in readers:
             t.join(timeout=2)  # a process outside our reach may still hold the pipe: do not wait for it
         for stream in (proc.stdout, proc.stderr):
             stream.close()
+        stdout, stderr = b"".join(out_chunks), b"".join(err_chunks)
+        return _Ended(stdout, stderr, timed_out, overflow.is_set(), memory_limit, peak, wall)
 
-        rc = proc.returncode
-        if level == "full" and export and (self.outer / "status").is_file():  # the init waited for the program
-            how, _, n = (self.outer / "status").read_text().partition(" ")
+    def _collect(self, run: _Launched, ended: _Ended, export) -> RunResult:
+        """The program's exit status (the init script's record at the namespace levels, whatever the wrapper
+        printed; ``unshare``'s own status when there is none, i.e. the whole run was killed), its exports, and
+        the result."""
+        level = self.isolation.level
+        rc = run.proc.returncode
+        status = self.outer / "status"
+        if level != "none" and status.is_file():
+            how, _, n = status.read_text().partition(" ")
             rc = -int(n) if how == "signal" else int(n)
-            (self.outer / "status").unlink()
+            status.unlink()
         sig = None
         if rc is not None and rc < 0:
             sig, rc = -rc, None
         for name in export:
-            src = (self.outer / "export" / name) if level == "full" else (box / name)
+            src = (self.outer / "export" / name) if level == "full" else (self.box / name)
             if src.is_file():
                 shutil.copyfile(src, self.outer / "seed" / name)
                 os.chmod(self.outer / "seed" / name, 0o755)
         if level != "full":
-            shutil.rmtree(box, ignore_errors=True)
+            shutil.rmtree(self.box, ignore_errors=True)
         return RunResult(
             returncode=rc,
-            stdout=b"".join(out_chunks),
-            stderr=b"".join(err_chunks),
-            timed_out=timed_out and not overflow.is_set() and not memory_limit,
-            output_limit=overflow.is_set(),
+            stdout=ended.stdout,
+            stderr=ended.stderr,
+            timed_out=ended.timed_out and not ended.output_limit and not ended.memory_limit,
+            output_limit=ended.output_limit,
             signal=sig,
-            wall_s=wall,
+            wall_s=ended.wall_s,
             isolation=level,
-            memory_limit=memory_limit,
-            peak_memory_mb=None if not peak else peak / (1 << 20),
+            memory_limit=ended.memory_limit,
+            peak_memory_mb=None if not ended.peak_bytes else ended.peak_bytes / (1 << 20),
         )
 
     # ---------------------------------------------------------------------------------------------- cleanup
@@ -635,7 +531,7 @@ class IsolationReport:
     """What the sandbox could enforce here; written into the results."""
 
     level: str
-    uid: int | None
+    own_uid: bool  # programs run under a uid of their own (root), not the harness's; the uid itself is per process
     notes: list[str] = field(default_factory=list)
     memory: str = ""
 
@@ -644,7 +540,7 @@ def isolation_report(requested: str = "auto") -> IsolationReport:
     iso = probe_isolation(requested)
     sup = cgroups.support()
     memory = sup.description if sup is not None else WATCHDOG_NOTE
-    return IsolationReport(iso.level, iso.uid, ISOLATION_NOTES[iso.level], memory)
+    return IsolationReport(iso.level, iso.uid is not None, ISOLATION_NOTES[iso.level], memory)
 
 
 ISOLATION_NOTES = {

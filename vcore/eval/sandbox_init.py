@@ -1,22 +1,31 @@
-"""PID 1 of a "full" sandbox run: builds the run's minimal root and starts the program in it.
+"""PID 1 of a namespaced sandbox run: starts the program, waits for it and records its exact exit status.
 
 Not imported: vcore/eval/sandbox.py runs this file as a script (``python -I -S sandbox_init.py ...``) as root inside
-fresh mount, PID, network and IPC namespaces, so it uses the standard library only. Mounts are system calls here
-rather than ``mount`` commands: a shell script doing the same spent about 60 ms per run forking them.
+fresh PID, network and IPC namespaces (and a mount namespace at "full"), so it uses the standard library only. Mounts
+are system calls here rather than ``mount`` commands: a shell script doing the same spent about 60 ms per run forking
+them.
 
-The root holds the system directories read-only (/usr, /etc and /bin, /lib... or their symlinks), five device
-nodes, a fresh /proc and /dev/shm, a private /tmp, and the box (a tmpfs seeded with the candidate's files, at the
-same path as outside so HOME and TMPDIR stay valid). Nothing else of the host is there: not the test data, not
-other boxes, not the harness's files or unix sockets. The program runs chrooted into it under the sandbox uid with
-no-new-privileges and the file-size limit (set only here, after the seed copy, so a large binary still enters).
+Two modes:
 
-Without exports the program replaces this process, so its exit status reaches the harness unchanged (``unshare``
-passes it on, re-raising a fatal signal). With exports this process waits, copies them out and writes the exact
-status to ``<outer>/status`` ("exit N" or "signal N"). The parent-death signal is re-armed after the uid change
-(which clears it), so the program dies with ``unshare``, and ``unshare`` with the grading process.
+- ``full``: builds the run's minimal root and starts the program in it. The root holds the system directories
+  read-only (/usr, /etc and /bin, /lib... or their symlinks), five device nodes, a fresh /proc and /dev/shm, a
+  private /tmp, and the box (a tmpfs seeded with the candidate's files, at the same path as outside so HOME and
+  TMPDIR stay valid). Nothing else of the host is there: not the test data, not other boxes, not the harness's files
+  or unix sockets. The program runs chrooted into it under the sandbox uid with no-new-privileges and the file-size
+  limit (set only here, after the seed copy, so a large binary still enters). Exported files are copied out after it.
+- ``wait`` ("net" level): starts the program (``setpriv ... argv``, which drops the uid) as it is.
 
-Arguments: outer dir, tmpfs size of the box and of /tmp (MiB), uid, file-size limit (bytes), export names joined by
-":" (or ""), then the program's argv.
+Either way this process stays PID 1 and the program runs as its child, for two reasons. The exit status: ``unshare``
+passes a child's fatal signal on by re-raising it, which fails for SIGKILL ("sigprocmask unblock failed", exit 1), so
+a program killed from outside would read as "exit status 1"; here the status goes to ``<outer>/status`` ("exit N" or
+"signal N"), which the harness reads first. And PID 1's signal semantics (a signal with the default action that the
+process sends itself is ignored) stay with this process, not the program's. This process reaps the orphans that the
+namespace hands it while it waits, and its OOM score is lowered so that a memory cgroup's OOM killer takes the program,
+not it. The parent-death signal is re-armed after the uid change (which clears it), so the program dies with this
+process, and this process with ``unshare`` and the grading process.
+
+Arguments: ``full`` outer dir, tmpfs size of the box and of /tmp (MiB), uid, file-size limit (bytes), export names
+joined by ":" (or ""), then the program's argv; or ``wait`` outer dir, then the program's argv.
 """
 
 import ctypes
@@ -118,16 +127,41 @@ def start_program(root: str, inner_box: str, uid: int, fsize: int, argv: list[st
         os._exit(127)
 
 
-def main(args: list[str]) -> None:
-    outer, size_mb, uid, fsize, exports, argv = args[0], int(args[1]), int(args[2]), int(args[3]), args[4], args[5:]
+def _protect_from_oom() -> None:
+    """The OOM killer of the run's memory cgroup should end the program, not the process that records its status."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")
+    except OSError:
+        pass
+
+
+def wait_for(pid: int) -> int:
+    """Reap children (orphans of the namespace land on PID 1) until ``pid`` ends; its wait status."""
+    while True:
+        try:
+            done, status = os.wait()
+        except ChildProcessError:  # cannot happen while ``pid`` lives; keeps the loop finite regardless
+            return 0
+        except InterruptedError:
+            continue
+        if done == pid:
+            return status
+
+
+def write_status(outer: str, status: int) -> None:
+    with open(outer + "/status", "w") as f:
+        f.write(f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
+
+
+def run_full(outer: str, size_mb: int, uid: int, fsize: int, exports: str, argv: list[str]) -> None:
     root, box = build_root(outer, size_mb, uid)
-    if not exports:
-        start_program(root, outer + "/box", uid, fsize, argv)
     pid = os.fork()
     if pid == 0:
         start_program(root, outer + "/box", uid, fsize, argv)
-    _, status = os.waitpid(pid, 0)
-    for name in exports.split(":"):
+    _protect_from_oom()
+    status = wait_for(pid)
+    for name in exports.split(":") if exports else ():
         try:  # never follow a link the program left: this process is root and sees the host
             fd = os.open(box + "/" + name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
@@ -137,8 +171,27 @@ def main(args: list[str]) -> None:
                 continue
             with open(outer + "/export/" + name, "wb") as fout:
                 _copy(fin, fout)
-    with open(outer + "/status", "w") as f:
-        f.write(f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
+    write_status(outer, status)
+
+
+def run_wait(outer: str, argv: list[str]) -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            _exec(argv)
+        except OSError as err:
+            os.write(2, f"vcore-sandbox: cannot run {argv[0]}: {err}\n".encode())
+        os._exit(127)
+    _protect_from_oom()
+    write_status(outer, wait_for(pid))
+
+
+def main(args: list[str]) -> None:
+    if args[0] == "wait":
+        run_wait(args[1], args[2:])
+    else:
+        run_full(args[1], int(args[2]), int(args[3]), int(args[4]), args[5], args[6:])
 
 
 if __name__ == "__main__":

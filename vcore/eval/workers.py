@@ -5,7 +5,8 @@ from the call, not from when the task started. Grading needs both: math-verify b
 ``signal.alarm`` (which only works in a main thread, so every worker runs tasks in its main thread), and a task
 that still hangs (a C-level loop in sympy, a stuck judge) must cost one item, not the run. Here every worker
 takes one task at a time; a task past its deadline gets its worker killed and replaced, and is reported as a
-timeout.
+timeout. A deadline starts when a started worker receives its task: a worker first says it is ready, so the seconds
+a new worker spends starting Python and importing (many, on a busy node) never count against an item.
 
 Workers are plain ``python -m vcore.eval.worker_main`` subprocesses talking pickle frames over pipes, not
 ``multiprocessing`` children: nothing is forked from a parent that may hold CUDA or threads, and unlike
@@ -30,6 +31,8 @@ from typing import Any, BinaryIO
 from tqdm.auto import tqdm
 
 _HEADER = struct.Struct("<Q")
+READY = "ready"  # a worker's first message
+STARTUP_S = 300.0  # a worker that has not started after this long stops the map
 
 
 @dataclass
@@ -62,6 +65,7 @@ def serve() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything the task prints goes to stderr, never into the result stream
     sys.stdout = sys.stderr
+    _send(out, READY)  # started: deadlines count from here, not from the spawn (imports take seconds on a busy node)
     while True:
         try:
             msg = _recv(inp)
@@ -85,6 +89,7 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "vcore.eval.worker_main"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.task: int | None = None
         self.deadline = 0.0
+        self.ready = False
 
     def send(self, msg: Any) -> None:
         _send(self.proc.stdin, msg)
@@ -119,24 +124,28 @@ def map_with_timeout(
     desc: str | None = None,
     progress: bool = True,
     after_worker_exit: Callable[[int], None] | None = None,
+    on_result: Callable[[int, TaskResult], None] | None = None,
 ) -> list[TaskResult]:
     """``[fn(p) for p in payloads]`` in ``workers`` processes, each item cut off after its ``timeout_s``.
 
     ``fn`` must be importable (a module-level function). ``workers=0`` runs in this process without timeouts
-    (for debugging only). Results keep the order of ``payloads``. ``after_worker_exit(pid)`` runs here after each
+    (for debugging only). Results keep the order of ``payloads``; ``on_result(index, result)`` also gets each one as
+    soon as it is known (the evaluation journal records it then). ``after_worker_exit(pid)`` runs here after each
     worker has exited, killed at a deadline or stopped at the end: it removes what a killed worker could not (the
-    code sandbox's processes and folders, :func:`vcore.eval.sandbox.reclaim`).
+    code sandbox's processes and folders, :func:`vcore.eval.sandbox_cleanup.reclaim`).
     """
     if workers == 0:
         results = []
-        for p in tqdm(payloads, desc=desc, disable=not progress or not payloads, leave=False):
+        for i, p in enumerate(tqdm(payloads, desc=desc, disable=not progress or not payloads, leave=False)):
             try:
                 results.append(TaskResult("ok", fn(p)))
             except Exception as err:  # reported per item, as a worker would
                 results.append(TaskResult("error", error=f"{type(err).__name__}: {err}"))
+            if on_result is not None:
+                on_result(i, results[-1])
         return results
     with WorkerPool(min(workers, max(len(payloads), 1)), after_worker_exit) as pool:
-        return pool.map(fn, payloads, timeout_s=timeout_s, desc=desc, progress=progress)
+        return pool.map(fn, payloads, timeout_s=timeout_s, desc=desc, progress=progress, on_result=on_result)
 
 
 class WorkerPool:
@@ -164,8 +173,22 @@ class WorkerPool:
             w.stop()
         self.workers = []
 
+    def abandon(self) -> None:
+        """Kill every worker now: the caller was interrupted (SIGTERM, an error), and a worker mid-task would only
+        answer when its task ends."""
+        for w in self.workers:
+            w.kill()
+        self.workers = []
+
     def map(
-        self, fn: Callable[[Any], Any], payloads: Sequence[Any], *, timeout_s: float | Sequence[float], desc: str | None = None, progress: bool = True
+        self,
+        fn: Callable[[Any], Any],
+        payloads: Sequence[Any],
+        *,
+        timeout_s: float | Sequence[float],
+        desc: str | None = None,
+        progress: bool = True,
+        on_result: Callable[[int, TaskResult], None] | None = None,
     ) -> list[TaskResult]:
         """``[fn(p) for p in payloads]`` on the pool's workers (see :func:`map_with_timeout`)."""
         n = len(payloads)
@@ -185,10 +208,16 @@ class WorkerPool:
             pool[i].kill()
             pool[i] = _Worker(self.after_worker_exit)
 
+        def done(index: int, result: TaskResult) -> None:
+            results[index] = result
+            bar.update(1)
+            if on_result is not None:
+                on_result(index, result)
+
         try:
             while any(r is None for r in results):
                 for w in pool:
-                    if w.task is None and next_task < n:
+                    if w.ready and w.task is None and next_task < n:
                         w.task, w.deadline = next_task, time.monotonic() + timeouts[next_task]
                         next_task += 1
                         try:
@@ -196,26 +225,39 @@ class WorkerPool:
                         except (BrokenPipeError, OSError):
                             pass  # a dead worker shows up as EOF below
                 busy = [w for w in pool if w.task is not None]
-                wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-                ready = wait([w.proc.stdout for w in busy], timeout=wait_s)
+                starting = [w for w in pool if not w.ready]
+                wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic()) if busy else STARTUP_S
+                ready = wait([w.proc.stdout for w in busy + starting], timeout=wait_s)
+                if not busy and not ready:
+                    raise RuntimeError(f"no grading worker started within {STARTUP_S:.0f} s")
+                for w in starting:
+                    if w.proc.stdout in ready:
+                        try:
+                            w.ready = _recv(w.proc.stdout) == READY
+                        except (EOFError, OSError, pickle.UnpicklingError):
+                            w.ready = False
+                        if not w.ready:  # the package does not import, say: every replacement would fail alike
+                            code = w.proc.wait()
+                            raise RuntimeError(f"a grading worker exited while starting (status {code}): see its stderr")
                 for i, w in enumerate(pool):
                     if w.task is None:
                         continue
                     if w.proc.stdout in ready:
                         try:
                             index, status, value, error = _recv(w.proc.stdout)
-                            results[index] = TaskResult(status, value, error)
-                            w.task = None
                         except (EOFError, OSError, pickle.UnpicklingError):  # died (OOM killer, segfault in a C library)
-                            results[w.task] = TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})")
+                            task = w.task
                             replace(i)
-                        bar.update(1)
+                            done(task, TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})"))
+                            continue
+                        w.task = None
+                        done(index, TaskResult(status, value, error))
                     elif time.monotonic() >= w.deadline:
-                        results[w.task] = TaskResult("timeout", error=f"no result within {timeouts[w.task]:.0f} s")
+                        task = w.task
                         replace(i)
-                        bar.update(1)
+                        done(task, TaskResult("timeout", error=f"no result within {timeouts[task]:.0f} s"))
         except BaseException:
-            self.close()  # a worker may be mid-task: none of them can be reused
+            self.abandon()  # a worker may be mid-task: none of them can be reused
             raise
         finally:
             bar.close()

@@ -12,13 +12,20 @@ import os
 from pathlib import Path
 
 from vcore.distributed import rank
+from vcore.locks import LOCK_FILE
 from vcore.run.loggers import NullLogger
 
 log = logging.getLogger(__name__)
 
 
-def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger, model_name: str | None = None) -> dict[str, float]:
-    """Generate and grade ``cfg.benchmark`` with ``cfg.decoding`` (rank 0); ``{"<bench>/accuracy": ...}``."""
+def run_benchmarks(
+    c, model, tokenizer, out: Path, logger: NullLogger, model_name: str | None = None, weights: Path | str | None = None
+) -> dict[str, float]:
+    """Generate and grade ``cfg.benchmark`` with ``cfg.decoding`` (rank 0); ``{"<bench>/accuracy": ...}``.
+
+    ``weights``: where the model's weights are saved (a run's ``final/``, the start model's folder), which tells a
+    resumed evaluation they are the same (:func:`vcore.eval.harness.evaluate`). Killed or stopped by SIGTERM (exit 75),
+    the evaluation continues from ``out``'s journal when the job is rerun."""
     if rank() != 0:
         return {}
     from vcore.eval import GradingConfig, evaluate
@@ -32,8 +39,8 @@ def run_benchmarks(c, model, tokenizer, out: Path, logger: NullLogger, model_nam
     model.eval()
     try:
         summary = evaluate(
-            model, tokenizer, benchmarks, c.decoding, out, c.eval.backend, logger,
-            grading=GradingConfig(num_workers=c.eval.num_workers), model_name=model_name,
+            model, tokenizer, benchmarks, c.decoding, out, backend=c.eval.backend, logger=logger,
+            grading=GradingConfig(num_workers=c.eval.num_workers), model_name=model_name, weights=weights,
         )
     finally:
         model.train(was_training)
@@ -58,7 +65,7 @@ def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cachea
 
     For the tiny base (``cacheable``) the results are cached in its directory, keyed by the benchmarks and decoding, so
     every run from one base (a sweep's seeds and methods) evaluates it once. A resumed run reuses its own earlier
-    results.
+    results, and continues them where an earlier job was stopped.
     """
     import shutil
 
@@ -76,13 +83,32 @@ def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cachea
             shutil.copytree(cache, dest, dirs_exist_ok=True)
         else:
             log.info("evaluating the start model (eval.before_train=true)")
-            run_benchmarks(c, model, tokenizer, dest, NullLogger())
+            run_benchmarks(c, model, tokenizer, dest, NullLogger(), weights=model_path)
             if cache is not None and (dest / "summary.json").is_file():
                 tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
-                shutil.copytree(dest, tmp, dirs_exist_ok=True)
+                shutil.copytree(dest, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE))
                 os.replace(tmp, cache) if not cache.exists() else shutil.rmtree(tmp)
     if rank() != 0 or not (dest / "summary.json").is_file():
         return {}
     return benchmark_summary(json.loads((dest / "summary.json").read_text()))
 
 
+
+
+def on_eval_device(model, use_cpu: bool = False):
+    """``model`` on the device generation runs on: the GPU when there is one (as training's), unless ``use_cpu``."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() and not use_cpu else model
+
+
+def set_aside_replaced_results(out: Path) -> None:
+    """A job that has just trained ``final/`` anew (``trainer.resume=never``, a longer run): the run dir's ``eval/`` is
+    of the model it replaced. Moved aside (``eval.replaced-<time>``), not continued and not deleted."""
+    import time
+
+    old = out / "eval"
+    if old.exists():
+        aside = out / f"eval.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        log.warning("%s holds the evaluation of the model this job's new final/ replaces: moved to %s", old, aside)
+        old.rename(aside)

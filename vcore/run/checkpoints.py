@@ -2,9 +2,9 @@
 
 A run dir holds one run: a lock while a job uses it, and the settings its checkpoints were written under.
 
-- :func:`hold` takes an exclusive lock on ``<run dir>/.vcore.lock`` for the life of the job (rank 0; the kernel
-  releases it when the process dies, so a crash never leaves it held). A second job on the same dir stops at once
-  with a message naming the holder, instead of both writing the same checkpoints.
+- :func:`hold` takes an exclusive lock on ``<run dir>/.vcore.lock`` (:mod:`vcore.locks`) for the life of the job
+  (rank 0; the kernel releases it when the process dies, so a crash never leaves it held). A second job on the same
+  dir stops at once with a message naming the holder, instead of both writing the same checkpoints.
 - :func:`fingerprint` is the part of a resolved config that decides what a checkpoint contains (model, data,
   method, optimiser...). Each checkpoint carries it (:data:`CONFIG_FILE`); :func:`check_resume` refuses to continue a
   checkpoint under different settings and names the keys that differ, before the run dir's ``config.yaml`` is
@@ -20,32 +20,31 @@ falls back to the previous checkpoint instead of loading a partial one. Readable
 files keep their zip directory. A damaged newest checkpoint is named in a warning and the one before it is used; a
 damaged checkpoint given explicitly is an error naming the file.
 
+When training ends, ``final/`` gets a record of it (:func:`mark_trained`): a job stopped during its final evaluation
+(SIGTERM, a kill) continues with that evaluation, which continues from its journal, instead of training again.
+
 :func:`find_run` maps a run dir or a checkpoint inside one to both (the inspector, ``task=eval``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
-import socket
 import struct
-import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from vcore import locks
 from vcore.checks import ConfigError
+from vcore.locks import DirBusy
 from vcore.methods.base import METHOD_STATE
 
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------- run dirs
-LOCK_FILE = ".vcore.lock"
 CONFIG_FILE = "vcore_config.json"
 
 # Settings a resumed run may change without becoming another run: how long it trains (a longer max_steps continues
@@ -83,37 +82,16 @@ RESUMABLE_CHANGES = (
 UNUSED_BY_TASK = {"train": ("rl",), "rl": ("method", "dataset", "trainer")}
 
 
-class RunDirBusy(RuntimeError):
-    """Another job holds the run dir."""
+RunDirBusy = DirBusy  # another job holds the run dir
+RUN_DIR_BUSY = (
+    "two jobs on one run dir would write the same checkpoints. "
+    "Wait for it, or give this job its own dir (hydra.run.dir=...)"
+)
 
 
-@contextmanager
-def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the body (no-op when not ``enabled``, e.g. on ranks other than 0)."""
-    if not enabled:
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise RunDirBusy(
-                f"{run_dir} is in use by {holder}: two jobs on one run dir would write the same checkpoints. "
-                "Wait for it, or give this job its own dir (hydra.run.dir=...)"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
+def hold(run_dir: Path, enabled: bool = True) -> AbstractContextManager[None]:
+    """Hold ``run_dir``'s lock for the job (no-op when not ``enabled``, e.g. on ranks other than 0)."""
+    return locks.hold(run_dir, RUN_DIR_BUSY, enabled)
 
 
 def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +150,38 @@ def check_resume(checkpoint: Path, resolved: dict[str, Any], allow: bool, group:
     if not allow:
         raise ConfigError(message)
     log.warning("%s", message.replace("Resuming would", f"Resuming anyway ({group}.resume_config_change=allow) will"))
+
+
+# ---------------------------------------------------------------------------------------------------- final/
+TRAINED_FILE = "vcore_trained.json"
+
+
+def mark_trained(final: Path, settings: dict[str, Any], length: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Rank 0, once ``final/`` holds the trained model and the run's training metrics are known (before its final
+    evaluation): the settings it was trained under (:data:`CONFIG_FILE`) and a record of the training's length and
+    metrics. A job stopped during the final evaluation then continues there without training again
+    (:func:`trained_metrics`)."""
+    (final / CONFIG_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+    tmp = final / f".{TRAINED_FILE}.tmp"
+    tmp.write_text(json.dumps({"length": length, "metrics": metrics}, indent=1, default=str))
+    tmp.replace(final / TRAINED_FILE)
+
+
+def trained_metrics(
+    final: Path, length: dict[str, Any], resolved: dict[str, Any], allow: bool, group: str
+) -> dict[str, Any] | None:
+    """The metrics :func:`mark_trained` recorded in ``final``, when training ended there; None when it must (still)
+    run. Other settings stop the job as resuming a checkpoint does (:func:`check_resume`); another length (a longer
+    ``max_steps``) trains on from the newest checkpoint."""
+    path = final / TRAINED_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record["length"] != json.loads(json.dumps(length)):
+        log.info("%s was trained for %s; this run asks for %s: training continues", final, record["length"], length)
+        return None
+    check_resume(final, resolved, allow=allow, group=group)
+    return record["metrics"]
 
 
 # ---------------------------------------------------------------------------------------------------- resume

@@ -25,6 +25,7 @@ from vcore.distributed import (
     rank,
     same_on_all_ranks,
 )
+from vcore.eval.preemption import EvaluationPreempted
 from vcore.methods import method_class
 from vcore.run.checkpoints import RunDirBusy, check_resume, hold, resolve_resume
 from vcore.run.loggers import NullLogger, build_logger
@@ -86,7 +87,7 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
         logger = build_logger(c.logger, resolved, out, overrides, sweep)
         try:
             metrics = task(c, resolved, out, logger, checkpoint)
-        except Preempted:
+        except (Preempted, EvaluationPreempted):  # everything done is saved; a rerun of the job continues
             logger.finish(exit_code=PREEMPTED_EXIT_CODE)
             raise
         except (Stopped, Pruned) as stop:  # a search ended the run on purpose: finished, not failed

@@ -5,7 +5,8 @@ optimizer-step end, where the step is complete and a checkpoint resumes exactly.
 agree on the flag with one tiny all-reduce per step (a signal that reaches one rank first must stop all of them at
 the same step, or the others would wait in the next gradient all-reduce forever). :mod:`vcore.run.training` then raises
 :class:`Preempted`: the process exits with :data:`PREEMPTED_EXIT_CODE` (sysexits' EX_TEMPFAIL, "try again"), which
-a batch script tells apart from success (0) and from a crash (1) to requeue itself (docs/distributed.md).
+a batch script tells apart from success (0) and from a crash (1) to requeue itself (docs/distributed.md). An evaluation
+stops on SIGTERM the same way, with the same status (:mod:`vcore.eval.preemption`).
 
 Runs of a hyperparameter search also stop on purpose, each after the same checkpoint (sweeps/README.md):
 
@@ -29,10 +30,9 @@ import torch
 from transformers import TrainerCallback
 
 from vcore.distributed import all_reduce_max, world_size
+from vcore.eval.preemption import PREEMPTED_EXIT_CODE
 
 log = logging.getLogger(__name__)
-
-PREEMPTED_EXIT_CODE = 75
 
 
 class Preempted(SystemExit):

@@ -8,7 +8,9 @@ The start (``rl.start``) is a run dir or checkpoint of ours (loaded as its own c
 adapters on their base), a hub id or model dir, or, when unset, the ``model`` group. The job runs like an SFT run:
 the run dir is locked, ``config.yaml`` written, W&B offline by default with the same naming; checkpoints every
 ``rl.save_steps`` carry the settings they were written under, and ``rl.resume=auto`` continues the newest complete
-one; SIGTERM saves and exits with status 75. The reward is evaluation's math grader (:mod:`vcore.rl.reward`).
+one; SIGTERM saves and exits with status 75, also during the evaluations before and after, which a rerun continues
+(a job stopped during its final evaluation does not train again). The reward is evaluation's math grader
+(:mod:`vcore.rl.reward`).
 
 Outputs, as an SFT run's: ``final/`` (always a full ``from_pretrained`` model: LoRA adapters are merged, so
 ``task=eval`` and vLLM load it alone), ``history.jsonl`` (metrics as logged, ``rl/...``), ``eval_before/`` and
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,20 @@ from vcore.rl.config import TRL_LOSS_TYPE
 from vcore.rl.data import build_prompts
 from vcore.rl.grpo import rl_log_key, use_vllm
 from vcore.rl.reward import BoxedMathReward
-from vcore.run.benchmarks import evaluate_start_model, run_benchmarks
-from vcore.run.checkpoints import find_run, fingerprint, seal
-from vcore.run.lifecycle import run_job, write_metrics
+from vcore.run.benchmarks import evaluate_start_model, on_eval_device, set_aside_replaced_results
+from vcore.run.checkpoints import find_run, fingerprint, mark_trained, seal
+from vcore.run.lifecycle import run_job
 from vcore.run.loggers import LoggerCallback, NullLogger
 from vcore.run.preemption import Preempted, PreemptionCallback
 from vcore.run.trainer import NonFiniteTraining, step_is_finite
-from vcore.run.training import prepare_model, resolve_model, schedule_args, summarize_train, write_history
+from vcore.run.training import (
+    prepare_model,
+    resolve_model,
+    schedule_args,
+    summarize_train,
+    train_then_evaluate,
+    write_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +137,21 @@ class _FiniteGradients(TrainerCallback):
 
 
 def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None) -> dict[str, Any]:
+    def load_final(final: Path):  # always a full model
+        return load_tokenizer(str(final)), on_eval_device(load_pretrained(str(final)))
+
+    return train_then_evaluate(
+        c, resolved, out, logger, checkpoint, "rl", _train, load_final, lambda m: f"GRPO from {m['start']['source']}"
+    )
+
+
+def _train(
+    c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None, length: dict[str, Any]
+) -> tuple[dict[str, Any], Any, Any]:
+    """GRPO to the end, ``final/`` saved and recorded (:func:`vcore.run.checkpoints.mark_trained`); the run's metrics
+    so far, the trained model and its tokenizer."""
     from trl import GRPOTrainer
 
-    t_start = time.perf_counter()
     start = load_start(c)
     log.info("RL from %s (method %s, model %s)", start.source, start.method, start.model_name)
     info = {"source": start.source, "method": start.method, "model": start.model_name, "lora": start.lora, "seed": start.seed}
@@ -186,11 +206,10 @@ def _rl(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: 
     }
     if before:
         metrics["eval_before"] = before
-    if c.eval.after_train and c.benchmark:
-        metrics["eval"] = run_benchmarks(c, model, start.tokenizer, out / "eval", logger, model_name=f"{out / 'final'} (GRPO from {start.source})")
-    metrics["runtime_s"] = time.perf_counter() - t_start
-    write_metrics(out, metrics, logger)
-    return metrics
+    if rank() == 0:
+        set_aside_replaced_results(out)
+        mark_trained(out / "final", fingerprint(resolved), length, metrics)
+    return metrics, model, start.tokenizer
 
 
 def grpo_args(rl, out: Path, seed: int, world_size: int, vllm: bool) -> Any:

@@ -6,7 +6,9 @@
 Tests and sweepers call :func:`train` directly with a config from ``hydra.compose``.
 
 Long runs: ``trainer.resume=auto`` (default) continues from the newest complete checkpoint in
-``<output_dir>/checkpoints``; SIGTERM writes one and exits with status 75 (:mod:`vcore.run.preemption`).
+``<output_dir>/checkpoints``; SIGTERM writes one and exits with status 75 (:mod:`vcore.run.preemption`). A job stopped
+during its final evaluation (SIGTERM: status 75 too) continues with it, without training again, from what the
+evaluation had recorded (``final/vcore_trained.json``, ``eval/journal/``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +34,10 @@ from vcore.data.collate import Collator
 from vcore.distributed import barrier, launcher_backend, rank, rank_zero_first
 from vcore.methods import MethodContext, build_method
 from vcore.methods.base import METHOD_STATE
-from vcore.modeling import load_model, load_tokenizer
+from vcore.modeling import load_checkpoint, load_model, load_tokenizer
 from vcore.ops.forward import model_token_loss
-from vcore.run.benchmarks import evaluate_start_model, run_benchmarks
-from vcore.run.checkpoints import fingerprint
+from vcore.run.benchmarks import evaluate_start_model, on_eval_device, run_benchmarks, set_aside_replaced_results
+from vcore.run.checkpoints import fingerprint, mark_trained, trained_metrics
 from vcore.run.heatmap import TokenWeightsCallback, heatmap_examples
 from vcore.run.lifecycle import run_job, write_metrics
 from vcore.run.loggers import LoggerCallback, NullLogger
@@ -148,7 +151,52 @@ def build_job(c, out: Path, logger: NullLogger | None = None) -> Job:
 
 
 def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None) -> dict[str, Any]:
+    def load_final(final: Path):
+        tokenizer, model = load_checkpoint(resolve_model(c.model), final)
+        return tokenizer, on_eval_device(model, c.trainer.use_cpu)
+
+    return train_then_evaluate(
+        c, resolved, out, logger, checkpoint, "trainer", _train, load_final, lambda m: f"trained from {m['model']}"
+    )
+
+
+def train_then_evaluate(
+    c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None, group: str,
+    train: Callable, load_final: Callable[[Path], tuple[Any, Any]], origin: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """The course of a training job (SFT: ``group`` ``trainer``; RL: ``rl``): ``train(c, resolved, out, logger,
+    checkpoint, length)`` -> (metrics, model, tokenizer), unless ``final/`` records a training that ended under these
+    settings and this length (:func:`vcore.run.checkpoints.trained_metrics`: the job was stopped during its final
+    evaluation), in which case rank 0 loads ``final/`` with ``load_final``; then the final evaluation, which continues
+    from its journal, and ``metrics.json``. ``origin(metrics)`` says where the model came from, in its name."""
     t_start = time.perf_counter()
+    settings = getattr(c, group)
+    length = {"max_steps": settings.max_steps, "num_train_epochs": settings.num_train_epochs}
+    allow = settings.resume_config_change == "allow"
+    final = out / "final"
+    # Only auto resumes: "never" trains afresh, and a checkpoint given by path trains on from it.
+    metrics = trained_metrics(final, length, resolved, allow, group) if settings.resume == "auto" else None
+    model = tokenizer = None
+    if metrics is not None:
+        log.info("training ended in an earlier job (%s): continuing with the final evaluation", final)
+    else:
+        metrics, model, tokenizer = train(c, resolved, out, logger, checkpoint, length)
+    if c.eval.after_train and c.benchmark:
+        if model is None and rank() == 0:  # only rank 0 evaluates
+            tokenizer, model = load_final(final)
+        name = f"{final} ({origin(metrics)})"
+        summary = run_benchmarks(c, model, tokenizer, out / "eval", logger, model_name=name, weights=final)
+        metrics.setdefault("eval", {}).update(summary)
+    metrics["runtime_s"] = time.perf_counter() - t_start
+    write_metrics(out, metrics, logger)
+    return metrics
+
+
+def _train(
+    c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None, length: dict[str, Any]
+) -> tuple[dict[str, Any], Any, Any]:
+    """Train to the end, save ``final/`` and record it (:func:`vcore.run.checkpoints.mark_trained`); the run's metrics
+    so far, the trained model and its tokenizer."""
     job = build_job(c, out, logger)
     log.info("model: %s", job.model_path)
     logger.log({f"data/{k}": v for k, v in job.data.stats.items()}, step=0)
@@ -198,13 +246,10 @@ def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint:
             )
             for name, ds in job.data.eval.items()
         }
-    if c.eval.after_train and c.benchmark:
-        trained = f"{out / 'final'} (trained from {job.model_path})"
-        summary = run_benchmarks(c, trainer.model, job.tokenizer, out / "eval", logger, model_name=trained)
-        metrics.setdefault("eval", {}).update(summary)
-    metrics["runtime_s"] = time.perf_counter() - t_start
-    write_metrics(out, metrics, logger)
-    return metrics
+    if rank() == 0:
+        set_aside_replaced_results(out)
+        mark_trained(out / "final", fingerprint(resolved), length, metrics)
+    return metrics, trainer.model, job.tokenizer
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
