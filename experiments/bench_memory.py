@@ -33,8 +33,22 @@ sys.path.insert(0, str(REPO / "experiments"))
 from benchlib import RssSampler, device_name, one_step, random_qwen3, run_isolated  # noqa: E402
 
 VOCAB = 151_936
-CPU_MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
-GPU_MODEL = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128)
+CPU_MODEL = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+)
+GPU_MODEL = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+)
 
 
 def device() -> torch.device:
@@ -76,7 +90,9 @@ def paper_lengths(n: int, scale: float, seed: int = 0) -> list[int]:
     return [max(16, int(x * scale)) for x in raw]
 
 
-def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int, batch: int, jvp_attention: str = "vcore_blocked") -> dict:
+def throughput(
+    method: str, pack: bool, model_kw: dict, scale: float, steps: int, batch: int, jvp_attention: str = "vcore_blocked"
+) -> dict:
     from transformers import TrainingArguments
 
     from vcore.config import ProbeConfig, ProbeMode, SFTConfig, VCOREConfig
@@ -96,9 +112,15 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
     probe = ProbeConfig(mode=ProbeMode.jvp, batch_size=batch, accumulation=1, jvp_attention=jvp_attention)
     cfg = SFTConfig() if method == "sft" else VCOREConfig(tau=1.0, probe=probe)
     weighting = build_method(cfg, MethodContext(model, rows, collate, loss_chunk_size=1024))
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none", use_cpu=dev.type == "cpu")
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none", use_cpu=dev.type == "cpu"
+    )
     trainer = WeightedTrainer(
-        model=model, args=args, weighting=weighting, precision="bf16" if dev.type == "cuda" else "fp32", loss_chunk_size=1024
+        model=model,
+        args=args,
+        weighting=weighting,
+        precision="bf16" if dev.type == "cuda" else "fp32",
+        loss_chunk_size=1024,
     )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     tokens, seconds = 0, 0.0
@@ -113,19 +135,30 @@ def throughput(method: str, pack: bool, model_kw: dict, scale: float, steps: int
         if step:
             seconds += time.perf_counter() - t0
             tokens += int((micro["labels"] != -100).sum())
-    return {"method": method, "packed": pack, "tokens_per_s": tokens / seconds, "mean_length": sum(lengths) / len(lengths)}
+    return {
+        "method": method,
+        "packed": pack,
+        "tokens_per_s": tokens / seconds,
+        "mean_length": sum(lengths) / len(lengths),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--lengths", default="2048,8192,16384")
-    parser.add_argument("--max-full-T", type=int, default=None, help="skip full-logit runs above this T (default: 4096 on CPU)")
-    parser.add_argument("--length-scale", type=float, default=None, help="scale of the paper's lengths (default 1/16 on CPU)")
+    parser.add_argument(
+        "--max-full-T", type=int, default=None, help="skip full-logit runs above this T (default: 4096 on CPU)"
+    )
+    parser.add_argument(
+        "--length-scale", type=float, default=None, help="scale of the paper's lengths (default 1/16 on CPU)"
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--jvp-attention", default="vcore_blocked", help="VCORE's probe attention (method.probe.jvp_attention)")
+    parser.add_argument(
+        "--jvp-attention", default="vcore_blocked", help="VCORE's probe attention (method.probe.jvp_attention)"
+    )
     parser.add_argument("--out", default="bench_memory.json")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -137,14 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     max_full = args.max_full_T or (10**9 if cuda else 4096)
     rows, thr, dev = [], [], device_name()
-    save = lambda: Path(args.out).write_text(json.dumps({"device": dev, "model": model_kw, "loss_memory": rows, "throughput": thr}, indent=2))  # noqa: E731
+    save = lambda: Path(args.out).write_text(
+        json.dumps({"device": dev, "model": model_kw, "loss_memory": rows, "throughput": thr}, indent=2)
+    )  # noqa: E731
     for length in [int(x) for x in args.lengths.split(",")]:
         for kind in ("full", "chunked"):
             if kind == "full" and length > max_full:
-                rows.append({"kind": kind, "T": length, "peak_bytes": None, "note": f"skipped (> --max-full-T={max_full})"})
+                rows.append(
+                    {"kind": kind, "T": length, "peak_bytes": None, "note": f"skipped (> --max-full-T={max_full})"}
+                )
                 continue
             if cuda:
-                rows.append(on_cuda(lambda: loss_memory(kind, length, model_kw["hidden_size"]), {"kind": kind, "T": length, "peak_bytes": None}))
+                rows.append(
+                    on_cuda(
+                        lambda: loss_memory(kind, length, model_kw["hidden_size"]),
+                        {"kind": kind, "T": length, "peak_bytes": None},
+                    )
+                )
             else:
                 rows.append(run_isolated([__file__, f"--single={kind}:{length}"]))
             note = rows[-1].get("error") or f"{rows[-1]['peak_bytes'] / 2**20:.0f} MiB"
@@ -179,7 +221,11 @@ def on_cuda(measure, labels: dict) -> dict:
 
 
 def render(rows: list[dict], thr: list[dict], dev: str) -> str:
-    out = [f"Per-token CE memory (forward + backward), vocab {VOCAB:,}, on {dev}\n", "| T | full logits MiB | chunked MiB | chunked / full |", "|---|---|---|---|"]
+    out = [
+        f"Per-token CE memory (forward + backward), vocab {VOCAB:,}, on {dev}\n",
+        "| T | full logits MiB | chunked MiB | chunked / full |",
+        "|---|---|---|---|",
+    ]
     by_t: dict[int, dict[str, dict]] = {}
     for r in rows:
         by_t.setdefault(r["T"], {})[r["kind"]] = r if "error" not in r else {**r, "peak_bytes": None}
@@ -198,8 +244,12 @@ def render(rows: list[dict], thr: list[dict], dev: str) -> str:
         out.append(f"| {t} | {full_txt} | {ch / 2**20:.0f} | {ratio} |" if ch else f"| {t} | {full_txt} | - | - |")
     if thr:
         mean = next((r["mean_length"] for r in thr if "mean_length" in r), float("nan"))
-        out += ["", f"Throughput on traces with the paper's length spread (mean {mean:.0f} tokens here)\n",
-                "| method | padded tok/s | packed tok/s | packed / padded |", "|---|---|---|---|"]
+        out += [
+            "",
+            f"Throughput on traces with the paper's length spread (mean {mean:.0f} tokens here)\n",
+            "| method | padded tok/s | packed tok/s | packed / padded |",
+            "|---|---|---|---|",
+        ]
         for method in dict.fromkeys(r["method"] for r in thr):
             pad = next(r for r in thr if r["method"] == method and not r["packed"]).get("tokens_per_s")
             pk = next((r for r in thr if r["method"] == method and r["packed"]), {}).get("tokens_per_s")

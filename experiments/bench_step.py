@@ -38,9 +38,33 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 from benchlib import RssSampler, device_name, one_step, random_qwen3, run_isolated  # noqa: E402
 
-VARIANTS = ("sft", "vcore_fd", "vcore_jvp", "vcore_jvp_eager", "vcore_jvp_every4", "vcore_jvp_fused", "vcore_jvp_fused_every4")
-CPU_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4096)
-GPU_MODEL = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936)
+VARIANTS = (
+    "sft",
+    "vcore_fd",
+    "vcore_jvp",
+    "vcore_jvp_eager",
+    "vcore_jvp_every4",
+    "vcore_jvp_fused",
+    "vcore_jvp_fused_every4",
+)
+CPU_MODEL = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    vocab_size=4096,
+)
+GPU_MODEL = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+)
 
 
 def attention(variant: str) -> str:
@@ -68,19 +92,27 @@ def build(model_kw: dict, length: int, variant: str, device: torch.device, bf16:
         cfg = VCOREConfig(
             tau=1.0,
             probe=ProbeConfig(
-                mode=mode, epsilon=1e-4, batch_size=1, accumulation=1, every=4 if variant.endswith("every4") else 1,
+                mode=mode,
+                epsilon=1e-4,
+                batch_size=1,
+                accumulation=1,
+                every=4 if variant.endswith("every4") else 1,
                 jvp_attention=attention(variant),
             ),
         )
     weighting = build_method(cfg, MethodContext(model, [row], collate))
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=1, report_to="none", use_cpu=device.type == "cpu")
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=1, report_to="none", use_cpu=device.type == "cpu"
+    )
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, precision="bf16" if bf16 else "fp32")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = {k: v.to(device) for k, v in collate([row]).items()}
     return trainer, model, optimizer, batch
 
 
-def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int, bf16: bool, max_positions: int = 0) -> dict:
+def measure(
+    variant: str, length: int, model_kw: dict, warmup: int, repeats: int, bf16: bool, max_positions: int = 0
+) -> dict:
     from vcore.ops import fused_attention
 
     fused_attention._reported.clear()  # this measurement's fallbacks only
@@ -103,7 +135,13 @@ def measure(variant: str, length: int, model_kw: dict, warmup: int, repeats: int
         times.append((time.perf_counter() - t0) / per)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else sampler.stop()
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    row = {"variant": variant, "T": length, "seconds": statistics.median(times), "peak_bytes": peak, "trainable_bytes": trainable}
+    row = {
+        "variant": variant,
+        "T": length,
+        "seconds": statistics.median(times),
+        "peak_bytes": peak,
+        "trainable_bytes": trainable,
+    }
     if attention(variant) == "fused":  # calls the kernel did not take ran the blocked path: say so in the figures
         row["fused_fallbacks"] = sorted(fused_attention._reported)
     return row
@@ -133,7 +171,16 @@ def main(argv: list[str] | None = None) -> int:
             if torch.cuda.is_available():
                 rows.append(measure_cuda(variant, length, model_kw, args, max(lengths)))
             else:  # a fresh process per measurement: clean peak RSS
-                rows.append(run_isolated([__file__, f"--single={variant}:{length}", f"--warmup={args.warmup}", f"--repeats={args.repeats}"]))
+                rows.append(
+                    run_isolated(
+                        [
+                            __file__,
+                            f"--single={variant}:{length}",
+                            f"--warmup={args.warmup}",
+                            f"--repeats={args.repeats}",
+                        ]
+                    )
+                )
             note = f"{rows[-1]['seconds']:.3f}s" if "seconds" in rows[-1] else rows[-1]["error"]
             print(f"  {variant} T={length}: {note}", file=sys.stderr)
             Path(args.out).write_text(json.dumps({"device": device, "model": model_kw, "rows": rows}, indent=2))
@@ -157,8 +204,11 @@ def measure_cuda(variant: str, length: int, model_kw: dict, args, max_positions:
 
 def table(rows: list[dict], device: str) -> str:
     sft = {r["T"]: r for r in rows if r["variant"] == "sft" and "error" not in r}
-    lines = [f"Step cost on {device} (median; x = ratio to SFT at the same T, same run)\n",
-             "| T | variant | s/step | x SFT | peak MiB | (peak - SFT peak) / trainable bytes |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Step cost on {device} (median; x = ratio to SFT at the same T, same run)\n",
+        "| T | variant | s/step | x SFT | peak MiB | (peak - SFT peak) / trainable bytes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['T']} | {r['variant']} | failed: {r['error'][:80]} | - | - | - |")

@@ -51,20 +51,51 @@ def stage_commands(work: Path) -> dict[str, list[str]]:
     py = sys.executable
     return {
         "tests": [py, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "tests"],
-        "bench_step": [py, "experiments/bench_step.py", "--gpu", "--lengths=2048,8192", f"--variants={','.join(STEP_VARIANTS)}",
-                       "--warmup=1", "--repeats=3", f"--out={work / 'bench_step.json'}"],
-        "bench_memory": [py, "experiments/bench_memory.py", "--gpu", "--lengths=4096,8192,16384", "--steps=3", "--batch=4",
-                         "--jvp-attention=fused", f"--out={work / 'bench_memory.json'}"],
-        "fidelity": [py, "-m", "vcore.tools.fidelity", "model.tiny.pretrain.steps=0", f"model.tiny.cache_dir={work / 'tiny'}",
-                     "--output-dir", str(work / "fidelity"), "--json", str(work / "fidelity.json")],
+        "bench_step": [
+            py,
+            "experiments/bench_step.py",
+            "--gpu",
+            "--lengths=2048,8192",
+            f"--variants={','.join(STEP_VARIANTS)}",
+            "--warmup=1",
+            "--repeats=3",
+            f"--out={work / 'bench_step.json'}",
+        ],
+        "bench_memory": [
+            py,
+            "experiments/bench_memory.py",
+            "--gpu",
+            "--lengths=4096,8192,16384",
+            "--steps=3",
+            "--batch=4",
+            "--jvp-attention=fused",
+            f"--out={work / 'bench_memory.json'}",
+        ],
+        "fidelity": [
+            py,
+            "-m",
+            "vcore.tools.fidelity",
+            "model.tiny.pretrain.steps=0",
+            f"model.tiny.cache_dir={work / 'tiny'}",
+            "--output-dir",
+            str(work / "fidelity"),
+            "--json",
+            str(work / "fidelity.json"),
+        ],
     }
 
 
 def run_stage(argv: list[str], budget: float, log: Path) -> dict:
     """Run ``argv`` from the repository root in a new process group, killed (the whole group: torchrun's ranks,
     vLLM's workers) after ``budget`` seconds; output to ``log``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     t0 = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -76,8 +107,14 @@ def run_stage(argv: list[str], budget: float, log: Path) -> dict:
             proc.wait()
             rc, status = None, "timeout"
     text = log.read_text(errors="replace")
-    return {"status": status, "returncode": rc, "seconds": round(time.monotonic() - t0, 1), "budget_s": budget,
-            "log": str(log), "tail": text[-2000:]}
+    return {
+        "status": status,
+        "returncode": rc,
+        "seconds": round(time.monotonic() - t0, 1),
+        "budget_s": budget,
+        "log": str(log),
+        "tail": text[-2000:],
+    }
 
 
 # ------------------------------------------------------------------------------------------------- figures (pure)
@@ -93,8 +130,10 @@ def parse_pytest(text: str) -> dict:
         if node not in outcome or _RANK[result] > _RANK[outcome[node]]:
             outcome[node] = result
     counts = {k: sum(v == k for v in outcome.values()) for k in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
-    return {"counts": {k.lower(): v for k, v in counts.items()},
-            "failed": sorted(n for n, v in outcome.items() if v in ("FAILED", "ERROR", "XPASS"))}
+    return {
+        "counts": {k.lower(): v for k, v in counts.items()},
+        "failed": sorted(n for n, v in outcome.items() if v in ("FAILED", "ERROR", "XPASS")),
+    }
 
 
 def _step_row(rows: list[dict], variant: str, length: int) -> dict | None:
@@ -108,36 +147,78 @@ def targets(figures: dict) -> list[dict]:
     for length in (8192, 2048):
         sft = _step_row(rows, "sft", length)
         # A fused row whose calls fell back to the blocked path measured the blocked path: it does not count.
-        candidates = [r for v in ("vcore_jvp_fused", "vcore_jvp") if (r := _step_row(rows, v, length)) and not r.get("fused_fallbacks")]
+        candidates = [
+            r
+            for v in ("vcore_jvp_fused", "vcore_jvp")
+            if (r := _step_row(rows, v, length)) and not r.get("fused_fallbacks")
+        ]
         best = min(candidates, key=lambda r: r["seconds"]) if candidates else None
         ratio = best["seconds"] / sft["seconds"] if best and sft else None
         mem = (best["peak_bytes"] - sft["peak_bytes"]) / best["trainable_bytes"] if best and sft else None
         gate = length == 8192  # the limits bind at 8,192; 2,048 is reported
         note = best["variant"] if best else "not measured"
-        out.append({"name": f"VCORE-jvp step / SFT step, T={length}", "value": ratio, "limit": f"<= {LIMITS['step_cost']}",
-                    "passed": (ratio <= LIMITS["step_cost"]) if gate and ratio is not None else None, "note": note})
-        out.append({"name": f"(probe peak - SFT peak) / trainable bytes, T={length}", "value": mem, "limit": f"<= {LIMITS['probe_memory']}",
-                    "passed": (mem <= LIMITS["probe_memory"]) if gate and mem is not None else None, "note": note})
-    loss = {(r.get("kind"), r.get("T")): r.get("peak_bytes") for r in (figures.get("bench_memory") or {}).get("loss_memory", [])}
+        out.append(
+            {
+                "name": f"VCORE-jvp step / SFT step, T={length}",
+                "value": ratio,
+                "limit": f"<= {LIMITS['step_cost']}",
+                "passed": (ratio <= LIMITS["step_cost"]) if gate and ratio is not None else None,
+                "note": note,
+            }
+        )
+        out.append(
+            {
+                "name": f"(probe peak - SFT peak) / trainable bytes, T={length}",
+                "value": mem,
+                "limit": f"<= {LIMITS['probe_memory']}",
+                "passed": (mem <= LIMITS["probe_memory"]) if gate and mem is not None else None,
+                "note": note,
+            }
+        )
+    loss = {
+        (r.get("kind"), r.get("T")): r.get("peak_bytes")
+        for r in (figures.get("bench_memory") or {}).get("loss_memory", [])
+    }
     full, chunked = loss.get(("full", 16384)), loss.get(("chunked", 16384))
     frac = chunked / full if full and chunked else None
-    out.append({"name": "chunked / full-logit loss memory, T=16384", "value": frac, "limit": "<= 1/8",
-                "passed": None if frac is None else frac <= LIMITS["loss_memory"], "note": "" if frac is not None else "not measured"})
-    thr = {(r.get("method"), r.get("packed")): r.get("tokens_per_s") for r in (figures.get("bench_memory") or {}).get("throughput", [])}
+    out.append(
+        {
+            "name": "chunked / full-logit loss memory, T=16384",
+            "value": frac,
+            "limit": "<= 1/8",
+            "passed": None if frac is None else frac <= LIMITS["loss_memory"],
+            "note": "" if frac is not None else "not measured",
+        }
+    )
+    thr = {
+        (r.get("method"), r.get("packed")): r.get("tokens_per_s")
+        for r in (figures.get("bench_memory") or {}).get("throughput", [])
+    }
     for method in ("sft", "vcore"):
         pad, pk = thr.get((method, False)), thr.get((method, True))
         speedup = pk / pad if pad and pk else None
         gate = method == "sft"
-        out.append({"name": f"packed / padded tokens/s, {method}", "value": speedup, "limit": f">= {LIMITS['packed_speedup']}",
-                    "passed": (speedup >= LIMITS["packed_speedup"]) if gate and speedup is not None else None,
-                    "note": "" if speedup is not None else "not measured"})
+        out.append(
+            {
+                "name": f"packed / padded tokens/s, {method}",
+                "value": speedup,
+                "limit": f">= {LIMITS['packed_speedup']}",
+                "passed": (speedup >= LIMITS["packed_speedup"]) if gate and speedup is not None else None,
+                "note": "" if speedup is not None else "not measured",
+            }
+        )
     return out
 
 
 def build_report(env: dict, stages: dict, figures: dict) -> dict:
     """Everything the JSON holds: the machine, each stage's status, the test outcomes, every figure, the targets."""
-    return {**env, "stages": stages, "tests": figures.get("tests"), "figures": {k: v for k, v in figures.items() if k != "tests"},
-            "targets": targets(figures)}
+    return {
+        **env,
+        "stages": stages,
+        "tests": figures.get("tests"),
+        "figures": {k: v for k, v in figures.items() if k != "tests"},
+        "targets": targets(figures),
+    }
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -147,17 +228,24 @@ def _fmt(x, digits: int = 3) -> str:
 def render(report: dict) -> str:
     """The one markdown table: stages, tests, targets, then every benchmark figure."""
     verdict = {True: "pass", False: "FAIL", None: "not measured"}
-    lines = [f"GPU check on {report['card']} (torch {report['torch']}, CUDA {report['cuda']}, Triton {report.get('triton')}, "
-             f"jvp-flash-attention {report.get('jvp_flash_attention')}: fused kernel {report.get('fused_attention')}; {report['date']})\n",
-             "| part | figure | value | target | result |", "|---|---|---|---|---|"]
+    lines = [
+        f"GPU check on {report['card']} (torch {report['torch']}, CUDA {report['cuda']}, Triton {report.get('triton')}, "
+        f"jvp-flash-attention {report.get('jvp_flash_attention')}: fused kernel {report.get('fused_attention')}; {report['date']})\n",
+        "| part | figure | value | target | result |",
+        "|---|---|---|---|---|",
+    ]
     for name, st in report["stages"].items():
-        lines.append(f"| stage | {name} | {st['status']} in {st['seconds']:.0f} s (budget {st['budget_s']:.0f} s) | ok | "
-                     f"{'pass' if st['status'] == 'ok' else 'FAIL'} |")
+        lines.append(
+            f"| stage | {name} | {st['status']} in {st['seconds']:.0f} s (budget {st['budget_s']:.0f} s) | ok | "
+            f"{'pass' if st['status'] == 'ok' else 'FAIL'} |"
+        )
     tests = report.get("tests")
     if tests:
         c = tests["counts"]
-        lines.append(f"| tests | passed / failed / errors / skipped | {c['passed']} / {c['failed']} / {c['error']} / {c['skipped']} | "
-                     f"no failure | {'pass' if not tests['failed'] else 'FAIL'} |")
+        lines.append(
+            f"| tests | passed / failed / errors / skipped | {c['passed']} / {c['failed']} / {c['error']} / {c['skipped']} | "
+            f"no failure | {'pass' if not tests['failed'] else 'FAIL'} |"
+        )
         lines += [f"| tests | failed | {node} | | FAIL |" for node in tests["failed"]]
     for t in report["targets"]:
         result = verdict[t["passed"]] if t["passed"] is not None or t["value"] is None else "reported"
@@ -172,10 +260,14 @@ def render(report: dict) -> str:
             continue
         ratio = f", {r['seconds'] / sft[r['T']]['seconds']:.2f}x SFT" if r["T"] in sft else ""
         fell = f" (blocked path: {'; '.join(r['fused_fallbacks'])})" if r.get("fused_fallbacks") else ""
-        lines.append(f"| step cost T={r['T']} | {r['variant']} s/step, peak GiB | {r['seconds']:.3f}{ratio}, {r['peak_bytes'] / 2**30:.2f}{fell} | | |")
+        lines.append(
+            f"| step cost T={r['T']} | {r['variant']} s/step, peak GiB | {r['seconds']:.3f}{ratio}, {r['peak_bytes'] / 2**30:.2f}{fell} | | |"
+        )
     mem = figures.get("bench_memory") or {}
     for r in mem.get("loss_memory", []):
-        value = r.get("error") or (f"{r['peak_bytes'] / 2**20:.0f} MiB" if r.get("peak_bytes") is not None else r.get("note", "-"))
+        value = r.get("error") or (
+            f"{r['peak_bytes'] / 2**20:.0f} MiB" if r.get("peak_bytes") is not None else r.get("note", "-")
+        )
         lines.append(f"| loss memory T={r['T']} | {r['kind']} | {value} | | |")
     for r in mem.get("throughput", []):
         value = r.get("error") or f"{r['tokens_per_s']:.0f} tok/s"
@@ -198,11 +290,18 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    return {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "capability": ".".join(map(str, torch.cuda.get_device_capability())),
-            "triton": version("triton"), "jvp_flash_attention": version("jvp-flash-attention"), "vllm": version("vllm"),
-            "fused_attention": _kernel(torch.device("cuda"))[1] or "available",
-            "transformers": version("transformers"), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "card": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "triton": version("triton"),
+        "jvp_flash_attention": version("jvp-flash-attention"),
+        "vllm": version("vllm"),
+        "fused_attention": _kernel(torch.device("cuda"))[1] or "available",
+        "transformers": version("transformers"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def read_json(path: Path) -> dict | None:
@@ -222,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build: {torch.version.cuda}); nothing was run. "
-              "Run it on a machine with an NVIDIA GPU (H100/H200 for the targets) after pip install -e '.[test,gpu]'.", file=sys.stderr)
+        print(
+            f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build: {torch.version.cuda}); nothing was run. "
+            "Run it on a machine with an NVIDIA GPU (H100/H200 for the targets) after pip install -e '.[test,gpu]'.",
+            file=sys.stderr,
+        )
         return NO_CUDA_STATUS
     unknown = set(args.stages.split(",")) - set(BUDGETS)
     if unknown:
@@ -235,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.stages.split(","):
         stages[name] = run_stage(commands[name], BUDGETS[name] * args.budget_scale, work / f"{name}.log")
         print(f"  {name}: {stages[name]['status']} in {stages[name]['seconds']:.0f} s", file=sys.stderr)
-    figures = {"bench_step": read_json(work / "bench_step.json"), "bench_memory": read_json(work / "bench_memory.json"),
-               "fidelity": read_json(work / "fidelity.json")}
+    figures = {
+        "bench_step": read_json(work / "bench_step.json"),
+        "bench_memory": read_json(work / "bench_memory.json"),
+        "fidelity": read_json(work / "fidelity.json"),
+    }
     if "tests" in stages:
         figures["tests"] = parse_pytest(Path(stages["tests"]["log"]).read_text(errors="replace"))
     report = build_report(env, stages, figures)

@@ -57,7 +57,11 @@ def finished_runs(sweep: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/rl_miniature.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="sft,vcore", help="SFT methods to start RL from")
-    parser.add_argument("--seeds", default="1,2,3", help="SFT seeds (each RL run starts from one SFT run); RL from the base runs once per seed")
+    parser.add_argument(
+        "--seeds",
+        default="1,2,3",
+        help="SFT seeds (each RL run starts from one SFT run); RL from the base runs once per seed",
+    )
     parser.add_argument("--no-base", action="store_true", help="skip the RL-from-base row")
     parser.add_argument("--out", type=Path, default=None, help="default: multirun/rl_miniature/<date_time>")
     parser.add_argument("--jobs", type=int, default=2, help="jobs side by side per stage (joblib), one thread each")
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or REPO / "multirun" / "rl_miniature" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     parallel = args.jobs > 1 and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
     if args.jobs > 1 and not parallel:
-        print('hydra-joblib-launcher is not installed (pip install -e ".[sweeps]"): running one job at a time', flush=True)
+        print(
+            'hydra-joblib-launcher is not installed (pip install -e ".[sweeps]"): running one job at a time', flush=True
+        )
     threads = "1" if parallel else str(os.cpu_count() or 1)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"] if parallel else []
@@ -78,27 +84,56 @@ def main(argv: list[str] | None = None) -> int:
     timing["base_s"] = run([*run_py, "task=pretrain", "~benchmark", "logger=none", f"hydra.run.dir={out}/base"], env)
     # 1. SFT, each method at its tuned learning rate; the RL jobs evaluate the fine-tuned models
     sft = [
-        *run_py, "-m", "experiment=synthetic_study", f"method={args.methods}", f"seed={args.seeds}",
-        "eval.after_train=false", "eval.before_train=false", "trainer.eval_at_end=false", "logger.group=rl_miniature_sft",
-        f"hydra.sweep.dir={out}/sft", *launcher, *args.sft,
+        *run_py,
+        "-m",
+        "experiment=synthetic_study",
+        f"method={args.methods}",
+        f"seed={args.seeds}",
+        "eval.after_train=false",
+        "eval.before_train=false",
+        "trainer.eval_at_end=false",
+        "logger.group=rl_miniature_sft",
+        f"hydra.sweep.dir={out}/sft",
+        *launcher,
+        *args.sft,
     ]
     timing["sft_s"] = run(sft, env)
     starts = finished_runs(out / "sft")
     # 2. GRPO from each SFT run, evaluated before and after
     rl = [
-        *run_py, "-m", "experiment=synthetic_rl", "rl.start=" + ",".join(str(p) for p in starts),
-        "logger.group=rl_miniature", f"hydra.sweep.dir={out}/rl/from_sft", *launcher, *args.rl,
+        *run_py,
+        "-m",
+        "experiment=synthetic_rl",
+        "rl.start=" + ",".join(str(p) for p in starts),
+        "logger.group=rl_miniature",
+        f"hydra.sweep.dir={out}/rl/from_sft",
+        *launcher,
+        *args.rl,
     ]
     timing["rl_s"] = run(rl, env)
     if not args.no_base:  # the same GRPO from the base model itself (rl.start unset: the model group)
-        base = [*run_py, "-m", "experiment=synthetic_rl", f"seed={args.seeds}", "logger.group=rl_miniature",
-                f"hydra.sweep.dir={out}/rl/from_base", *launcher, *args.rl]
+        base = [
+            *run_py,
+            "-m",
+            "experiment=synthetic_rl",
+            f"seed={args.seeds}",
+            "logger.group=rl_miniature",
+            f"hydra.sweep.dir={out}/rl/from_base",
+            *launcher,
+            *args.rl,
+        ]
         timing["rl_base_s"] = run(base, env)
     # 3. Table 2
     timing["report_s"] = run([sys.executable, "-m", "vcore.tools.report", str(out / "rl")], env)
-    timing["total_without_base_s"] = timing["sft_s"] + timing["rl_s"] + timing.get("rl_base_s", 0.0) + timing["report_s"]
-    runs = [{"dir": str(p), "method": yaml.safe_load((p / "config.yaml").read_text())["method"]["name"]} for p in starts]
-    (out / "timing.json").write_text(json.dumps({**timing, "parallel_jobs": args.jobs if parallel else 1, "sft_runs": runs}, indent=2))
+    timing["total_without_base_s"] = (
+        timing["sft_s"] + timing["rl_s"] + timing.get("rl_base_s", 0.0) + timing["report_s"]
+    )
+    runs = [
+        {"dir": str(p), "method": yaml.safe_load((p / "config.yaml").read_text())["method"]["name"]} for p in starts
+    ]
+    (out / "timing.json").write_text(
+        json.dumps({**timing, "parallel_jobs": args.jobs if parallel else 1, "sft_runs": runs}, indent=2)
+    )
     print(json.dumps(timing, indent=2))
     print(f"report: {out / 'rl' / 'report' / 'report.md'}")
     return 0

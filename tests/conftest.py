@@ -95,7 +95,9 @@ def make_cfg(tmp_path, tiny_dir):
 
     def _make(*overrides: str, method: str = "vcore", tiny: bool = True):
         base = [f"method={method}", f"output_dir={tmp_path}"]
-        small = [o for o in TINY_TEST if method == "vcore" or not o.startswith("method.probe")] if tiny else ["logger=none"]
+        small = (
+            [o for o in TINY_TEST if method == "vcore" or not o.startswith("method.probe")] if tiny else ["logger=none"]
+        )
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose(
                 "train", overrides=base + small + [f"model.name_or_path={tiny_dir}"] * tiny + list(overrides)

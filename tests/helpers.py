@@ -68,7 +68,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def torchrun(args: list[str], cwd: Path, timeout: int = 120, ranks: int = 2) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --standalone --nproc_per_node=<ranks> <args>``, one thread per rank."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *args]
-    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def finished_wandb_run(run_dir: Path, timeout: float = 30.0):
@@ -113,7 +115,9 @@ def devices() -> list:
 
 
 # ------------------------------------------------------------------------------------------- models, batches
-def tiny_causal_lm(path: Path, *, dtype=None, vocab_size: int = 37, seed: int = 0, attn: str = "sdpa", arch: str = "qwen3"):
+def tiny_causal_lm(
+    path: Path, *, dtype=None, vocab_size: int = 37, seed: int = 0, attn: str = "sdpa", arch: str = "qwen3"
+):
     """A tiny model built from a config, saved to ``path`` and loaded back through ``from_pretrained``.
 
     ``arch="gpt2"`` gives a model that computes entirely in float64 when loaded so; Qwen3's RMSNorm upcasts to
@@ -123,12 +127,27 @@ def tiny_causal_lm(path: Path, *, dtype=None, vocab_size: int = 37, seed: int = 
     from transformers import AutoModelForCausalLM, GPT2Config, Qwen3Config
 
     if arch == "gpt2":
-        config = GPT2Config(vocab_size=vocab_size, n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
     else:
         config = Qwen3Config(
-            vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=8, max_position_embeddings=64, tie_word_embeddings=False,
+            vocab_size=vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -150,7 +169,13 @@ def random_lm_batch(B: int = 3, T: int = 10, vocab_size: int = 37, seed: int = 0
         labels[-1, pad_from:] = -100
     answer = torch.zeros(B, T, dtype=torch.bool)
     answer[:, -2:] = labels[:, -2:] != -100
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels, "answer_mask": answer, "example_id": torch.arange(B)}
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "labels": labels,
+        "answer_mask": answer,
+        "example_id": torch.arange(B),
+    }
 
 
 def varied_rows(n: int = 8, vocab: int = 37, seed: int = 0, spread: int = 7) -> list[dict]:
@@ -163,7 +188,14 @@ def varied_rows(n: int = 8, vocab: int = 37, seed: int = 0, spread: int = 7) -> 
     for i in range(n):
         length = 5 + (i * 3) % spread
         ids = torch.randint(vocab, (length,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [-100, -100] + ids[2:], "answer_mask": [False] * (length - 2) + [True, True], "example_id": i})
+        out.append(
+            {
+                "input_ids": ids,
+                "labels": [-100, -100] + ids[2:],
+                "answer_mask": [False] * (length - 2) + [True, True],
+                "example_id": i,
+            }
+        )
     return out
 
 
@@ -273,17 +305,38 @@ def train_tiny(
     collate = Collator(pad_token_id=0)
     # ε = 1e-3: rounding in l_t(θ) - l_t(θ - εg) is divided by ε, and the paper-α variances then amplify it.
     probe = ProbeConfig(
-        epsilon=1e-3, batch_size=probe_batch, accumulation=2, seed=1, every=every,
+        epsilon=1e-3,
+        batch_size=probe_batch,
+        accumulation=2,
+        seed=1,
+        every=every,
         mode=ProbeMode.jvp if method == "vcore_jvp" else ProbeMode.finite_difference,
     )
     cfg = method_config("vcore", tau=3.0, probe=probe) if method.startswith("vcore") else method_config(method)
     args = TrainingArguments(
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=ACCUMULATION,
-        max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        logging_steps=1, seed=0, use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=ACCUMULATION,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        seed=0,
+        use_cpu=device == "cpu",
+        report_to="none",
+        remove_unused_columns=False,
         **{"output_dir": str(out / f"ckpt-{method}"), "save_strategy": "no", **training_args},
     )
-    trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_chunk_size=loss_chunk,
-                              weighting=build_method(cfg, MethodContext(model, data, collate, loss_chunk)))
+    trainer = WeightedTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=collate,
+        loss_chunk_size=loss_chunk,
+        weighting=build_method(cfg, MethodContext(model, data, collate, loss_chunk)),
+    )
     trainer.train(resume_from_checkpoint=resume)
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}
+    return {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()
+    }

@@ -18,8 +18,14 @@ N = 200
 def write_run(root, name, *, method, seed, correct, before=None, lr=1e-3, tau=None, vc=None, history=(), train=None):
     d = root / name
     (d / "eval").mkdir(parents=True)
-    cfg = {"task": "train", "seed": seed, "dataset": {"name": "synthetic", "num_examples": 2000},
-           "trainer": {"learning_rate": lr}, "model": {"name_or_path": "/cache/tiny-x"}, "method": {"name": method}}
+    cfg = {
+        "task": "train",
+        "seed": seed,
+        "dataset": {"name": "synthetic", "num_examples": 2000},
+        "trainer": {"learning_rate": lr},
+        "model": {"name_or_path": "/cache/tiny-x"},
+        "method": {"name": method},
+    }
     if method == "vcore":
         cfg["method"].update(tau=tau, variance_control=vc or "paper", probe={"epsilon": 1e-4})
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -50,10 +56,27 @@ def study(tmp_path):
         better[np.flatnonzero(~sft)[:20]] = True
         ood = rng.random(N) < 0.1
         hist = [{"step": s, "train/nll": 1.0 / s} for s in range(1, 30)]
-        write_run(root, f"sft_{seed}", method="sft", seed=seed, lr=3e-3, correct={"synthetic_test": sft, "synthetic_ood_hard": ood},
-                  before={"synthetic_test": base, "synthetic_ood_hard": base}, history=hist, train={"nll": 0.1, "mean/weights/ess_frac": 1.0})
-        write_run(root, f"vcore_{seed}", method="vcore", seed=seed, tau=0.02, correct={"synthetic_test": better, "synthetic_ood_hard": ood},
-                  history=hist, train={"nll": 0.2, "mean/weights/ess_frac": 0.9})
+        write_run(
+            root,
+            f"sft_{seed}",
+            method="sft",
+            seed=seed,
+            lr=3e-3,
+            correct={"synthetic_test": sft, "synthetic_ood_hard": ood},
+            before={"synthetic_test": base, "synthetic_ood_hard": base},
+            history=hist,
+            train={"nll": 0.1, "mean/weights/ess_frac": 1.0},
+        )
+        write_run(
+            root,
+            f"vcore_{seed}",
+            method="vcore",
+            seed=seed,
+            tau=0.02,
+            correct={"synthetic_test": better, "synthetic_ood_hard": ood},
+            history=hist,
+            train={"nll": 0.2, "mean/weights/ess_frac": 0.9},
+        )
     return root
 
 
@@ -66,8 +89,16 @@ def test_variants_split_by_settings_that_vary_within_a_method_only(study):
 
 def _direct(study, method, bench="synthetic_test", seeds=(1, 2, 3)):
     """Per-item correctness read with plain JSON, not through the module."""
-    return np.array([[json.loads(x)["correct"] for x in (study / f"{method}_{s}" / "eval" / f"{bench}.jsonl").read_text().splitlines()]
-                     for s in seeds], dtype=float)
+    return np.array(
+        [
+            [
+                json.loads(x)["correct"]
+                for x in (study / f"{method}_{s}" / "eval" / f"{bench}.jsonl").read_text().splitlines()
+            ]
+            for s in seeds
+        ],
+        dtype=float,
+    )
 
 
 def _row(text, start):
@@ -78,7 +109,10 @@ def test_study_table_matches_an_independent_computation(study):
     runs = load_local(study)
     text = analysis.study_tables(runs)
     sft, vc = analysis.variants(runs)
-    a, b = analysis.aligned([[(vc.by_seed()[s], False) for s in (1, 2, 3)], [(sft.by_seed()[s], False) for s in (1, 2, 3)]], "synthetic_test")
+    a, b = analysis.aligned(
+        [[(vc.by_seed()[s], False) for s in (1, 2, 3)], [(sft.by_seed()[s], False) for s in (1, 2, 3)]],
+        "synthetic_test",
+    )
     np.testing.assert_array_equal(a, _direct(study, "vcore"))
     d_id = difference(_direct(study, "vcore"), _direct(study, "sft"))
     d_ood = difference(_direct(study, "vcore", "synthetic_ood_hard"), _direct(study, "sft", "synthetic_ood_hard"))
@@ -87,15 +121,33 @@ def test_study_table_matches_an_independent_computation(study):
     row = _row(text, "| vcore − sft | ID test |")
     cells = [c.strip() for c in row.strip("|").split("|")]
     fmt_p = analysis.fmt_p
-    assert cells[2:] == ["3", "200", f"**{d_id.fmt(signed=True)}**", fmt_p(d_id.p_value), fmt_p(p_adj[0]),
-                         f"{100 * d_id.mde():.1f}", cells[8], f"better (adjusted p = {fmt_p(p_adj[0])})"]
+    assert cells[2:] == [
+        "3",
+        "200",
+        f"**{d_id.fmt(signed=True)}**",
+        fmt_p(d_id.p_value),
+        fmt_p(p_adj[0]),
+        f"{100 * d_id.mde():.1f}",
+        cells[8],
+        f"better (adjusted p = {fmt_p(p_adj[0])})",
+    ]
     assert fmt_p(1.2e-11) == "<0.0001" and fmt_p(0.0312) == "0.031"
     # The OOD split: the same items right in both arms and every seed: a difference of exactly 0 whose only
     # uncertainty is the floor of 600 concordant pairs (±0.3 points), so equivalent within ±2.
     assert d_ood.mean == 0 and 0 < d_ood.se < 0.002
-    assert _row(text, "| vcore − sft | harder problems |").rstrip(" |").endswith("equivalent within ±2 (adjusted TOST p = <0.0001)")
+    assert (
+        _row(text, "| vcore − sft | harder problems |")
+        .rstrip(" |")
+        .endswith("equivalent within ±2 (adjusted TOST p = <0.0001)")
+    )
     assert accuracy(_direct(study, "sft")).fmt() in _row(text, "| sft |")
-    base = np.array([json.loads(x)["correct"] for x in (study / "sft_1" / "eval_before" / "synthetic_test.jsonl").read_text().splitlines()], float)
+    base = np.array(
+        [
+            json.loads(x)["correct"]
+            for x in (study / "sft_1" / "eval_before" / "synthetic_test.jsonl").read_text().splitlines()
+        ],
+        float,
+    )
     assert accuracy(base).fmt() in _row(text, "| start model |")
     assert "Cells from one run (the start model, a single seed): item noise only." in text
     assert _row(text, "| variant | seeds |").startswith("| variant | seeds | lr | ID test |")  # each method's own rate
@@ -115,7 +167,14 @@ def _family_study(tmp_path, seeds_a=(1, 2, 3), seeds_b=(1, 2, 3), shift=0, n=400
                 if method == "vcore":
                     hits[np.flatnonzero(~hits)[:shift]] = True
                 correct[b] = hits
-            write_run(root, f"{method}_{seed}", method=method, seed=seed, correct=correct, tau=0.02 if method == "vcore" else None)
+            write_run(
+                root,
+                f"{method}_{seed}",
+                method=method,
+                seed=seed,
+                correct=correct,
+                tau=0.02 if method == "vcore" else None,
+            )
     return root
 
 
@@ -159,8 +218,13 @@ def test_runs_without_per_item_files_are_compared_on_their_own_numbers_and_say_s
     text = analysis.study_tables(load_local(root))
     row = _row(text, "| vcore − sft | ID test |")
     assert "| 3 (runs only: item sampling not covered) | – |" in row
-    per_run = {m: [json.loads((root / f"{m}_{s}" / "metrics.json").read_text())["eval"]["synthetic_test/accuracy"] for s in (1, 2, 3)]
-               for m in ("sft", "vcore")}
+    per_run = {
+        m: [
+            json.loads((root / f"{m}_{s}" / "metrics.json").read_text())["eval"]["synthetic_test/accuracy"]
+            for s in (1, 2, 3)
+        ]
+        for m in ("sft", "vcore")
+    }
     ref = from_run_values(np.subtract(per_run["vcore"], per_run["sft"]))
     assert ref.fmt(signed=True) in row
 

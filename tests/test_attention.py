@@ -39,7 +39,9 @@ def test_blocked_jvp_equals_eager_jvp(block, heads, padded):
     (q, k, v), (dq, dk, dv), key_mask = inputs(H=heads[0], Hkv=heads[1])
     key_mask = key_mask if padded else None
     ref_out, ref_tan = torch.func.jvp(lambda a, b, c: eager_attention(a, b, c, key_mask), (q, k, v), (dq, dk, dv))
-    out, tan = torch.func.jvp(lambda a, b, c: blocked_attention(a, b, c, key_mask, block=block), (q, k, v), (dq, dk, dv))
+    out, tan = torch.func.jvp(
+        lambda a, b, c: blocked_attention(a, b, c, key_mask, block=block), (q, k, v), (dq, dk, dv)
+    )
     valid = torch.ones_like(out, dtype=torch.bool) if key_mask is None else key_mask[:, None, :, None].expand_as(out)
     torch.testing.assert_close(out[valid], ref_out[valid], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(tan[valid], ref_tan[valid], rtol=1e-11, atol=1e-11)
@@ -57,9 +59,15 @@ def test_dual_tensor_api_and_partial_tangents():
 
 def test_bf16_inputs_accumulate_in_float32():
     (q, k, v), (dq, dk, dv), key_mask = inputs(dtype=torch.float32, T=64)
-    _, ref = torch.func.jvp(lambda a, b, c: eager_attention(a, b, c, key_mask), (q.double(), k.double(), v.double()), (dq.double(), dk.double(), dv.double()))
+    _, ref = torch.func.jvp(
+        lambda a, b, c: eager_attention(a, b, c, key_mask),
+        (q.double(), k.double(), v.double()),
+        (dq.double(), dk.double(), dv.double()),
+    )
     bf = [t.bfloat16() for t in (q, k, v, dq, dk, dv)]
-    out, tan = torch.func.jvp(lambda a, b, c: blocked_attention(a, b, c, key_mask, block=16), tuple(bf[:3]), tuple(bf[3:]))
+    out, tan = torch.func.jvp(
+        lambda a, b, c: blocked_attention(a, b, c, key_mask, block=16), tuple(bf[:3]), tuple(bf[3:])
+    )
     assert out.dtype == tan.dtype == torch.bfloat16
     valid = key_mask[:, None, :, None].expand_as(ref)
     corr = torch.corrcoef(torch.stack([tan.double()[valid], ref[valid]]))[0, 1]

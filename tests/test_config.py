@@ -39,7 +39,11 @@ def option_file(group: str, option: str) -> tuple[type, DictConfig]:
 
 def family(group: str, option: str) -> str:
     """The option that ``option`` extends, followed to its root: a preset (vcore_qwen3_8b) is of its family (vcore)."""
-    parents = [e for e in OmegaConf.load(CONF / group / f"{option}.yaml").get("defaults", []) if e != "_self_" and not e.startswith("base_")]
+    parents = [
+        e
+        for e in OmegaConf.load(CONF / group / f"{option}.yaml").get("defaults", [])
+        if e != "_self_" and not e.startswith("base_")
+    ]
     return family(group, parents[0]) if parents else option
 
 
@@ -62,7 +66,9 @@ def test_every_option_composes_and_instantiates(tmp_path, group, option):
     if hasattr(obj, "name"):  # what the code dispatches on: the file's name (e.g. sft.yaml on DFT's schema trains DFT)
         assert obj.name == family(group, option)
     assert OmegaConf.to_container(cfg[group], resolve=False) == expected_group(group, option)
-    assert OmegaConf.to_container(OmegaConf.structured(obj), resolve=True) == OmegaConf.to_container(cfg[group], resolve=True)
+    assert OmegaConf.to_container(OmegaConf.structured(obj), resolve=True) == OmegaConf.to_container(
+        cfg[group], resolve=True
+    )
     with pytest.raises((ConfigCompositionException, ConfigAttributeError, ConfigKeyError)):
         compose_config([f"{group}={option}", f"output_dir={tmp_path}", f"{group}.no_such_key=1"])
 
@@ -128,8 +134,11 @@ def test_method_specific_keys_do_not_leak_between_methods(make_cfg):
 
 # Paper Table 5 (ε, τ·ε) per preset, as conf/method/vcore.yaml transcribes it.
 TABLE5 = {
-    "vcore_qwen3_4b_math": (1e-4, 0.5), "vcore_qwen3_4b_code": (1e-4, 0.8), "vcore_qwen3_8b": (1e-5, 0.5),
-    "vcore_qwen3_32b": (1e-4, 0.8), "vcore_llama3_1_8b": (1e-5, 0.8),
+    "vcore_qwen3_4b_math": (1e-4, 0.5),
+    "vcore_qwen3_4b_code": (1e-4, 0.8),
+    "vcore_qwen3_8b": (1e-5, 0.5),
+    "vcore_qwen3_32b": (1e-4, 0.8),
+    "vcore_llama3_1_8b": (1e-5, 0.8),
 }
 
 
@@ -139,7 +148,9 @@ def test_vcore_presets_follow_table_5_in_the_documented_convention(tmp_path):
     assert set(TABLE5) == {o for o in options("method") if o.startswith("vcore_")}
     for preset, (eps, tau_eps) in TABLE5.items():
         m = to_object(compose_config([f"method={preset}", f"output_dir={tmp_path}"])).method
-        assert m.probe.epsilon == pytest.approx(eps, rel=1e-12) and m.tau * m.probe.epsilon == pytest.approx(tau_eps, rel=1e-12), preset
+        assert m.probe.epsilon == pytest.approx(eps, rel=1e-12) and m.tau * m.probe.epsilon == pytest.approx(
+            tau_eps, rel=1e-12
+        ), preset
 
 
 def test_tau_is_one_over_the_authors_vcore_temperature(tmp_path):
@@ -153,7 +164,10 @@ def test_tau_is_one_over_the_authors_vcore_temperature(tmp_path):
     model = tiny_causal_lm(tmp_path, arch="gpt2").eval()
     batch = random_lm_batch()
     params = trainable_parameters(model)
-    g = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype) * 1e-2 for i, p in enumerate(params.values())]
+    g = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype) * 1e-2
+        for i, p in enumerate(params.values())
+    ]
     eps, T = 1e-4, 0.05
 
     shifted = copy.deepcopy(model)

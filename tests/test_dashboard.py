@@ -33,10 +33,18 @@ def _compose(*overrides: str):
 def _train(out, tiny_dir, *overrides: str):
     from vcore.run.training import train
 
-    return train(_compose(
-        "method=vcore", "logger=wandb", f"output_dir={out}", f"model.name_or_path={tiny_dir}", "trainer.resume=never",
-        f"logger.group={GROUP}", "logger.tags=[fixture]", *overrides,
-    ))
+    return train(
+        _compose(
+            "method=vcore",
+            "logger=wandb",
+            f"output_dir={out}",
+            f"model.name_or_path={tiny_dir}",
+            "trainer.resume=never",
+            f"logger.group={GROUP}",
+            "logger.tags=[fixture]",
+            *overrides,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +53,15 @@ def sweep(tmp_path_factory, tiny_dir):
 
     root = tmp_path_factory.mktemp("sweep")
     _train(
-        root / "0", tiny_dir, "method.probe.fidelity_every=1", "logger.token_weights_every=1",
-        f"logger.token_weights_examples={SPLIT_EXAMPLES}", "dataset.eval_examples=4", "decoding.max_new_tokens=8",
-        "eval.after_train=true", "benchmark=synthetic_test",
+        root / "0",
+        tiny_dir,
+        "method.probe.fidelity_every=1",
+        "logger.token_weights_every=1",
+        f"logger.token_weights_examples={SPLIT_EXAMPLES}",
+        "dataset.eval_examples=4",
+        "decoding.max_new_tokens=8",
+        "eval.after_train=true",
+        "benchmark=synthetic_test",
     )
     run, _ = finished_wandb_run(root / "0")
     return root, run
@@ -63,10 +77,19 @@ def rl_run(sweep, tmp_path_factory, tiny_dir):
     root, _ = sweep
     out = tmp_path_factory.mktemp("rl") / "0"
     rl = [o for o in TINY_RL if not o.startswith(("rl.eval_before", "eval.after_train"))]
-    run_task(_compose(
-        *rl, "logger=wandb", f"logger.group={GROUP}", f"output_dir={out}", f"model.name_or_path={tiny_dir}",
-        f"rl.start={root / '0'}", "dataset.eval_examples=4", "decoding.max_new_tokens=8", "benchmark=synthetic_test",
-    ))
+    run_task(
+        _compose(
+            *rl,
+            "logger=wandb",
+            f"logger.group={GROUP}",
+            f"output_dir={out}",
+            f"model.name_or_path={tiny_dir}",
+            f"rl.start={root / '0'}",
+            "dataset.eval_examples=4",
+            "decoding.max_new_tokens=8",
+            "benchmark=synthetic_test",
+        )
+    )
     run, _ = finished_wandb_run(out)
     return out.parent, run
 
@@ -118,7 +141,9 @@ def panel_keys(panels) -> dict[str, set[str]]:
 
 
 def _runset_configs(runsets) -> set[str]:
-    return {k.removeprefix("config.") for r in runsets for k in r.groupby} | {c for r in runsets for c in _filter_configs(r.filters)}
+    return {k.removeprefix("config.") for r in runsets for k in r.groupby} | {
+        c for r in runsets for c in _filter_configs(r.filters)
+    }
 
 
 def test_every_dashboard_key_is_logged_by_a_real_run(sweep, rl_run):
@@ -149,25 +174,62 @@ def test_every_dashboard_key_is_logged_by_a_real_run(sweep, rl_run):
 
     # The sections cover what the issue lists (so this test fails if a section loses its panels)...
     assert [s.name for s in workspace.sections] == ["training", "token weights", "VCORE", "RL", "evaluation"]
-    assert {"train/nll", "train/weighted_loss", "learning_rate", "grad_norm", "train/tokens_per_s", "weights/ess_frac",
-            "weights/max", "weights/frac_below_0_1", "weights/eos_mean", "vcore/alpha", "vcore/score_mean",
-            "vcore/score_std", "vcore/probe_grad_norm", "vcore/fidelity_pearson", "eval/synthetic_test/accuracy",
-            "eval/synthetic_test/truncation_rate", "token_weights/heatmap"} <= keys["history"]
-    assert {"method.name", "method.tau", "method.probe.epsilon", "method.variance_control", "dataset.num_examples",
-            "seed"} <= keys["config"]
+    assert {
+        "train/nll",
+        "train/weighted_loss",
+        "learning_rate",
+        "grad_norm",
+        "train/tokens_per_s",
+        "weights/ess_frac",
+        "weights/max",
+        "weights/frac_below_0_1",
+        "weights/eos_mean",
+        "vcore/alpha",
+        "vcore/score_mean",
+        "vcore/score_std",
+        "vcore/probe_grad_norm",
+        "vcore/fidelity_pearson",
+        "eval/synthetic_test/accuracy",
+        "eval/synthetic_test/truncation_rate",
+        "token_weights/heatmap",
+    } <= keys["history"]
+    assert {
+        "method.name",
+        "method.tau",
+        "method.probe.epsilon",
+        "method.variance_control",
+        "dataset.num_examples",
+        "seed",
+    } <= keys["config"]
     assert {"eval/test/nll", "train/mean/weights/ess_frac", "token_weights/table"} <= keys["summary"]
     # ...and every key is one the real run wrote.
     assert keys["history"] - run.history_keys() == set()
     assert keys["summary"] - set(run.summary) == set()
     assert keys["config"] - _config_paths(run.config) == set()
     titles = [b.text for b in report.blocks if isinstance(b, wr.H2)]
-    assert titles == ["Table 1: synthetic", "Data scaling", "τ × ε (VCORE)", "Variance control (VCORE)", "RL: before and after (Table 2)"]
+    assert titles == [
+        "Table 1: synthetic",
+        "Data scaling",
+        "τ × ε (VCORE)",
+        "Variance control (VCORE)",
+        "RL: before and after (Table 2)",
+    ]
 
     # RL: the rollouts' metrics, accuracy before and after, grouped by the SFT method RL started from.
-    rl_keys = panel_keys([p for s in workspace.sections if s.name == "RL" for p in s.panels] + [p for g in rl_grids for p in g.panels])
+    rl_keys = panel_keys(
+        [p for s in workspace.sections if s.name == "RL" for p in s.panels] + [p for g in rl_grids for p in g.panels]
+    )
     rl_keys["config"] |= _runset_configs([r for g in rl_grids for r in g.runsets])
-    assert {"rl/reward_mean", "rl/accuracy", "rl/kl", "rl/entropy", "rl/completion_length", "rl/truncation_rate",
-            "eval_before/synthetic_test/accuracy", "eval/synthetic_test/accuracy"} <= rl_keys["history"]
+    assert {
+        "rl/reward_mean",
+        "rl/accuracy",
+        "rl/kl",
+        "rl/entropy",
+        "rl/completion_length",
+        "rl/truncation_rate",
+        "eval_before/synthetic_test/accuracy",
+        "eval/synthetic_test/accuracy",
+    } <= rl_keys["history"]
     assert rl_keys["history"] - rl.history_keys() == set()
     assert rl_keys["config"] == {"start.method", "task"} and rl.config["start"]["method"] == "vcore"
     assert rl_keys["config"] - _config_paths(rl.config) == set()
@@ -232,8 +294,15 @@ def test_heatmap_is_in_the_offline_run_and_reads_back(sweep):
 def test_heatmap_does_not_change_training(sweep, tmp_path, tiny_dir):
     """The heatmap runs the probe on other examples; the method's state is put back, so training is the same."""
     root, _ = sweep
-    _train(tmp_path / "plain", tiny_dir, "method.probe.fidelity_every=1", "logger.token_weights_examples=0",
-           "dataset.eval_examples=4", "eval.after_train=false", "trainer.eval_at_end=false")
+    _train(
+        tmp_path / "plain",
+        tiny_dir,
+        "method.probe.fidelity_every=1",
+        "logger.token_weights_examples=0",
+        "dataset.eval_examples=4",
+        "eval.after_train=false",
+        "trainer.eval_at_end=false",
+    )
 
     def steps(path):
         lines = [json.loads(x) for x in (path / "history.jsonl").read_text().splitlines()]

@@ -59,7 +59,12 @@ LLAMA31_LIKE_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 
-CORPUS = [THINKING, PLAIN, "What is 3 + 4?", "Please reason step by step, and put the correct answer within \\boxed{}."] * 4
+CORPUS = [
+    THINKING,
+    PLAIN,
+    "What is 3 + 4?",
+    "Please reason step by step, and put the correct answer within \\boxed{}.",
+] * 4
 
 
 def saved_tokenizer(path, special: list[str], template: str, **tokens) -> PreTrainedTokenizerFast:
@@ -67,7 +72,12 @@ def saved_tokenizer(path, special: list[str], template: str, **tokens) -> PreTra
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer=trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=template, **tokens).save_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
@@ -78,15 +88,22 @@ def qwen3(tmp_path_factory):
     if QWEN3.exists():
         return AutoTokenizer.from_pretrained(QWEN3)
     path = tmp_path_factory.mktemp("qwen3_like")
-    return saved_tokenizer(path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"], QWEN3_LIKE_TEMPLATE,
-                           eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return saved_tokenizer(
+        path,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        QWEN3_LIKE_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
 
 
 @pytest.fixture(scope="module")
 def llama31(tmp_path_factory):
     path = tmp_path_factory.mktemp("llama31_like")
     special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    return saved_tokenizer(path, special, LLAMA31_LIKE_TEMPLATE, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    return saved_tokenizer(
+        path, special, LLAMA31_LIKE_TEMPLATE, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
+    )
 
 
 def supervised(tok, enc) -> tuple[str, str]:
@@ -105,7 +122,9 @@ def test_qwen3_thinking_response(qwen3):
     assert enc.input_ids[-1] == qwen3.convert_tokens_to_ids("<|im_end|>") == end_of_turn_id(qwen3)
     full = qwen3.decode(enc.input_ids)
     assert full.count("<think>") == 1 and full.count("</think>") == 1
-    assert qwen3.decode([t for t, a in zip(enc.input_ids, enc.answer_mask) if a]).strip(" .") == "\\boxed{7}"  # whole tokens
+    assert (
+        qwen3.decode([t for t, a in zip(enc.input_ids, enc.answer_mask) if a]).strip(" .") == "\\boxed{7}"
+    )  # whole tokens
 
 
 def test_qwen3_response_without_think_never_trains_on_the_inserted_empty_block(qwen3):
@@ -134,7 +153,9 @@ def test_fallback_template_renders_like_the_real_qwen3(tmp_path):
     for response in (THINKING, PLAIN, "reasoning</think>answer", "<think>\n\n</think>\n\nx"):
         for thinking in (True, False):
             conv = user + [{"role": "assistant", "content": response}]
-            assert like.apply_chat_template(conv, tokenize=False, enable_thinking=thinking) == real.apply_chat_template(conv, tokenize=False, enable_thinking=thinking)
+            assert like.apply_chat_template(conv, tokenize=False, enable_thinking=thinking) == real.apply_chat_template(
+                conv, tokenize=False, enable_thinking=thinking
+            )
             gen = dict(tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
             assert like.apply_chat_template(user, **gen) == real.apply_chat_template(user, **gen)
 

@@ -51,14 +51,20 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(ddp_params, tmp_path, met
     start = tiny_causal_lm(tmp_path / "start", arch="gpt2").state_dict()
     for name, p in single.items():
         assert not torch.equal(p, start[name]), f"{name} did not train"
-        torch.testing.assert_close(ddp[name], p, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{method} {name}: {m}")
+        torch.testing.assert_close(
+            ddp[name], p, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{method} {name}: {m}"
+        )
 
 
 @pytest.mark.slow  # ~13 s: the default suite keeps one run of each kind (test_sweeps, the two-rank tests)
 def test_run_py_under_torchrun_writes_one_run_dir_from_rank_zero(tmp_path):
     """No hydra.run.dir given: both ranks still share rank 0's timestamped dir; one config, one W&B run."""
     overrides = [o for o in TINY_TEST if not o.startswith("logger=")] + [
-        "logger=wandb", "trainer.use_cpu=true", "eval.after_train=false", "trainer.save_steps=1", "trainer.max_steps=2",
+        "logger=wandb",
+        "trainer.use_cpu=true",
+        "eval.after_train=false",
+        "trainer.save_steps=1",
+        "trainer.max_steps=2",
     ]
     proc = torchrun([str(REPO / "run.py"), *overrides], cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -140,8 +146,20 @@ def test_the_shared_hydra_dir_follows_the_configured_pattern(tmp_path):
 def test_srun_tasks_get_the_variables_torchrun_would_set():
     from vcore.distributed import torch_env_from_slurm
 
-    step = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "1", "SLURM_PROCID": "2", "SLURM_LOCALID": "2", "SLURM_JOB_ID": "123"}
-    assert torch_env_from_slurm(step) == {"RANK": "2", "LOCAL_RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "20123"}
+    step = {
+        "SLURM_STEP_NUM_TASKS": "4",
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_PROCID": "2",
+        "SLURM_LOCALID": "2",
+        "SLURM_JOB_ID": "123",
+    }
+    assert torch_env_from_slurm(step) == {
+        "RANK": "2",
+        "LOCAL_RANK": "2",
+        "WORLD_SIZE": "4",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "20123",
+    }
     assert torch_env_from_slurm({**step, "RANK": "0"}) == {}  # torchrun inside the job step already set them
     assert torch_env_from_slurm({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}) == {}  # a lone python in an allocation
 
@@ -158,7 +176,10 @@ def step_gradients(tmp_path: Path, mode: str, lora: bool, checkpointing: bool) -
 
     model = tiny_causal_lm(tmp_path / f"gc{checkpointing}", arch="gpt2")
     if lora:
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], lora_dropout=0.0, init_lora_weights=False))
+        model = get_peft_model(
+            model,
+            LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], lora_dropout=0.0, init_lora_weights=False),
+        )
     calls = []
     if checkpointing:  # as vcore.modeling does for model.gradient_checkpointing=true
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -166,10 +187,18 @@ def step_gradients(tmp_path: Path, mode: str, lora: bool, checkpointing: bool) -
             model.enable_input_require_grads()
         for m in model.modules():
             if getattr(m, "gradient_checkpointing", False):
-                m._gradient_checkpointing_func = lambda f, *a, _f=m._gradient_checkpointing_func: calls.append(1) or _f(f, *a)
+                m._gradient_checkpointing_func = lambda f, *a, _f=m._gradient_checkpointing_func: (
+                    calls.append(1) or _f(f, *a)
+                )
     data, collate = varied_rows(8, spread=11), Collator(pad_token_id=0)
     cfg = VCOREConfig(tau=3.0, probe=ProbeConfig(mode=mode, epsilon=1e-3, batch_size=2, accumulation=2, seed=1))
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        use_cpu=True,
+        report_to="none",
+    )
     trainer = WeightedTrainer(model=model, args=args, weighting=build_method(cfg, MethodContext(model, data, collate)))
     model.train()
     batches, _ = trainer.get_batch_samples(iter([collate(data[:4]), collate(data[4:])]), 2, torch.device("cpu"))
@@ -187,7 +216,9 @@ def test_gradient_checkpointing_leaves_the_gradients_unchanged(tmp_path, mode, l
     checkpointed = step_gradients(tmp_path, mode, lora, checkpointing=True)
     assert plain.keys() == checkpointed.keys()
     for name, g in plain.items():
-        torch.testing.assert_close(checkpointed[name], g, rtol=1e-10, atol=1e-14, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            checkpointed[name], g, rtol=1e-10, atol=1e-14, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ _COMMENT = re.compile(r"(?:^|\s)#.*$")
 def _commands_in(text: str, where: str, exported: dict[str, str] | None = None) -> list[DocCommand]:
     out = []
     for m in _START.finditer(text):
-        rest = text[m.end():]
+        rest = text[m.end() :]
         rest = rest[: _END.search(rest).start()]
         kind, target = ("module", m["module"]) if m["module"] else ("run", "run.py")
         env = {**(exported or {}), **dict(a.split("=", 1) for a in m["env"].split())}
@@ -281,8 +281,11 @@ def _check_run_args(args: tuple[str, ...], out_dir: Path, every_value: bool) -> 
         for o in OverridesParser.create().parse_overrides(lines):
             group = o.key_or_group
             if o.is_sweep_override() and group in hydra.config_loader.list_groups(""):
-                # the search path the command composes with (hydra.searchpath=[...] adds a config dir of one's own)
+                # the search path the command composes with (hydra.searchpath=[...] adds a config dir of one's own,
+                # on the command line or in the sweep's own file)
                 overrides = list(parsed.overrides)
+                if master.hydra.searchpath and not any(x.startswith("hydra.searchpath=") for x in overrides):
+                    overrides.append(f"hydra.searchpath=[{','.join(master.hydra.searchpath)}]")
                 options = hydra.config_loader.get_group_options(group, config_name=name, overrides=overrides)
                 unknown = [v for v in o.sweep_string_iterator() if v not in options]
                 assert not unknown, f"{group}={','.join(unknown)}: not an option of {group} ({', '.join(options)})"

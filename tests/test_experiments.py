@@ -15,21 +15,40 @@ from vcore.config import compose_config
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 # What the substitution replaces; everything else is the overlay's own.
-SUBSTITUTED = ("model.name_or_path", "model.tiny", "dataset", "trainer.max_steps", "trainer.warmup_ratio",
-               "trainer.per_device_train_batch_size", "trainer.gradient_accumulation_steps", "eval", "logger", "output_dir")
+SUBSTITUTED = (
+    "model.name_or_path",
+    "model.tiny",
+    "dataset",
+    "trainer.max_steps",
+    "trainer.warmup_ratio",
+    "trainer.per_device_train_batch_size",
+    "trainer.gradient_accumulation_steps",
+    "eval",
+    "logger",
+    "output_dir",
+)
 
 
 def substitution(experiment: str, tiny_dir) -> list[str]:
     """Overrides that keep the overlay's method, trainer recipe and model settings (LoRA, checkpointing, chunked CE)
     but load the session's tiny model and train on 32 synthetic examples for one step."""
-    composed = compose_config([f"experiment={experiment}", "output_dir=/unused"] + (["rl.start=/unused"] if task_of(experiment) == "rl" else []))
+    composed = compose_config(
+        [f"experiment={experiment}", "output_dir=/unused"]
+        + (["rl.start=/unused"] if task_of(experiment) == "rl" else [])
+    )
     model = [f"model.name_or_path={tiny_dir}"] + (TINY_MODEL if composed.model.tiny is not None else [])
     return [
         *model,
-        "dataset=synthetic", "dataset.num_examples=32", "dataset.eval_examples=8",
-        "trainer.max_steps=1", "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=2",
+        "dataset=synthetic",
+        "dataset.num_examples=32",
+        "dataset.eval_examples=8",
+        "trainer.max_steps=1",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.gradient_accumulation_steps=2",
         "trainer.warmup_ratio=0",  # step 1 then runs at the overlay's own learning rate, which the test checks
-        "eval.after_train=false", "eval.before_train=false", "logger=none",
+        "eval.after_train=false",
+        "eval.before_train=false",
+        "logger=none",
     ]
 
 
@@ -59,8 +78,19 @@ TRAINING = [e for e in EXPERIMENTS if task_of(e) == "train"]
 RL = [e for e in EXPERIMENTS if task_of(e) == "rl"]
 # An RL overlay's prompts (Big-Math for the paper) and batch sizes are replaced; its algorithm, coefficients,
 # precision and checkpointing stay.
-RL_SUBSTITUTED = ("rl.data", "rl.start", "rl.max_steps", "rl.prompts_per_step", "rl.num_generations", "rl.mini_batch_prompts",
-                  "rl.micro_batch_size", "rl.max_completion_length", "rl.max_prompt_length", "rl.eval_before", "benchmark")
+RL_SUBSTITUTED = (
+    "rl.data",
+    "rl.start",
+    "rl.max_steps",
+    "rl.prompts_per_step",
+    "rl.num_generations",
+    "rl.mini_batch_prompts",
+    "rl.micro_batch_size",
+    "rl.max_completion_length",
+    "rl.max_prompt_length",
+    "rl.eval_before",
+    "benchmark",
+)
 
 
 # ~4 s each on 2 cores (the nine in ~35 s): in the default suite.
@@ -113,9 +143,17 @@ def test_rl_experiment_runs_one_step_with_the_tiny_model(experiment, tiny_tokeni
 
     out = tmp_path / "run"
     small = [
-        "rl/data=synthetic", "rl.data.synthetic.kwargs.num_examples=4", "rl.max_steps=1", "rl.prompts_per_step=2",
-        "rl.num_generations=2", "rl.mini_batch_prompts=2", "rl.micro_batch_size=2", "rl.max_completion_length=16",
-        "rl.max_prompt_length=256", "rl.eval_before=false", "rl.grading_workers=1",
+        "rl/data=synthetic",
+        "rl.data.synthetic.kwargs.num_examples=4",
+        "rl.max_steps=1",
+        "rl.prompts_per_step=2",
+        "rl.num_generations=2",
+        "rl.mini_batch_prompts=2",
+        "rl.micro_batch_size=2",
+        "rl.max_completion_length=16",
+        "rl.max_prompt_length=256",
+        "rl.eval_before=false",
+        "rl.grading_workers=1",
     ]
     cfg = compose_config([f"experiment={experiment}", *substitution(experiment, tiny_dir), *small, f"output_dir={out}"])
     expected = OmegaConf.to_container(cfg, resolve=True)
@@ -125,11 +163,18 @@ def test_rl_experiment_runs_one_step_with_the_tiny_model(experiment, tiny_tokeni
     preset = OmegaConf.to_container(OmegaConf.load(CONF / "rl" / f"{compose_rl_name(experiment)}.yaml"))
     preset = {f"rl.{k}": v for k, v in preset.items() if k != "defaults" and not f"rl.{k}".startswith(RL_SUBSTITUTED)}
     for key, value in {**overlay, **preset}.items():
-        assert OmegaConf.select(OmegaConf.create(written), key) == OmegaConf.select(OmegaConf.create(expected), key) == value, key
+        assert (
+            OmegaConf.select(OmegaConf.create(written), key)
+            == OmegaConf.select(OmegaConf.create(expected), key)
+            == value
+        ), key
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     (step,) = [h for h in history if "rl/reward_mean" in h]
     assert step["step"] == 1 and math.isfinite(step["loss"]) and step["learning_rate"] >= 0
-    assert metrics["rl"]["final/rl/reward_mean"] == step["rl/reward_mean"] and (out / "final" / "model.safetensors").exists()
+    assert (
+        metrics["rl"]["final/rl/reward_mean"] == step["rl/reward_mean"]
+        and (out / "final" / "model.safetensors").exists()
+    )
 
 
 def compose_rl_name(experiment: str) -> str:

@@ -88,12 +88,19 @@ def test_a_method_of_ones_own_trains_through_run_py_and_is_read_like_a_built_in(
     write_yaml(conf, f"# a method outside vcore\n_target_: {TARGET}\nk: 3\n")
     run = tmp_path / "run"
     overrides = [o for o in TINY_TEST if not o.startswith(("logger=", "method.probe"))] + [
-        "logger=wandb", "benchmark=synthetic_test", f"hydra.run.dir={run}", "trainer.max_steps=2",
+        "logger=wandb",
+        "benchmark=synthetic_test",
+        f"hydra.run.dir={run}",
+        "trainer.max_steps=2",
     ]
     proc = subprocess.run(
         [sys.executable, str(REPO / "run.py"), "--config-dir", str(conf), f"method={NAME}", *overrides],
-        cwd=tmp_path, env=subprocess_env(VCORE_CACHE=str(tmp_path / "cache")), capture_output=True, text=True,
-        timeout=300, check=False,
+        cwd=tmp_path,
+        env=subprocess_env(VCORE_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
 

@@ -26,7 +26,11 @@ from vcore.methods import method_names
 
 FSDP = {
     "fsdp": True,
-    "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"], "state_dict_type": "SHARDED_STATE_DICT"},
+    "fsdp_config": {
+        "fsdp_version": 2,
+        "transformer_layer_cls_to_wrap": ["GPT2Block"],
+        "state_dict_type": "SHARDED_STATE_DICT",
+    },
 }
 RUNS = {  # name: (method, train_tiny options); iw-SFT's frozen reference copy is sharded like the policy
     **{name: (name, {}) for name in method_names()},
@@ -68,7 +72,16 @@ def worker(out: Path) -> None:
     ckpt = {"save_strategy": "steps", "save_steps": 2, "output_dir": str(out / "resume" / "ckpt")}
     whole = train_tiny(out / "resume", "vcore", per_device=B, probe_batch=B, every=3, **ckpt, **FSDP)
     shards = sorted(p.name for p in (out / "resume" / "ckpt" / "checkpoint-2").glob("vcore_method_state*"))
-    resumed = train_tiny(out / "resume", "vcore", per_device=B, probe_batch=B, every=3, resume=str(out / "resume" / "ckpt" / "checkpoint-2"), **ckpt, **FSDP)
+    resumed = train_tiny(
+        out / "resume",
+        "vcore",
+        per_device=B,
+        probe_batch=B,
+        every=3,
+        resume=str(out / "resume" / "ckpt" / "checkpoint-2"),
+        **ckpt,
+        **FSDP,
+    )
     if rank() == 0:
         torch.save({"whole": whole, "resumed": resumed, "files": shards}, out / "fsdp-resume.pt")
         (out / "sharded_references.txt").write_text(str(len(sharded_references)))
@@ -117,15 +130,21 @@ def test_run_py_under_fsdp(tmp_path, monkeypatch, method, lora):
     run = tmp_path / "run"
     vcore = method == "vcore"
     overrides = [o for o in TINY_TEST if "max_steps" not in o and (vcore or "method.probe" not in o)] + [
-        f"hydra.run.dir={run}", "trainer.use_cpu=true", "eval.after_train=false", "trainer.save_steps=2",
-        f"method={method}", f"model.lora.enabled={lora}", *(["method.probe.every=3"] if vcore else []),
+        f"hydra.run.dir={run}",
+        "trainer.use_cpu=true",
+        "eval.after_train=false",
+        "trainer.save_steps=2",
+        f"method={method}",
+        f"model.lora.enabled={lora}",
+        *(["method.probe.every=3"] if vcore else []),
     ]
     weights = run / "final" / ("adapter_model.safetensors" if lora else "model.safetensors")
     proc = torchrun([__file__, "--run-py", *overrides, "trainer.max_steps=2"], cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-6000:]
     ckpt = run / "checkpoints" / "checkpoint-2"
     assert sorted(p.name for p in ckpt.glob("vcore_method_state*")) == [
-        "vcore_method_state.pt", *(["vcore_method_state_rank0.pt", "vcore_method_state_rank1.pt"] if vcore else []),
+        "vcore_method_state.pt",
+        *(["vcore_method_state_rank0.pt", "vcore_method_state_rank1.pt"] if vcore else []),
     ]
     assert (ckpt / "pytorch_model_fsdp_0").is_dir()  # sharded model checkpoint (torch.distributed.checkpoint)
     assert (run / "final" / "tokenizer_config.json").exists()

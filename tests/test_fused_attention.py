@@ -47,19 +47,33 @@ def kernel_checks() -> dict[str, list[float]]:
 
     res = {}
     (q, k, v), (dq, dk, dv) = qkv()
-    ref = torch.func.jvp(lambda a, b, c: blocked_attention(a, b, c, block=16), (q.double(), k.double(), v.double()), (dq.double(), dk.double(), dv.double()))
+    ref = torch.func.jvp(
+        lambda a, b, c: blocked_attention(a, b, c, block=16),
+        (q.double(), k.double(), v.double()),
+        (dq.double(), dk.double(), dv.double()),
+    )
     res["gqa_T40"] = max_errors(torch.func.jvp(fused_attention, (q, k, v), (dq, dk, dv)), ref)
-    ref = torch.func.jvp(lambda a, c: blocked_attention(a, k.double(), c), (q.double(), v.double()), (dq.double(), dv.double()))
+    ref = torch.func.jvp(
+        lambda a, c: blocked_attention(a, k.double(), c), (q.double(), v.double()), (dq.double(), dv.double())
+    )
     res["no_key_tangent"] = max_errors(torch.func.jvp(lambda a, c: fused_attention(a, k, c), (q, v), (dq, dv)), ref)
     positions = torch.tensor([list(range(13)) + list(range(20)) + list(range(7)), list(range(40))])
     segments = packed_segments(positions)
-    ref = torch.func.jvp(lambda a, b, c: blocked_attention(a, b, c, segments=segments), (q.double(), k.double(), v.double()), (dq.double(), dk.double(), dv.double()))
-    res["packed"] = max_errors(torch.func.jvp(lambda a, b, c: fused_attention(a, b, c, segments=segments), (q, k, v), (dq, dk, dv)), ref)
+    ref = torch.func.jvp(
+        lambda a, b, c: blocked_attention(a, b, c, segments=segments),
+        (q.double(), k.double(), v.double()),
+        (dq.double(), dk.double(), dv.double()),
+    )
+    res["packed"] = max_errors(
+        torch.func.jvp(lambda a, b, c: fused_attention(a, b, c, segments=segments), (q, k, v), (dq, dk, dv)), ref
+    )
     # float16: the low-precision path (probabilities rounded before the value products). bf16 cannot be checked
     # here: Triton 3.9's interpreter turns a float32 -> bf16 cast feeding tl.dot into garbage (a 10-line kernel
     # shows it); tests/gpu/ checks bf16 on CUDA.
     half = [x.half() for x in (q, k, v, dq, dk, dv)]
-    ref = torch.func.jvp(blocked_attention, (q.double(), k.double(), v.double()), (dq.double(), dk.double(), dv.double()))
+    ref = torch.func.jvp(
+        blocked_attention, (q.double(), k.double(), v.double()), (dq.double(), dk.double(), dv.double())
+    )
     res["fp16"] = max_errors(torch.func.jvp(fused_attention, tuple(half[:3]), tuple(half[3:])), ref)
     return res
 
@@ -75,8 +89,16 @@ def probe_checks() -> dict[str, list[float]]:
     from vcore.methods.probe import jvp_scores, trainable_parameters
     from vcore.ops import fused_attention
 
-    config = Qwen3Config(vocab_size=37, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=32, max_position_embeddings=128)
+    config = Qwen3Config(
+        vocab_size=37,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=128,
+    )
     with tempfile.TemporaryDirectory() as d, torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config).save_pretrained(d)
@@ -84,7 +106,10 @@ def probe_checks() -> dict[str, list[float]]:
     params = trainable_parameters(model)
     g = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 1e-2 for i, p in enumerate(params.values())]
     out: dict = {}
-    for name, batch in (("probe_padded", random_lm_batch(B=3, T=40, pad_from=25)), ("probe_packed", Collator(0, pack=True)(varied_rows(4, spread=11)))):
+    for name, batch in (
+        ("probe_padded", random_lm_batch(B=3, T=40, pad_from=25)),
+        ("probe_packed", Collator(0, pack=True)(varied_rows(4, spread=11))),
+    ):
         fused = jvp_scores(model, params, g, [batch], attention="fused")
         ref = jvp_scores(model, params, g, [batch], attention="vcore_blocked")
         out[name] = max_errors([fused[0][0], fused[1][0]], [ref[0][0], ref[1][0]])
@@ -97,8 +122,14 @@ def interpreted(tmp_path: Path, group: str) -> dict:
     pytest.importorskip("triton")
     pytest.importorskip("jvp_flash_attention")
     out = tmp_path / f"{group}.json"
-    proc = subprocess.run([sys.executable, __file__, group, str(out)], env=subprocess_env(TRITON_INTERPRET="1"),
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, group, str(out)],
+        env=subprocess_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads(out.read_text())
 

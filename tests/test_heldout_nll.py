@@ -22,7 +22,9 @@ def test_heldout_nll_is_the_mean_over_supervised_tokens_in_eval_mode(tmp_path):
     per_example = [reference_token_nll(model, r["input_ids"], r["labels"]) for r in data]
     tokens = [x for example in per_example for x in example]
     expected = math.fsum(tokens) / len(tokens)
-    batch_means = [math.fsum(sum(per_example[i:i + 3], [])) / len(sum(per_example[i:i + 3], [])) for i in range(0, 7, 3)]
+    batch_means = [
+        math.fsum(sum(per_example[i : i + 3], [])) / len(sum(per_example[i : i + 3], [])) for i in range(0, 7, 3)
+    ]
     assert abs(expected - sum(batch_means) / len(batch_means)) > 1e-4  # the test tells the two apart
 
     model.train()

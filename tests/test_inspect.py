@@ -76,8 +76,18 @@ def test_inspector_weighs_iw_sft_against_the_start_model_as_training_does(make_c
     from vcore.modeling import load_tokenizer
     from vcore.ops.forward import model_token_loss
 
-    train(make_cfg("trainer.max_steps=4", "trainer.learning_rate=3e-2", "trainer.warmup_ratio=0", f"model.lora.enabled={lora}",
-                   "model.lora.dropout=0.0", "eval.after_train=false", "trainer.eval_at_end=false", method="iw_sft"))
+    train(
+        make_cfg(
+            "trainer.max_steps=4",
+            "trainer.learning_rate=3e-2",
+            "trainer.warmup_ratio=0",
+            f"model.lora.enabled={lora}",
+            "model.lora.dropout=0.0",
+            "eval.after_train=false",
+            "trainer.eval_at_end=false",
+            method="iw_sft",
+        )
+    )
     out = tmp_path / "w.jsonl"
     assert main([str(tmp_path), "--num-examples", "4", "--out", str(out)]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -86,7 +96,9 @@ def test_inspector_weighs_iw_sft_against_the_start_model_as_training_does(make_c
     c = load_run_config(tmp_path / "config.yaml")
     start = AutoModelForCausalLM.from_pretrained(c.model.name_or_path, dtype=torch.float32).eval()
     if lora:
-        trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(c.model.name_or_path, dtype=torch.float32), tmp_path / "final").eval()
+        trained = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(c.model.name_or_path, dtype=torch.float32), tmp_path / "final"
+        ).eval()
     else:
         trained = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32).eval()
     data = build_data(c.dataset, load_tokenizer(c.model.name_or_path)).train

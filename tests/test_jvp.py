@@ -14,7 +14,10 @@ from vcore.run.training import build_job
 
 
 def direction(params, seed=0):
-    g = [torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + i), dtype=p.dtype) for i, p in enumerate(params.values())]
+    g = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + i), dtype=p.dtype)
+        for i, p in enumerate(params.values())
+    ]
     norm = torch.sqrt(sum((x * x).sum() for x in g))
     return [x / norm for x in g]
 
@@ -34,7 +37,9 @@ def exact_inner_products(model, params, g, batch):
 def test_jvp_scores_equal_autograd_inner_products(tmp_path, lora, block, device):
     model = tiny_causal_lm(tmp_path, arch="gpt2").eval().to(device)  # float64 end to end
     if lora:
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+        )
     params = trainable_parameters(model)
     g = [d.to(device) for d in direction(params)]
     batch = {k: v.to(device) for k, v in random_lm_batch().items()}
@@ -73,7 +78,12 @@ def test_finite_differences_in_float32_agree_with_jvp(tmp_path):
 def run_fidelity(model, mode):
     dataset = [{k: v[i] for k, v in random_lm_batch(seed=9).items()} for i in range(3)]
     collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
-    cfg = VCOREConfig(tau=1.0, probe=ProbeConfig(mode=mode, epsilon=1e-4, batch_size=3, accumulation=1, fidelity_every=1, allow_low_precision=True))
+    cfg = VCOREConfig(
+        tau=1.0,
+        probe=ProbeConfig(
+            mode=mode, epsilon=1e-4, batch_size=3, accumulation=1, fidelity_every=1, allow_low_precision=True
+        ),
+    )
     step = micro_batches([random_lm_batch(seed=s) for s in range(3)])
     return VCORE(cfg, model, dataset, collate).prepare_step(model, step)
 
@@ -83,12 +93,17 @@ def test_fidelity_diagnostic_measures_the_bf16_collapse(tmp_path):
     fp32 = run_fidelity(tiny_causal_lm(tmp_path / "a", dtype=torch.float32), ProbeMode.jvp)
     bf16 = run_fidelity(tiny_causal_lm(tmp_path / "b", dtype=torch.bfloat16), ProbeMode.finite_difference)
     assert fp32["vcore/fidelity_pearson"] > 0.99 and fp32["vcore/fidelity_spearman"] > 0.95
-    assert torch.isfinite(bf16["vcore/fidelity_pearson"]) and bf16["vcore/fidelity_pearson"] < fp32["vcore/fidelity_pearson"]
+    assert (
+        torch.isfinite(bf16["vcore/fidelity_pearson"])
+        and bf16["vcore/fidelity_pearson"] < fp32["vcore/fidelity_pearson"]
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_training_end_to_end_with_jvp_probe(make_cfg, tmp_path, lora):
-    cfg = make_cfg("method.probe.mode=jvp", "method.probe.fidelity_every=1", f"model.lora.enabled={lora}", "model.lora.dropout=0.0")
+    cfg = make_cfg(
+        "method.probe.mode=jvp", "method.probe.fidelity_every=1", f"model.lora.enabled={lora}", "model.lora.dropout=0.0"
+    )
     job = build_job(to_object(cfg), tmp_path)
     job.trainer.train()
     last = [h for h in job.trainer.state.log_history if "vcore/alpha" in h][-1]

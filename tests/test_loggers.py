@@ -8,7 +8,14 @@ from vcore.run.loggers import NullLogger, config_hash, run_name
 
 
 def test_run_name_excludes_seeds_and_paths_and_sanitises():
-    overrides = ["method=vcore", "seed=3", "output_dir=/x/y", "method.tau=1/2", "hydra.run.dir=z", "method.probe.seed=4"]
+    overrides = [
+        "method=vcore",
+        "seed=3",
+        "output_dir=/x/y",
+        "method.tau=1/2",
+        "hydra.run.dir=z",
+        "method.probe.seed=4",
+    ]
     assert run_name(overrides) == "method=vcore,method.tau=1-2,method.probe.seed=4"
     assert run_name([]) == "default"
 

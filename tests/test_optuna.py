@@ -50,8 +50,10 @@ def test_optuna_sweep_composes_to_a_validation_search(name):
     assert cfg.logger.group == sweeper.study_name  # one W&B group per study, whatever the invocation
     expected = {
         "optuna_lr": {"trainer.learning_rate": "tag(log, interval(1e-5, 3e-2))"},
-        "optuna_vcore": {"method.tau": "tag(log, interval(0.003, 1.0))",
-                         "method.probe.epsilon": "tag(log, interval(1e-5, 1e-2))"},
+        "optuna_vcore": {
+            "method.tau": "tag(log, interval(0.003, 1.0))",
+            "method.probe.epsilon": "tag(log, interval(1e-5, 1e-2))",
+        },
     }[name]
     assert OmegaConf.to_container(sweeper.params) == expected
     # The objective is the accuracy of the validation benchmark, measured during training for the pruner too, and
@@ -76,15 +78,25 @@ def test_search_space_from_hydra_override_syntax():
 
     from vcore.search.optuna_search import override_value, search_space
 
-    space, fixed = search_space([
-        "lr=tag(log, interval(1e-5, 3e-2))", "steps=int(interval(10, 20))", "tau=interval(0.1, 1.0)",
-        "method=sft,dft", "seed=range(1, 4)", "x=choice(a, b)", "trainer.max_steps=5",
-        "tau=interval(0.2, 0.5)",  # the command line replaces a key of hydra.sweeper.params
-    ])
+    space, fixed = search_space(
+        [
+            "lr=tag(log, interval(1e-5, 3e-2))",
+            "steps=int(interval(10, 20))",
+            "tau=interval(0.1, 1.0)",
+            "method=sft,dft",
+            "seed=range(1, 4)",
+            "x=choice(a, b)",
+            "trainer.max_steps=5",
+            "tau=interval(0.2, 0.5)",  # the command line replaces a key of hydra.sweeper.params
+        ]
+    )
     assert space == {
-        "lr": od.FloatDistribution(1e-5, 3e-2, log=True), "steps": od.IntDistribution(10, 20),
-        "tau": od.FloatDistribution(0.2, 0.5), "method": od.CategoricalDistribution(["sft", "dft"]),
-        "seed": od.CategoricalDistribution(["1", "2", "3"]), "x": od.CategoricalDistribution(["a", "b"]),
+        "lr": od.FloatDistribution(1e-5, 3e-2, log=True),
+        "steps": od.IntDistribution(10, 20),
+        "tau": od.FloatDistribution(0.2, 0.5),
+        "method": od.CategoricalDistribution(["sft", "dft"]),
+        "seed": od.CategoricalDistribution(["1", "2", "3"]),
+        "x": od.CategoricalDistribution(["a", "b"]),
     }
     assert fixed == ["trainer.max_steps=5"]
     assert float(override_value(0.1 + 0.2)) == 0.1 + 0.2  # every digit survives the override
@@ -117,17 +129,27 @@ class StandInLauncher:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # an interruption of the sweeper itself (Ctrl+C, SIGTERM)
             failed = isinstance(result, Exception)
-            results.append(JobReturn(overrides=job, status=JobStatus.FAILED if failed else JobStatus.COMPLETED,
-                                     _return_value=result))
+            results.append(
+                JobReturn(
+                    overrides=job, status=JobStatus.FAILED if failed else JobStatus.COMPLETED, _return_value=result
+                )
+            )
         return results
 
 
 def sweeper(tmp_path, outcome, **cfg):
     from vcore.search.optuna_search import OptunaSearch
 
-    settings = dict(study_name="s", storage=f"journal:{tmp_path / 's.journal'}", n_trials=4, n_jobs=2,
-                    sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 0}, pruner=None,
-                    params={"trainer.learning_rate": "tag(log, interval(1e-4, 1e-1))"}, heartbeat_s=60.0)
+    settings = dict(
+        study_name="s",
+        storage=f"journal:{tmp_path / 's.journal'}",
+        n_trials=4,
+        n_jobs=2,
+        sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 0},
+        pruner=None,
+        params={"trainer.learning_rate": "tag(log, interval(1e-4, 1e-1))"},
+        heartbeat_s=60.0,
+    )
     s = OptunaSearch(**{**settings, **cfg})
     s.config = OmegaConf.create({"objective": "eval/x/accuracy"})
     s.sweep_dir = tmp_path / "sweep"
@@ -220,17 +242,41 @@ def test_a_killed_sweepers_trials_continue_once_their_heartbeat_is_stale(tmp_pat
 
 # --------------------------------------------------------------------------------------------- end to end
 TINY_TRIAL = [
-    *TINY_MODEL, "dataset.num_examples=16", "dataset.eval_examples=4", "trainer.max_steps=4", "eval.every=2",
-    "trainer.per_device_train_batch_size=4", "decoding.max_new_tokens=8", "eval.num_workers=1", "logger=none",
+    *TINY_MODEL,
+    "dataset.num_examples=16",
+    "dataset.eval_examples=4",
+    "trainer.max_steps=4",
+    "eval.every=2",
+    "trainer.per_device_train_batch_size=4",
+    "decoding.max_new_tokens=8",
+    "eval.num_workers=1",
+    "logger=none",
 ]
 
 
 def search(tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(REPO / "run.py"), "-m", "--config-dir", str(REPO / "sweeps"), "--config-name",
-            "optuna_lr", "method=sft", *TINY_TRIAL, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            *extra]
-    proc = subprocess.run(args, cwd=tmp_path, env=subprocess_env(VCORE_CACHE=str(tmp_path / "cache")),
-                          capture_output=True, text=True, timeout=600)
+    args = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        "--config-dir",
+        str(REPO / "sweeps"),
+        "--config-name",
+        "optuna_lr",
+        "method=sft",
+        *TINY_TRIAL,
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *extra,
+    ]
+    proc = subprocess.run(
+        args,
+        cwd=tmp_path,
+        env=subprocess_env(VCORE_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -16,7 +16,13 @@ def run_step(tmp_path, method, pack, attn="sdpa", normalization="token", pack_le
     data = varied_rows()
     collate = Collator(pad_token_id=0, pack=pack, pack_length=pack_length)
     weighting = build_method(step_method_config(method), MethodContext(model, data, collate))
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        use_cpu=True,
+        report_to="none",
+    )
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, loss_normalization=normalization)
     micro = [collate(data[:4]), collate(data[4:])]
     batches, _ = trainer.get_batch_samples(iter(micro), 2, torch.device("cpu"))

@@ -35,7 +35,12 @@ def test_draws_depend_on_example_not_on_batching_or_global_rng():
     mask, answer, ids = example_masks()
     full = random_weights(mask, answer, ids, keep_fraction=0.2, seed=5)
     torch.manual_seed(123)  # the global RNG plays no part
-    parts = torch.cat([random_weights(mask[i : i + 2], answer[i : i + 2], ids[i : i + 2], keep_fraction=0.2, seed=5) for i in range(0, 6, 2)])
+    parts = torch.cat(
+        [
+            random_weights(mask[i : i + 2], answer[i : i + 2], ids[i : i + 2], keep_fraction=0.2, seed=5)
+            for i in range(0, 6, 2)
+        ]
+    )
     assert torch.equal(full, parts)
     other = random_weights(mask, answer, ids, keep_fraction=0.2, seed=6)
     assert not torch.equal(full, other)

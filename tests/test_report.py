@@ -25,9 +25,17 @@ def write_run(root, name, config, evals, history=()):
 
 
 def cfg(method="vcore", dataset="openmath", model="Qwen/Qwen3-4B", seed=1, **extra):
-    c = {"method": {"name": method, "tau": extra.get("tau", 5000.0), "probe": {"epsilon": extra.get("eps", 1e-4)},
-                    "variance_control": extra.get("vc", "paper")},
-         "dataset": {"name": dataset, "num_examples": extra.get("n", 3200)}, "model": {"name_or_path": model}, "seed": seed}
+    c = {
+        "method": {
+            "name": method,
+            "tau": extra.get("tau", 5000.0),
+            "probe": {"epsilon": extra.get("eps", 1e-4)},
+            "variance_control": extra.get("vc", "paper"),
+        },
+        "dataset": {"name": dataset, "num_examples": extra.get("n", 3200)},
+        "model": {"name_or_path": model},
+        "seed": seed,
+    }
     return c
 
 
@@ -49,8 +57,12 @@ def runs(tmp_path):
         write_run(root, f"vc_{vc}", cfg(vc=vc, seed=seed), MATH, hist)
     for m in ("sft", "vcore"):
         for seed in (1, 2):
-            write_run(root, f"syn_{m}_{seed}", cfg(m, dataset="synthetic", model="/x/init_model", seed=seed),
-                      {"synthetic_test/accuracy": 0.2 + 0.1 * seed, "synthetic_ood_hard/accuracy": 0.05, "test/nll": 0.3})
+            write_run(
+                root,
+                f"syn_{m}_{seed}",
+                cfg(m, dataset="synthetic", model="/x/init_model", seed=seed),
+                {"synthetic_test/accuracy": 0.2 + 0.1 * seed, "synthetic_ood_hard/accuracy": 0.05, "test/nll": 0.3},
+            )
     return root
 
 
@@ -70,7 +82,9 @@ def test_table1_per_domain_and_model_with_intervals_and_tests(tmp_path):
     assert from_run_values(0.2 + bumps).fmt() in row  # AIME
     assert from_run_values((0.2 + 0.5) / 2 + bumps).fmt() in row  # ID avg: AIME and Olympiad, run by run
     diff = next(line for line in text.splitlines() if line.startswith("| vcore − sft | ID avg |"))
-    assert from_run_values(0.05 + bumps / 2).fmt(signed=True) in diff and "(runs only: item sampling not covered)" in diff
+    assert (
+        from_run_values(0.05 + bumps / 2).fmt(signed=True) in diff and "(runs only: item sampling not covered)" in diff
+    )
 
 
 def _benchmark_configs(preset: str):
@@ -99,7 +113,9 @@ def test_results_writer_and_report_share_the_table1_columns(tmp_path, preset, do
     header = [c.strip() for c in next(l for l in lines if l.startswith("| variant |")).strip("|").split("|")]
     cells = [c.strip() for c in next(l for l in lines if l.startswith("| vcore |")).strip("|").split("|")]
     assert list(row["columns"]) == header[2:-4] == titles and not row["partial"]
-    assert [float(c) for c in cells[2:-2]] == pytest.approx([100 * v for v in [*row["columns"].values(), row["id_avg"], row["ood_avg"]]], abs=0.051)
+    assert [float(c) for c in cells[2:-2]] == pytest.approx(
+        [100 * v for v in [*row["columns"].values(), row["id_avg"], row["ood_avg"]]], abs=0.051
+    )
 
 
 def test_report_command_writes_figures_with_axes_labels(runs, tmp_path, monkeypatch):
@@ -109,15 +125,24 @@ def test_report_command_writes_figures_with_axes_labels(runs, tmp_path, monkeypa
     original = Figure.savefig
 
     def record(fig, path, *a, **k):
-        saved[str(path).rsplit("/", 1)[-1]] = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes if ax.get_xlabel() or ax.get_ylabel()]
+        saved[str(path).rsplit("/", 1)[-1]] = [
+            (ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes if ax.get_xlabel() or ax.get_ylabel()
+        ]
         return original(fig, path, *a, **k)
 
     monkeypatch.setattr(Figure, "savefig", record)
     weights = tmp_path / "w.jsonl"
-    ex = {"example": 0, "method": "vcore", "tokens": ["<|im_start|>", "Q", "<think>", "a&b", "<c>", "\n", "7"],
-          "supervised": [False, False, True, True, True, True, True], "loss": [0, 0, 1.0, 2.0, 0.5, 0.1, 0.2],
-          "score": [None, None, 0.1, 0.2, -0.1, 0.0, 0.3], "q": [None, None, 0.2, 0.3, 0.1, 0.15, 0.25],
-          "weight": [0, 0, 1.0, 1.5, 0.5, 0.75, 1.25], "batch_alpha": 0.8}
+    ex = {
+        "example": 0,
+        "method": "vcore",
+        "tokens": ["<|im_start|>", "Q", "<think>", "a&b", "<c>", "\n", "7"],
+        "supervised": [False, False, True, True, True, True, True],
+        "loss": [0, 0, 1.0, 2.0, 0.5, 0.1, 0.2],
+        "score": [None, None, 0.1, 0.2, -0.1, 0.0, 0.3],
+        "q": [None, None, 0.2, 0.3, 0.1, 0.15, 0.25],
+        "weight": [0, 0, 1.0, 1.5, 0.5, 0.75, 1.25],
+        "batch_alpha": 0.8,
+    }
     weights.write_text(json.dumps(ex) + "\n")
     out = tmp_path / "report"
     assert main([str(runs), "--out", str(out), "--weights", str(weights)]) == 0

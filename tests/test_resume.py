@@ -27,7 +27,12 @@ STEPS = 16  # long enough that SIGTERM, sent after 3 logged steps (unbuffered lo
 
 CASES = {
     # LoRA with dropout: the global RNG must resume; probe.every=3: the stored direction or the probe stream must.
-    "lora": ["model.lora.enabled=true", "model.lora.dropout=0.1", "method.probe.mode=finite_difference", "method.probe.every=3"],
+    "lora": [
+        "model.lora.enabled=true",
+        "model.lora.dropout=0.1",
+        "method.probe.mode=finite_difference",
+        "method.probe.every=3",
+    ],
     "full": ["method.probe.mode=jvp"],
 }
 
@@ -68,9 +73,17 @@ def sigterm_after_three_steps(args: list[str], run_dir: Path, log: Path, ranks: 
 
 
 def tiny_args(case: str) -> list[str]:
-    return [o for o in TINY_TEST if not o.startswith(("logger=", "trainer.max_steps"))] + CASES[case] + [
-        f"trainer.max_steps={STEPS}", "logger=wandb", "trainer.use_cpu=true", "eval.after_train=false", "trainer.eval_at_end=false",
-    ]
+    return (
+        [o for o in TINY_TEST if not o.startswith(("logger=", "trainer.max_steps"))]
+        + CASES[case]
+        + [
+            f"trainer.max_steps={STEPS}",
+            "logger=wandb",
+            "trainer.use_cpu=true",
+            "eval.after_train=false",
+            "trainer.eval_at_end=false",
+        ]
+    )
 
 
 # ~25 s each (three runs of run.py). "lora" resumes the most state (global RNG for dropout, the probe stream and a
@@ -88,16 +101,28 @@ def test_sigterm_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
     expected, got = final_weights(tmp_path / "reference"), final_weights(tmp_path / "run")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"
-    assert logged_losses(tmp_path / "run") == logged_losses(tmp_path / "reference")  # every step, both sides of the stop
+    assert logged_losses(tmp_path / "run") == logged_losses(
+        tmp_path / "reference"
+    )  # every step, both sides of the stop
     # metrics.json describes the whole run either way; only wall-clock figures differ.
-    timing = ("tokens_per_s", "train_runtime", "train_samples_per_second", "train_steps_per_second", "mean/train/tokens_per_s",
-              "mean/train/supervised_tokens_per_s", "final/train/tokens_per_s", "final/train/supervised_tokens_per_s")
+    timing = (
+        "tokens_per_s",
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "mean/train/tokens_per_s",
+        "mean/train/supervised_tokens_per_s",
+        "final/train/tokens_per_s",
+        "final/train/supervised_tokens_per_s",
+    )
     ref, res = (json.loads((tmp_path / d / "metrics.json").read_text())["train"] for d in ("reference", "run"))
     assert ref.keys() == res.keys()
     differ = {k for k in ref if k not in timing and ref[k] != pytest.approx(res[k], rel=1e-6, abs=1e-9)}
     assert not differ, {k: (ref[k], res[k]) for k in differ}
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # the requeued job continues one W&B run
+    assert (
+        len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
+    )  # the requeued job continues one W&B run
 
 
 @pytest.mark.slow
@@ -119,7 +144,15 @@ def test_resume_with_a_live_stored_probe_direction(make_cfg, tmp_path):
     the fidelity check (steps 1 and 4) keeps its schedule across the resume."""
     from vcore.run.training import train
 
-    base = ["method.probe.every=3", "method.probe.fidelity_every=3", "trainer.max_steps=5", "trainer.save_steps=2", "trainer.save_total_limit=null", "eval.after_train=false", "trainer.eval_at_end=false"]
+    base = [
+        "method.probe.every=3",
+        "method.probe.fidelity_every=3",
+        "trainer.max_steps=5",
+        "trainer.save_steps=2",
+        "trainer.save_total_limit=null",
+        "eval.after_train=false",
+        "trainer.eval_at_end=false",
+    ]
     train(make_cfg(*base, f"output_dir={tmp_path / 'a'}", "trainer.resume=never"))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is installed only while training
     checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint-2"

@@ -53,13 +53,26 @@ def sft_runs(tmp_path_factory, tiny_dir):
     for lora in (False, True):
         out = root / ("lora" if lora else "full")
         sft = [o for o in TINY_TEST if not o.startswith("method.probe")]
-        train(compose(*sft, "method=sft", f"model.name_or_path={tiny_dir}", f"output_dir={out}", f"model.lora.enabled={lora}", "eval.after_train=false"))
+        train(
+            compose(
+                *sft,
+                "method=sft",
+                f"model.name_or_path={tiny_dir}",
+                f"output_dir={out}",
+                f"model.lora.enabled={lora}",
+                "eval.after_train=false",
+            )
+        )
         runs["lora" if lora else "full"] = out
     return runs
 
 
 def rl_cfg(out: Path, start: Path | None, tiny_dir: Path, *extra: str):
-    model = [o for o in TINY_TEST if o.startswith("model.")] + [f"model.name_or_path={tiny_dir}", "logger=none", "decoding.max_new_tokens=24"]
+    model = [o for o in TINY_TEST if o.startswith("model.")] + [
+        f"model.name_or_path={tiny_dir}",
+        "logger=none",
+        "decoding.max_new_tokens=24",
+    ]
     rl = [o for o in TINY_RL if "rl/data=bigmath" not in extra or not o.startswith("rl.data.synthetic")]
     return compose(*model, *rl, f"output_dir={out}", *([f"rl.start={start}"] if start else []), *extra)
 
@@ -85,12 +98,26 @@ def test_reward_is_evaluations_verdict(tiny_tokenizer):
     golds = ["20", "20", "20", "20", "0.5"]
     logged: dict[str, list[float]] = {}
     with BoxedMathReward(tiny_tokenizer, workers=1) as reward:
-        got = reward(prompts=[""] * 5, completions=completions, completion_ids=_ids(tiny_tokenizer, completions), answer=golds,
-                     log_metric=lambda k, v: logged.setdefault(k, []).append(v))
-        again = reward(prompts=[""], completions=completions[:1], completion_ids=_ids(tiny_tokenizer, completions[:1]), answer=golds[:1])
+        got = reward(
+            prompts=[""] * 5,
+            completions=completions,
+            completion_ids=_ids(tiny_tokenizer, completions),
+            answer=golds,
+            log_metric=lambda k, v: logged.setdefault(k, []).append(v),
+        )
+        again = reward(
+            prompts=[""],
+            completions=completions[:1],
+            completion_ids=_ids(tiny_tokenizer, completions[:1]),
+            answer=golds[:1],
+        )
     assert got == [1.0, 0.0, 0.0, 0.0, 1.0] and again == [1.0]  # the kept workers serve a second call
     # Text after one of the model's end tokens is never graded, as evaluation cuts generations there.
-    wrong_then_right = _ids(tiny_tokenizer, ["\\boxed{21}"])[0] + [tiny_tokenizer.eos_token_id] + _ids(tiny_tokenizer, [" \\boxed{20}"])[0]
+    wrong_then_right = (
+        _ids(tiny_tokenizer, ["\\boxed{21}"])[0]
+        + [tiny_tokenizer.eos_token_id]
+        + _ids(tiny_tokenizer, [" \\boxed{20}"])[0]
+    )
     with BoxedMathReward(tiny_tokenizer, workers=1, eos_token_ids=[tiny_tokenizer.eos_token_id]) as reward:
         assert reward(prompts=[""], completions=[""], completion_ids=[wrong_then_right], answer=["20"]) == [0.0]
     assert logged == {"no_answer_rate": [0.4], "grading_failure_rate": [0.0]}
@@ -113,7 +140,10 @@ def test_reward_ignores_a_box_inside_unfinished_thinking():
     tok = AutoTokenizer.from_pretrained(SHARED_DATA / "tokenizers" / "qwen3")
     texts = ["<think>\nmaybe \\boxed{20}? let me check", "<think>\nok\n</think>\n\\boxed{20}"]
     with BoxedMathReward(tok, workers=1) as reward:
-        assert reward(prompts=["", ""], completions=texts, completion_ids=_ids(tok, texts), answer=["20", "20"]) == [0.0, 1.0]
+        assert reward(prompts=["", ""], completions=texts, completion_ids=_ids(tok, texts), answer=["20", "20"]) == [
+            0.0,
+            1.0,
+        ]
 
 
 # --------------------------------------------------------------------------------------------------- preset
@@ -148,7 +178,10 @@ def test_table8_preset_maps_every_setting(tmp_path):
     args = grpo_args(c.rl, tmp_path, seed=0, world_size=1, vllm=False)  # built here on one process
     for key, value in TABLE8.items():
         assert getattr(args, key) == value, key
-    assert args.generation_batch_size == 128 * 4 and args.gradient_accumulation_steps * args.per_device_train_batch_size == 32 * 4
+    assert (
+        args.generation_batch_size == 128 * 4
+        and args.gradient_accumulation_steps * args.per_device_train_batch_size == 32 * 4
+    )
 
 
 def test_batch_sizes_that_do_not_split_name_the_option(tmp_path):
@@ -174,12 +207,33 @@ def test_rl_from_a_full_checkpoint_through_run_py(sft_runs, tiny_dir, tmp_path):
     out = tmp_path / "rl"
     model = [o for o in TINY_TEST if o.startswith("model.")] + [f"model.name_or_path={tiny_dir}", "logger=none"]
     args = [*model, *TINY_RL, f"rl.start={sft_runs['full']}", f"hydra.run.dir={out}", "rl.save_steps=1"]
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["start"] == {"source": str(sft_runs["full"] / "final"), "method": "sft", "model": tiny_dir.name, "lora": False, "seed": 42}
+    assert metrics["start"] == {
+        "source": str(sft_runs["full"] / "final"),
+        "method": "sft",
+        "model": tiny_dir.name,
+        "lora": False,
+        "seed": 42,
+    }
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    for key in ("rl/reward_mean", "rl/accuracy", "rl/kl", "rl/entropy", "rl/completion_length", "rl/truncation_rate", "rl/no_answer_rate"):
+    for key in (
+        "rl/reward_mean",
+        "rl/accuracy",
+        "rl/kl",
+        "rl/entropy",
+        "rl/completion_length",
+        "rl/truncation_rate",
+        "rl/no_answer_rate",
+    ):
         assert any(key in h for h in history), key
     assert metrics["rl"]["final/rl/reward_mean"] == [h for h in history if "rl/reward_mean" in h][-1]["rl/reward_mean"]
     assert (out / "checkpoints" / "checkpoint-2" / "vcore_config.json").is_file()  # sealed like SFT checkpoints
@@ -202,7 +256,9 @@ def test_rl_from_a_lora_checkpoint_merges_the_adapters(sft_runs, tiny_dir, tmp_p
     assert metrics["start"]["lora"] is True and metrics["start"]["method"] == "sft"
     assert (out / "final" / "config.json").is_file() and not (out / "final" / "adapter_config.json").exists()
     trained = dict(AutoModelForCausalLM.from_pretrained(out / "final").named_parameters())
-    start = dict(load_start(to_object(rl_cfg(out, sft_runs["lora"], tiny_dir))).model.merge_and_unload().named_parameters())
+    start = dict(
+        load_start(to_object(rl_cfg(out, sft_runs["lora"], tiny_dir))).model.merge_and_unload().named_parameters()
+    )
     assert trained.keys() == start.keys()
     changed = [n for n in start if not torch.equal(start[n], trained[n])]
     # GRPO moved the adapters (merged into the linear layers), and nothing that LoRA does not train
@@ -250,8 +306,13 @@ def test_rl_stopped_in_its_final_evaluation_does_not_train_again(sft_runs, tiny_
     from vcore.run.tasks import run_task
 
     out = tmp_path / "rl"
-    evaluation = ("eval.after_train=true", "benchmark=synthetic_test", "decoding.max_new_tokens=8",
-                  "eval.num_workers=0", "benchmark.synthetic_test.synthetic.kwargs.num_examples=4")
+    evaluation = (
+        "eval.after_train=true",
+        "benchmark=synthetic_test",
+        "decoding.max_new_tokens=8",
+        "eval.num_workers=0",
+        "benchmark.synthetic_test.synthetic.kwargs.num_examples=4",
+    )
     append = JournalFile.append
 
     def sigterm_after_first_grade(self, records):
@@ -278,12 +339,33 @@ def test_table2_sweep_runs_one_job_per_sft_run(sft_runs, tiny_dir, tmp_path):
     model = [o for o in TINY_TEST if o.startswith("model.")] + [f"model.name_or_path={tiny_dir}"]
     small = [o for o in TINY_RL if o not in ("task=rl", "rl=tiny", "rl.eval_before=false", "eval.after_train=false")]
     args = [
-        "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", "rl_table2", *model, "rl/data=synthetic", *small,
-        "benchmark=synthetic_test", "decoding=tiny", "decoding.max_new_tokens=16", "dataset.eval_examples=4", "rl.precision=fp32",
-        "rl.gradient_checkpointing=false", "rl.max_prompt_length=256", "logger.mode=disabled",
-        f"rl.start={sft_runs['full']},{sft_runs['lora']}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "-m",
+        "--config-dir",
+        str(REPO / "sweeps"),
+        "--config-name",
+        "rl_table2",
+        *model,
+        "rl/data=synthetic",
+        *small,
+        "benchmark=synthetic_test",
+        "decoding=tiny",
+        "decoding.max_new_tokens=16",
+        "dataset.eval_examples=4",
+        "rl.precision=fp32",
+        "rl.gradient_checkpointing=false",
+        "rl.max_prompt_length=256",
+        "logger.mode=disabled",
+        f"rl.start={sft_runs['full']},{sft_runs['lora']}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert main([str(tmp_path / "sweep")]) == 0
     report = (tmp_path / "sweep" / "report" / "report.md").read_text()
@@ -294,7 +376,12 @@ def test_table2_sweep_composes(tmp_path):
     from vcore.config import to_object
 
     c = to_object(compose("experiment=paper_rl_table2", "rl.start=outputs/sft_dft", f"output_dir={tmp_path}"))
-    assert (c.task, c.rl.data.name, list(c.benchmark), c.decoding.name) == ("rl", "bigmath", ["olympiad", "sgpqa_1k"], "paper")
+    assert (c.task, c.rl.data.name, list(c.benchmark), c.decoding.name) == (
+        "rl",
+        "bigmath",
+        ["olympiad", "sgpqa_1k"],
+        "paper",
+    )
 
 
 def test_rl_stops_at_non_finite_gradients(sft_runs, tiny_dir, tmp_path):
@@ -304,7 +391,16 @@ def test_rl_stops_at_non_finite_gradients(sft_runs, tiny_dir, tmp_path):
     from vcore.run.trainer import NonFiniteTraining
 
     with pytest.raises(NonFiniteTraining, match="RL step 2: .*rl.learning_rate"):
-        run_task(rl_cfg(tmp_path / "rl", sft_runs["full"], tiny_dir, "rl.learning_rate=1e30", "rl.warmup_ratio=0", "rl.max_grad_norm=0"))
+        run_task(
+            rl_cfg(
+                tmp_path / "rl",
+                sft_runs["full"],
+                tiny_dir,
+                "rl.learning_rate=1e30",
+                "rl.warmup_ratio=0",
+                "rl.max_grad_norm=0",
+            )
+        )
     assert not (tmp_path / "rl" / "final").exists()
 
 
@@ -342,8 +438,14 @@ def test_rl_data_without_an_answer_field_is_named(tiny_dir, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text(json.dumps({"problem": "1 + 1?", "solution": "2"}) + "\n")
     cfg = rl_cfg(
-        tmp_path / "out", None, tiny_dir, "rl/data=bigmath", "rl.data.source=local", f"rl.data.data_root={tmp_path}",
-        "rl.data.local.0.data_files=[data/train.jsonl]", "rl.data.sample.size=null",
+        tmp_path / "out",
+        None,
+        tiny_dir,
+        "rl/data=bigmath",
+        "rl.data.source=local",
+        f"rl.data.data_root={tmp_path}",
+        "rl.data.local.0.data_files=[data/train.jsonl]",
+        "rl.data.sample.size=null",
     )
     with pytest.raises(ConfigError, match=r"rl.data \(bigmath\).*'answer'"):
         run_task(cfg)
@@ -366,7 +468,9 @@ def _fake_rl_run(root: Path, method: str, seed: int, before: list[int], after: l
         "eval": {"synthetic_test/accuracy": sum(after) / len(after)},
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
-    (run / "history.jsonl").write_text("\n".join(json.dumps({"step": s, "rl/accuracy": 0.5 + 0.1 * s}) for s in (1, 2)) + "\n")
+    (run / "history.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "rl/accuracy": 0.5 + 0.1 * s}) for s in (1, 2)) + "\n"
+    )
 
 
 def test_report_renders_table2_from_a_sweep_dir(tmp_path):
@@ -381,10 +485,19 @@ def test_report_renders_table2_from_a_sweep_dir(tmp_path):
     assert "## Table 2" in report
     rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| tiny |")}
     assert set(rows) == {"dft", "vcore"}
-    assert "| 50.0 [" in rows["dft"] and "| 75.0 [" in rows["dft"] and "**+25.0 [" in rows["dft"]  # 5 of 20 items gained
+    assert (
+        "| 50.0 [" in rows["dft"] and "| 75.0 [" in rows["dft"] and "**+25.0 [" in rows["dft"]
+    )  # 5 of 20 items gained
     # Nothing changed on 20 items of one run: no point interval (Agresti-Min's floor), and no claim of equivalence.
     assert "| +0.0 [-9.5, +9.5] |" in rows["vcore"]
-    tests = {line.split(" | ")[0]: line for line in report.splitlines() if line.startswith("| tiny ") and ": after − before" in line}
+    tests = {
+        line.split(" | ")[0]: line
+        for line in report.splitlines()
+        if line.startswith("| tiny ") and ": after − before" in line
+    }
     assert "higher after RL (adjusted p = " in tests["| tiny dft: after − before"]
-    assert "one run: item noise only" in tests["| tiny vcore: after − before"] and "not detected" in tests["| tiny vcore: after − before"]
+    assert (
+        "one run: item noise only" in tests["| tiny vcore: after − before"]
+        and "not detected" in tests["| tiny vcore: after − before"]
+    )
     assert (tmp_path / "report" / "rl_accuracy.png").is_file()

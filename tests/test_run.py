@@ -16,7 +16,9 @@ from vcore.run.loggers import run_name
 def run(args, cwd, timeout=300):
     # the tiny model is built into the test's dir, not the user's cache
     env = subprocess_env(VCORE_CACHE=str(cwd / "cache"))
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -38,7 +40,11 @@ def last_boxed_int(text: str):
 
 def split_nll(model, dataset) -> float:
     """Held-out NLL of ``dataset`` from float64 per-token log-softmaxes (tests.helpers.reference_token_nll)."""
-    tokens = [x for i in range(len(dataset)) for x in reference_token_nll(model, dataset[i]["input_ids"], dataset[i]["labels"])]
+    tokens = [
+        x
+        for i in range(len(dataset))
+        for x in reference_token_nll(model, dataset[i]["input_ids"], dataset[i]["labels"])
+    ]
     return math.fsum(tokens) / len(tokens)
 
 
@@ -60,14 +66,23 @@ def test_run_py_end_to_end(tmp_path):
     out = tmp_path / "run"
     metrics = json.loads((out / "metrics.json").read_text())
     c = load_run_config(out / "config.yaml")
-    assert metrics["method"]["name"] == "vcore" and metrics["model"].startswith(str(tmp_path / "cache" / "tiny" / "tiny-"))
+    assert metrics["method"]["name"] == "vcore" and metrics["model"].startswith(
+        str(tmp_path / "cache" / "tiny" / "tiny-")
+    )
 
     for stage, folder in (("eval", "eval"), ("eval_before", "eval_before")):
         for split in SPLITS:
             name = f"synthetic_{split}"
             items = [json.loads(x) for x in (out / folder / f"{name}.jsonl").read_text().splitlines()]
-            records = make_split(split, 8, c.dataset.seed, id_steps=c.dataset.id_steps, id_max_number=c.dataset.id_max_number,
-                                 ood_steps=c.dataset.ood_steps, ood_max_number=c.dataset.ood_max_number)
+            records = make_split(
+                split,
+                8,
+                c.dataset.seed,
+                id_steps=c.dataset.id_steps,
+                id_max_number=c.dataset.id_max_number,
+                ood_steps=c.dataset.ood_steps,
+                ood_max_number=c.dataset.ood_max_number,
+            )
             assert [i["gold"] for i in items] == [r["expected_answer"] for r in records]  # this split's problems
             assert all(r["problem"] in i["prompt"] for i, r in zip(items, records))
             for i in items:
@@ -86,7 +101,9 @@ def test_run_py_end_to_end(tmp_path):
     for split in SPLITS:
         expected = split_nll(final, data.eval[split])
         assert metrics["eval"][f"{split}/nll"] == pytest.approx(expected, rel=1e-5), split
-        assert abs(split_nll(start, data.eval[split]) - expected) > 1e-3 * expected  # training moved it: the check has power
+        assert (
+            abs(split_nll(start, data.eval[split]) - expected) > 1e-3 * expected
+        )  # training moved it: the check has power
 
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     steps = [h for h in history if "train/nll" in h]
@@ -108,7 +125,16 @@ def test_run_py_end_to_end(tmp_path):
 @pytest.mark.slow  # ~13 s: the default suite keeps one run of each kind (test_sweeps, the two-rank tests)
 def test_multirun_gives_separate_runs_and_wandb_runs(tmp_path):
     # No generation: what is checked here is the jobs and their W&B runs (test_run_py_end_to_end evaluates).
-    proc = run(["-m", "method=sft,vcore", *tiny("wandb", probe=False), "eval.after_train=false", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    proc = run(
+        [
+            "-m",
+            "method=sft,vcore",
+            *tiny("wandb", probe=False),
+            "eval.after_train=false",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        cwd=tmp_path,
+    )
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"], proc.stdout[-2000:]
     names, ids = [], set()
@@ -135,8 +161,18 @@ def test_task_eval_on_a_finished_run_full_and_lora(make_cfg, tmp_path):
         train(make_cfg(f"output_dir={train_dir}", f"model.lora.enabled={lora}", "eval.after_train=false", method="sft"))
         eval_dir = tmp_path / f"eval_{lora}"
         # One split is enough here (generation dominates the cost); test_run_py_end_to_end evaluates all four.
-        metrics = evaluate(make_cfg(f"output_dir={eval_dir}", "task=eval", f"eval.model={train_dir}", "benchmark=synthetic_test", method="sft"))
-        assert set(metrics["eval"]) == {f"synthetic_test/{k}" for k in ("accuracy", "truncation_rate", "accuracy_ci95_low", "accuracy_ci95_high")}
+        metrics = evaluate(
+            make_cfg(
+                f"output_dir={eval_dir}",
+                "task=eval",
+                f"eval.model={train_dir}",
+                "benchmark=synthetic_test",
+                method="sft",
+            )
+        )
+        assert set(metrics["eval"]) == {
+            f"synthetic_test/{k}" for k in ("accuracy", "truncation_rate", "accuracy_ci95_low", "accuracy_ci95_high")
+        }
         assert (eval_dir / "eval" / "summary.md").exists() and (eval_dir / "metrics.json").exists()
 
 

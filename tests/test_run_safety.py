@@ -43,7 +43,9 @@ def test_a_diverging_run_stops_at_the_first_nan_step_and_saves_nothing_as_final(
         return loss * float("nan") if len(calls) > 4 else loss
 
     monkeypatch.setattr(trainer_module, "weighted_loss", diverges_at_step_3)
-    with pytest.raises(NonFiniteTraining, match=r"step 3: the loss is not finite.*trainer\.learning_rate \(now 0\.003\)"):
+    with pytest.raises(
+        NonFiniteTraining, match=r"step 3: the loss is not finite.*trainer\.learning_rate \(now 0\.003\)"
+    ):
         train(make_cfg, "trainer.max_steps=6", "trainer.save_steps=1", "trainer.learning_rate=3e-3")
     assert not (tmp_path / "final").exists() and not (tmp_path / "metrics.json").exists()
     assert latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-2"  # the last finite step's
@@ -63,8 +65,12 @@ def test_an_infinite_gradient_is_caught_before_the_optimizer_applies_it(make_cfg
 
 @pytest.mark.parametrize(
     ("override", "option"),
-    [("trainer.max_steps=0", "trainer.max_steps"), ("trainer.max_steps=-5", "trainer.max_steps"),
-     ("trainer.learning_rate=-1", "trainer.learning_rate"), ("trainer.resume_config_change=maybe", "trainer.resume_config_change")],
+    [
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.max_steps=-5", "trainer.max_steps"),
+        ("trainer.learning_rate=-1", "trainer.learning_rate"),
+        ("trainer.resume_config_change=maybe", "trainer.resume_config_change"),
+    ],
 )
 def test_bad_run_options_fail_at_compose_time_naming_the_option(make_cfg, override, option):
     with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
@@ -85,7 +91,9 @@ def test_resuming_under_other_settings_stops_and_names_them(make_cfg, tmp_path):
     checkpoint = latest_checkpoint(tmp_path / "checkpoints")
     assert checkpoint is not None and (checkpoint / CONFIG_FILE).is_file()
     config_before = (tmp_path / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"other settings: .*method\.name: 'sft' -> 'vcore'.*trainer\.resume_config_change=allow"):
+    with pytest.raises(
+        ConfigError, match=r"other settings: .*method\.name: 'sft' -> 'vcore'.*trainer\.resume_config_change=allow"
+    ):
         train(make_cfg, "trainer.save_steps=1", "trainer.max_steps=3", method="vcore")
     with pytest.raises(ConfigError, match=r"seed: 42 -> 7"):
         train(make_cfg, "trainer.save_steps=1", "trainer.max_steps=3", "seed=7")
@@ -93,7 +101,13 @@ def test_resuming_under_other_settings_stops_and_names_them(make_cfg, tmp_path):
     # Training longer, saving and logging differently are the same run; on purpose, anything goes.
     metrics = train(make_cfg, "trainer.save_steps=1", "trainer.max_steps=3", "trainer.logging_steps=2")
     assert metrics["train"]["epoch"] > 0 and latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-3"
-    train(make_cfg, "trainer.save_steps=1", "trainer.max_steps=4", "trainer.learning_rate=1e-3", "trainer.resume_config_change=allow")
+    train(
+        make_cfg,
+        "trainer.save_steps=1",
+        "trainer.max_steps=4",
+        "trainer.learning_rate=1e-3",
+        "trainer.resume_config_change=allow",
+    )
     assert latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-4"
 
 
@@ -132,9 +146,11 @@ def test_a_missing_model_path_is_one_clear_line(tmp_path):
     from vcore.modeling import load_model, load_tokenizer
 
     (tmp_path / "config.json").write_text("{}")
-    for source, says in ((tmp_path / "no_such_model", "no such directory, and not a hub id"),
-                         ("../models/qwen", "no such directory, and not a hub id"),
-                         (tmp_path / "config.json", "a file, not a model directory")):
+    for source, says in (
+        (tmp_path / "no_such_model", "no such directory, and not a hub id"),
+        ("../models/qwen", "no such directory, and not a hub id"),
+        (tmp_path / "config.json", "a file, not a model directory"),
+    ):
         for load in (load_model, load_tokenizer):
             with pytest.raises(ConfigError, match=rf"^model\.name_or_path={source}: {says}"):
                 load(ModelConfig(name_or_path=str(source)))
@@ -148,8 +164,13 @@ def test_wandb_run_ids_are_stable_per_run_dir_and_distinct_across_dirs(tmp_path)
 
 
 def test_the_fingerprint_leaves_out_what_a_resumed_run_may_change():
-    resolved = {"trainer": {"max_steps": 5, "learning_rate": 1e-3, "save_steps": 1}, "eval": {"after_train": True},
-                "logger": {"name": "wandb"}, "model": {"tiny": {"cache_dir": "/x", "hidden_size": 8}}, "seed": 1}
+    resolved = {
+        "trainer": {"max_steps": 5, "learning_rate": 1e-3, "save_steps": 1},
+        "eval": {"after_train": True},
+        "logger": {"name": "wandb"},
+        "model": {"tiny": {"cache_dir": "/x", "hidden_size": 8}},
+        "seed": 1,
+    }
     assert fingerprint(resolved) == {"trainer.learning_rate": 1e-3, "model.tiny.hidden_size": 8, "seed": 1}
 
 
@@ -163,7 +184,13 @@ def test_run_means_do_not_depend_on_where_the_log_lines_fell():
         out, previous = [], 0
         for step in at:
             chunk = per_step[previous:step]
-            out.append({"step": step, **{k: sum(d[k] for d in chunk) / len(chunk) for k in chunk[0]}, "train/weighted_loss": 0.0})
+            out.append(
+                {
+                    "step": step,
+                    **{k: sum(d[k] for d in chunk) / len(chunk) for k in chunk[0]},
+                    "train/weighted_loss": 0.0,
+                }
+            )
             previous = step
         return out
 
@@ -182,5 +209,7 @@ def test_a_preemption_logs_the_steps_since_the_last_log_line_before_its_checkpoi
 
     callback = PreemptionCallback()
     callback.requested = True
-    control = callback.on_step_end(TrainingArguments(output_dir="unused", use_cpu=True), TrainerState(global_step=5), TrainerControl())
+    control = callback.on_step_end(
+        TrainingArguments(output_dir="unused", use_cpu=True), TrainerState(global_step=5), TrainerControl()
+    )
     assert control.should_log and control.should_save and control.should_training_stop

@@ -36,9 +36,18 @@ def scheduled_lrs(trainer, steps: int) -> list[float]:
 
 
 def floored_trainer(tmp_path, lr_floor):
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=BASE, lr_scheduler_type="cosine",
-                             warmup_steps=0.25, max_steps=STEPS, use_cpu=True, report_to="none")
-    return WeightedTrainer(model=tiny_causal_lm(tmp_path / "m", arch="gpt2"), args=args, weighting=SFT(), lr_floor=lr_floor)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        learning_rate=BASE,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.25,
+        max_steps=STEPS,
+        use_cpu=True,
+        report_to="none",
+    )
+    return WeightedTrainer(
+        model=tiny_causal_lm(tmp_path / "m", arch="gpt2"), args=args, weighting=SFT(), lr_floor=lr_floor
+    )
 
 
 def test_lr_floor_holds_the_schedule_at_the_floor_and_is_off_by_default(tmp_path):
@@ -60,8 +69,15 @@ def test_lr_floor_applies_from_the_first_step(tmp_path):
 
 def train_lrs(make_cfg, tmp_path, *overrides):
     """The learning_rate the Trainer logged for each optimizer step of a real (tiny, SFT) run of STEPS steps."""
-    cfg = make_cfg(f"trainer.max_steps={STEPS}", f"trainer.learning_rate={BASE}", "trainer.lr_scheduler_type=cosine",
-                   "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=1", *overrides, method="sft")
+    cfg = make_cfg(
+        f"trainer.max_steps={STEPS}",
+        f"trainer.learning_rate={BASE}",
+        "trainer.lr_scheduler_type=cosine",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.gradient_accumulation_steps=1",
+        *overrides,
+        method="sft",
+    )
     job = build_job(to_object(cfg), tmp_path)
     job.trainer.train()
     logged = [(h["step"], h["learning_rate"]) for h in job.trainer.state.log_history if "loss" in h]
@@ -78,8 +94,13 @@ def test_warmup_ratio_is_a_fraction_of_the_training_steps(make_cfg, tmp_path, ra
 
 
 def test_a_warmup_ratio_of_one_is_refused_or_warms_up_over_the_whole_run(make_cfg, tmp_path):
-    cfg = make_cfg(f"trainer.max_steps={STEPS}", f"trainer.learning_rate={BASE}", "trainer.lr_scheduler_type=cosine",
-                   "trainer.warmup_ratio=1.0", method="sft")
+    cfg = make_cfg(
+        f"trainer.max_steps={STEPS}",
+        f"trainer.learning_rate={BASE}",
+        "trainer.lr_scheduler_type=cosine",
+        "trainer.warmup_ratio=1.0",
+        method="sft",
+    )
     try:
         c = to_object(cfg)
     except ConfigError as err:  # refusing it, naming the option, is as good as honouring it

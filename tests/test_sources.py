@@ -34,7 +34,9 @@ needs_samples = pytest.mark.skipif(not SAMPLES.exists(), reason="schema samples 
 
 
 # ------------------------------------------------------------------------------------------ fixtures (real schemas)
-def omr_row(a, b, days, *, problem_type="has_answer_extracted", model="DeepSeek-R1", boxed=None, expected=None, final=None):
+def omr_row(
+    a, b, days, *, problem_type="has_answer_extracted", model="DeepSeek-R1", boxed=None, expected=None, final=None
+):
     total = (a + b) * days
     answer = f"\\boxed{{{total if boxed is None else boxed}}}"
     final = f"The shop sells {total} pens.\n\n{answer}" if final is None else final
@@ -58,7 +60,9 @@ OMR_ROWS = [
     omr_row(4, 2, 3, boxed=19),  # 3 filtered/answer_mismatch (18 expected)
     omr_row(5, 3, 2, expected="\\frac{32}{2}"),  # 4 kept: 16 == 32/2 under math-verify
     omr_row(6, 2, 2, final="The shop sells 16 pens."),  # 5 filtered/no_boxed_answer
-    omr_row(1, 1, 1, final="Two pens."),  # 6 filtered/no_boxed_answer (a box only inside the think block would not count)
+    omr_row(
+        1, 1, 1, final="Two pens."
+    ),  # 6 filtered/no_boxed_answer (a box only inside the think block would not count)
     omr_row(7, 3, 2),  # 7 kept
 ]
 OMR_KEPT = ["0", "4", "7"]
@@ -66,11 +70,20 @@ OMR_KEPT = ["0", "4", "7"]
 
 def ocr_row(i, judgement="right", question=None):
     return {
-        "id": f"ocr-{i}", "question_id": f"q{i}",
+        "id": f"ocr-{i}",
+        "question_id": f"q{i}",
         "question": f"Read n and print n times {i}." if question is None else question,
         "r1_generation": f"<think>\nMultiply by {i}.\n</think>\n\n```cpp\nint main(){{long long n;std::cin>>n;std::cout<<n*{i};}}\n```",
-        "qwq_critique": "ok", "solution": "int main(){}", "judgement": judgement, "pass_rate": 1.0, "source": "test",
-        "license": "cc-by-4.0", "dataset": "test", "split": "cpp", "difficulty": "1", "index": str(i),
+        "qwq_critique": "ok",
+        "solution": "int main(){}",
+        "judgement": judgement,
+        "pass_rate": 1.0,
+        "source": "test",
+        "license": "cc-by-4.0",
+        "dataset": "test",
+        "split": "cpp",
+        "difficulty": "1",
+        "index": str(i),
     }
 
 
@@ -83,8 +96,16 @@ def pairs(n, long_every=0):
     """``n`` prompt/response records; every ``long_every``-th response is long (dropped at a small max_length)."""
     rows = []
     for i in range(n):
-        steps = "\n".join(f"step {j}: {i} + {j} = {i + j}" for j in range(60 if long_every and i % long_every == 0 else 2))
-        rows.append({"uid": f"r{i}", "prompt": f"What is {i} + 1?", "response": f"<think>\n{steps}\n</think>\n\n\\boxed{{{i + 1}}}"})
+        steps = "\n".join(
+            f"step {j}: {i} + {j} = {i + j}" for j in range(60 if long_every and i % long_every == 0 else 2)
+        )
+        rows.append(
+            {
+                "uid": f"r{i}",
+                "prompt": f"What is {i} + 1?",
+                "response": f"<think>\n{steps}\n</think>\n\n\\boxed{{{i + 1}}}",
+            }
+        )
     return rows
 
 
@@ -99,8 +120,13 @@ def test_openmath_curation_filters_with_math_verify(tmp_path, cache):
     cur = curate(OpenMathDatasetConfig(source=str(src), cache_dir=cache))
     assert cur.ids() == OMR_KEPT
     assert cur.counts == {
-        "rows": 8, "kept": 3, "skipped_bad_records": 0, "filtered/problem_type": 1, "filtered/generation_model": 1,
-        "filtered/answer_mismatch": 1, "filtered/no_boxed_answer": 2,
+        "rows": 8,
+        "kept": 3,
+        "skipped_bad_records": 0,
+        "filtered/problem_type": 1,
+        "filtered/generation_model": 1,
+        "filtered/answer_mismatch": 1,
+        "filtered/no_boxed_answer": 2,
     }
     rec = cur[1]
     assert (rec.id, rec.answer) == ("4", "\\frac{32}{2}") and rec.prompt == OMR_ROWS[4]["problem"]
@@ -113,7 +139,12 @@ def test_shared_openmath_samples_keep_exactly_the_documented_rows(tmp_path, cach
     dropped = {3, 13, 23, 33} | {5, 15, 25, 35} | {7, 17, 27, 37}
     assert cur.ids() == [str(i) for i in range(40) if i not in dropped]
     assert len(cur) == 28 and {"9", "19", "29", "39"} <= set(cur.ids())  # equivalent fractions survive
-    assert cur.counts["filtered/problem_type"] == cur.counts["filtered/generation_model"] == cur.counts["filtered/answer_mismatch"] == 4
+    assert (
+        cur.counts["filtered/problem_type"]
+        == cur.counts["filtered/generation_model"]
+        == cur.counts["filtered/answer_mismatch"]
+        == 4
+    )
 
 
 @needs_samples
@@ -154,7 +185,13 @@ def test_hub_id_goes_through_load_dataset_streaming(monkeypatch, cache):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     cur = curate(OpenMathDatasetConfig(cache_dir=cache, revision="abc123"))
-    assert calls == [("nvidia/OpenMathReasoning", None, {"split": "cot", "revision": "abc123", "data_files": None, "streaming": True})]
+    assert calls == [
+        (
+            "nvidia/OpenMathReasoning",
+            None,
+            {"split": "cot", "revision": "abc123", "data_files": None, "streaming": True},
+        )
+    ]
     assert cur.ids() == OMR_KEPT
 
 
@@ -179,7 +216,9 @@ def test_cache_is_reused_and_keyed_on_settings_and_file(tmp_path, cache, monkeyp
     again = curate(OpenMathDatasetConfig(source=str(src), cache_dir=cache, max_length=99, num_examples=2))
     assert again.path == first.path and again.ids() == OMR_KEPT  # lengths and subsets do not re-curate
     with pytest.raises(AssertionError, match="read again"):
-        curate(OpenMathDatasetConfig(source=str(src), cache_dir=cache, filters={"problem_type": ["has_answer_extracted"]}))
+        curate(
+            OpenMathDatasetConfig(source=str(src), cache_dir=cache, filters={"problem_type": ["has_answer_extracted"]})
+        )
     monkeypatch.undo()
     write_jsonl(src, OMR_ROWS + [omr_row(9, 9, 9)])  # the file changed: a new cache
     changed = curate(cfg)
@@ -231,7 +270,9 @@ def test_bad_records_skipped_are_counted_and_logged(tmp_path, cache, tiny_tokeni
     cfg = JsonlDatasetConfig(source=str(tmp_path / "bad.jsonl"), cache_dir=cache, on_bad_record="skip", max_length=256)
     with caplog.at_level(logging.WARNING):
         bundle = build_data(cfg, tiny_tokenizer, out_dir=tmp_path / "run")
-    assert bundle.stats["source/rows"] == 9 and bundle.stats["source/skipped_bad_records"] == 6  # the blank line is no row
+    assert (
+        bundle.stats["source/rows"] == 9 and bundle.stats["source/skipped_bad_records"] == 6
+    )  # the blank line is no row
     assert bundle.stats["skipped_bad_records"] == 7  # + one without a think block (dataset.think=require)
     assert len(bundle.train) == 2
     skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
@@ -255,7 +296,9 @@ def test_nested_subsets_are_prefixes_and_saved(tmp_path, cache, tiny_tokenizer):
     src = write_jsonl(tmp_path / "pairs.jsonl", pairs(60, long_every=7))
     chosen = {}
     for k in (4, 8, 16, 32):
-        cfg = JsonlDatasetConfig(source=str(src), cache_dir=cache, id_field="uid", num_examples=k, eval_examples=5, max_length=200)
+        cfg = JsonlDatasetConfig(
+            source=str(src), cache_dir=cache, id_field="uid", num_examples=k, eval_examples=5, max_length=200
+        )
         bundle = build_data(cfg, tiny_tokenizer, out_dir=tmp_path / f"run{k}")
         saved = json.loads((tmp_path / f"run{k}" / SELECTED_IDS).read_text())
         assert len(bundle.train) == k == len(saved["train"]) and saved["seed"] == 42
@@ -264,9 +307,18 @@ def test_nested_subsets_are_prefixes_and_saved(tmp_path, cache, tiny_tokenizer):
         assert chosen[large]["train"][:small] == chosen[small]["train"]  # 4k ⊂ 8k ⊂ 16k ⊂ 32k
     assert chosen[32]["dropped_overlength"], "the long records were met and dropped"
     assert not set(chosen[32]["dropped_overlength"]) & set(chosen[32]["train"])
-    assert len({tuple(c["eval"]) for c in chosen.values()}) == 1 and not set(chosen[32]["eval"]) & set(chosen[32]["train"])
-    other = build_data(JsonlDatasetConfig(source=str(src), cache_dir=cache, id_field="uid", num_examples=8, seed=1), tiny_tokenizer, out_dir=tmp_path / "s1")
-    assert json.loads((tmp_path / "s1" / SELECTED_IDS).read_text())["train"] != chosen[8]["train"] and len(other.train) == 8
+    assert len({tuple(c["eval"]) for c in chosen.values()}) == 1 and not set(chosen[32]["eval"]) & set(
+        chosen[32]["train"]
+    )
+    other = build_data(
+        JsonlDatasetConfig(source=str(src), cache_dir=cache, id_field="uid", num_examples=8, seed=1),
+        tiny_tokenizer,
+        out_dir=tmp_path / "s1",
+    )
+    assert (
+        json.loads((tmp_path / "s1" / SELECTED_IDS).read_text())["train"] != chosen[8]["train"]
+        and len(other.train) == 8
+    )
 
 
 def test_labels_on_real_schema_records(tmp_path, cache, tiny_tokenizer):
@@ -278,10 +330,18 @@ def test_labels_on_real_schema_records(tmp_path, cache, tiny_tokenizer):
         ids, labels = ex["input_ids"], ex["labels"]
         sup = [i for i, l in enumerate(labels) if l != IGNORE_INDEX]
         assert sup == list(range(sup[0], len(ids))) and ids[-1] == eot
-        assert tiny_tokenizer.decode(ids[: sup[0]]).startswith("<|im_start|>user\nYou are a helpful and accurate assistant")
+        assert tiny_tokenizer.decode(ids[: sup[0]]).startswith(
+            "<|im_start|>user\nYou are a helpful and accurate assistant"
+        )
         assert tiny_tokenizer.decode(ids[sup[0] :]).startswith("<think>\n")
         assert "boxed" in tiny_tokenizer.decode([t for t, a in zip(ids, ex["answer_mask"]) if a])
-    for key in ("train/examples", "train/response_tokens_p50", "train/response_tokens_p100", "source/kept", "source/filtered/answer_mismatch"):
+    for key in (
+        "train/examples",
+        "train/response_tokens_p50",
+        "train/response_tokens_p100",
+        "source/kept",
+        "source/filtered/answer_mismatch",
+    ):
         assert key in bundle.stats, key
 
 
@@ -289,17 +349,32 @@ def test_overlength_drop_and_truncate_are_counted(tmp_path, cache, tiny_tokenize
     src = write_jsonl(tmp_path / "pairs.jsonl", pairs(10, long_every=3))  # 4 long records
     drop = build_data(JsonlDatasetConfig(source=str(src), cache_dir=cache, max_length=200), tiny_tokenizer)
     assert drop.stats["train/dropped_overlength"] == 4 and len(drop.train) == 6
-    cut = build_data(JsonlDatasetConfig(source=str(src), cache_dir=cache, max_length=200, overlength="truncate"), tiny_tokenizer)
-    assert cut.stats["train/truncated"] == 4 and len(cut.train) == 10 and max(len(x) for x in cut.train["input_ids"]) == 200
+    cut = build_data(
+        JsonlDatasetConfig(source=str(src), cache_dir=cache, max_length=200, overlength="truncate"), tiny_tokenizer
+    )
+    assert (
+        cut.stats["train/truncated"] == 4
+        and len(cut.train) == 10
+        and max(len(x) for x in cut.train["input_ids"]) == 200
+    )
 
 
 def test_parquet_config_and_field_mapping(tmp_path, cache, tiny_tokenizer):
     rows = [{"q": r["prompt"], "a": r["response"], "gold": str(i + 1)} for i, r in enumerate(pairs(6))]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
-    cfg = ParquetDatasetConfig(source=str(tmp_path / "train.parquet"), cache_dir=cache, prompt_field="q", response_field="a",
-                               answer_field="gold", prompt_template="math", eval_examples=2)
+    cfg = ParquetDatasetConfig(
+        source=str(tmp_path / "train.parquet"),
+        cache_dir=cache,
+        prompt_field="q",
+        response_field="a",
+        answer_field="gold",
+        prompt_template="math",
+        eval_examples=2,
+    )
     bundle = build_data(cfg, tiny_tokenizer)
-    assert len(bundle.train) == 4 and "user\nYou are a helpful" in tiny_tokenizer.decode(bundle.eval["id"][0]["input_ids"])
+    assert len(bundle.train) == 4 and "user\nYou are a helpful" in tiny_tokenizer.decode(
+        bundle.eval["id"][0]["input_ids"]
+    )
     with pytest.raises(ConfigError, match="dataset.source: dataset=jsonl reads"):
         curate(JsonlDatasetConfig(source=str(tmp_path / "train.parquet"), cache_dir=cache))
 
@@ -311,7 +386,9 @@ def test_source_and_subset_errors_name_the_option(tmp_path, cache, tiny_tokenize
         build_data(JsonlDatasetConfig(source=str(tmp_path / "nope.jsonl"), cache_dir=cache), tiny_tokenizer)
     src = write_jsonl(tmp_path / "pairs.jsonl", pairs(5))
     with pytest.raises(ConfigError, match="dataset.num_examples=9: the curated source has 4 records"):
-        build_data(JsonlDatasetConfig(source=str(src), cache_dir=cache, num_examples=9, eval_examples=1), tiny_tokenizer)
+        build_data(
+            JsonlDatasetConfig(source=str(src), cache_dir=cache, num_examples=9, eval_examples=1), tiny_tokenizer
+        )
     with pytest.raises(ConfigError, match="dataset.filters.judgement: an empty list keeps nothing"):
         OpenCodeDatasetConfig(filters={"judgement": []})
     with pytest.raises(ConfigError, match="dataset.answer_field"):
@@ -325,7 +402,13 @@ def test_training_steps_run_on_a_real_schema_source(make_cfg, tmp_path):
     from vcore.run.training import build_job
 
     src = write_jsonl(tmp_path / "cot.jsonl", [omr_row(i % 9 + 1, i % 7 + 1, i % 5 + 1) for i in range(44)])
-    cfg = make_cfg("dataset=openmath", f"dataset.source={src}", f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.max_length=512", method="sft")
+    cfg = make_cfg(
+        "dataset=openmath",
+        f"dataset.source={src}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.max_length=512",
+        method="sft",
+    )
     job = build_job(to_object(cfg), tmp_path)
     assert len(job.data.train) == 32 and len(job.data.eval["id"]) == 8  # TINY_TEST: num_examples=32, eval_examples=8
     result = job.trainer.train()

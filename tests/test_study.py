@@ -23,8 +23,11 @@ STUDY = {
     "arms": ["sft", "reasoning_sft", "vcore"],
     "primary": {"arm": "vcore", "benchmark": "synthetic_ood_test"},
     "control": {"arm": "reasoning_sft", "benchmark": "synthetic_ood_val"},
-    "secondary": [{"arm": "vcore", "benchmark": "synthetic_test"}, {"arm": "vcore", "benchmark": "synthetic_forget"},
-                  {"arm": "reasoning_sft", "benchmark": "synthetic_ood_test"}],
+    "secondary": [
+        {"arm": "vcore", "benchmark": "synthetic_test"},
+        {"arm": "vcore", "benchmark": "synthetic_forget"},
+        {"arm": "reasoning_sft", "benchmark": "synthetic_ood_test"},
+    ],
     "manipulation": {"arm": "vcore", "ess_max": 0.9},
     "bases": 2,
     "seeds": 3,
@@ -37,9 +40,16 @@ def write_run(root, name, *, method, seed, base, correct, before, ess):
     d = root / name
     (d / "eval").mkdir(parents=True)
     (d / "eval_before").mkdir()
-    cfg = {"task": "train", "seed": seed, "method": {"name": method},
-           "dataset": {"name": "synthetic", "num_examples": 60, "eval_examples": 40, "seed": 0},
-           "model": {"name_or_path": None, "tiny": {"seed": base, "pretrain": {"seed": base, "steps": 5, "batch_size": 8}}}}
+    cfg = {
+        "task": "train",
+        "seed": seed,
+        "method": {"name": method},
+        "dataset": {"name": "synthetic", "num_examples": 60, "eval_examples": 40, "seed": 0},
+        "model": {
+            "name_or_path": None,
+            "tiny": {"seed": base, "pretrain": {"seed": base, "steps": 5, "batch_size": 8}},
+        },
+    }
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     evals = {}
     for bench in BENCHES:
@@ -47,11 +57,25 @@ def write_run(root, name, *, method, seed, base, correct, before, ess):
             rows = [{"id": str(i), "sample": 0, "correct": bool(h)} for i, h in enumerate(hits)]
             (d / sub / f"{bench}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         evals[f"{bench}/accuracy"] = float(np.mean(correct[bench]))
-    metrics = {"eval": evals, "model": f"/cache/tiny/tiny-base{base}", "train": {"nll": 0.1, "mean/weights/ess_frac": ess}}
+    metrics = {
+        "eval": evals,
+        "model": f"/cache/tiny/tiny-base{base}",
+        "train": {"nll": 0.1, "mean/weights/ess_frac": ess},
+    }
     (d / "metrics.json").write_text(json.dumps(metrics))
 
 
-def make_study(tmp_path, *, control_gain=40, vcore_gain=0, vcore_ess=0.8, base_acc=0.3, vcore_noise=0.0, seeds=(1, 2, 3), bases=(0, 1)):
+def make_study(
+    tmp_path,
+    *,
+    control_gain=40,
+    vcore_gain=0,
+    vcore_ess=0.8,
+    base_acc=0.3,
+    vcore_noise=0.0,
+    seeds=(1, 2, 3),
+    bases=(0, 1),
+):
     """Arms on 2 bases x 3 seeds; on the OOD splits the control is right on ``control_gain`` more items than SFT, VCORE
     on ``vcore_gain`` more (in every run), with run-to-run noise; ``vcore_noise``: VCORE's answers also differ from
     SFT's on that share of items, at random."""
@@ -62,14 +86,27 @@ def make_study(tmp_path, *, control_gain=40, vcore_gain=0, vcore_ess=0.8, base_a
         before = {b: rng.random(N) < base_acc for b in BENCHES}
         for seed in seeds:
             sft = {b: truth[b] ^ (rng.random(N) < 0.1) for b in BENCHES}
-            for method, gain, ess in (("sft", 0, 1.0), ("reasoning_sft", control_gain, 1.0), ("vcore", vcore_gain, vcore_ess)):
+            for method, gain, ess in (
+                ("sft", 0, 1.0),
+                ("reasoning_sft", control_gain, 1.0),
+                ("vcore", vcore_gain, vcore_ess),
+            ):
                 correct = {}
                 for b in BENCHES:
                     hits = sft[b] ^ (rng.random(N) < vcore_noise) if method == "vcore" else sft[b].copy()
                     if "ood" in b and gain:
                         hits[np.flatnonzero(~hits)[: gain + int(rng.integers(0, 6))]] = True
                     correct[b] = hits
-                write_run(root, f"{method}_b{base}_s{seed}", method=method, seed=seed, base=base, correct=correct, before=before, ess=ess)
+                write_run(
+                    root,
+                    f"{method}_b{base}_s{seed}",
+                    method=method,
+                    seed=seed,
+                    base=base,
+                    correct=correct,
+                    before=before,
+                    ess=ess,
+                )
     return root
 
 
@@ -92,17 +129,31 @@ def test_a_detected_effect_is_worded_as_registered_with_the_reports_numbers(tmp_
     assert "| vcore | 6 | 6 | 2 | 1,2,3; 1,2,3 |" in section(text, "Runs")
     assert "Failed or non-finite runs (counted, not dropped): 1: vcore_b1_s4" in text
     assert "**0 shared problems in every pair.**" in section(text, "Disjoint splits")
-    assert "**Go**" in section(text, "Positive control (go/no-go)") and "**Passed**" in section(text, "Manipulation check")
+    assert "**Go**" in section(text, "Positive control (go/no-go)") and "**Passed**" in section(
+        text, "Manipulation check"
+    )
     # The primary test is the report's paired difference over the 6 (base, seed) pairs, unadjusted.
     from vcore.eval.intervals import difference
 
     def arm(method, bench="synthetic_ood_test"):
-        return np.array([[json.loads(x)["correct"] for x in (root / f"{method}_b{b}_s{s}" / "eval" / f"{bench}.jsonl").read_text().splitlines()]
-                         for b in (0, 1) for s in (1, 2, 3)], dtype=float)
+        return np.array(
+            [
+                [
+                    json.loads(x)["correct"]
+                    for x in (root / f"{method}_b{b}_s{s}" / "eval" / f"{bench}.jsonl").read_text().splitlines()
+                ]
+                for b in (0, 1)
+                for s in (1, 2, 3)
+            ],
+            dtype=float,
+        )
 
     d = difference(arm("vcore"), arm("sft"))
     primary = section(text, "Primary endpoint (one test, unadjusted)")
-    assert f"| vcore − sft | OOD: new phrasing | 6 | {N} | **{d.fmt(signed=True)}** | {analysis.fmt_p(d.p_value)} | {analysis.fmt_p(d.p_value)} |" in primary
+    assert (
+        f"| vcore − sft | OOD: new phrasing | 6 | {N} | **{d.fmt(signed=True)}** | {analysis.fmt_p(d.p_value)} | {analysis.fmt_p(d.p_value)} |"
+        in primary
+    )
     conclusion = section(text, "Conclusion (the registered wording for this outcome)")
     assert f"vcore is better than sft on OOD: new phrasing by {100 * d.mean:.1f} points" in conclusion
     by_base = section(text, "The primary comparison on each base")

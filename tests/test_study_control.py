@@ -41,11 +41,25 @@ def test_kept_token_weights_are_n_over_k_per_example():
 
 def test_the_control_trains_through_run_py_and_its_weights_skip_the_style(tmp_path):
     run = tmp_path / "run"
-    overrides = [o for o in TINY_TEST if not o.startswith("method.probe")] + [f"hydra.run.dir={run}", "eval.after_train=false"]
+    overrides = [o for o in TINY_TEST if not o.startswith("method.probe")] + [
+        f"hydra.run.dir={run}",
+        "eval.after_train=false",
+    ]
     proc = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "--config-dir", str(REPO / "experiments/synthetic_study/conf"),
-         "method=reasoning_sft", *overrides],
-        cwd=REPO, env=subprocess_env(VCORE_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            str(REPO / "run.py"),
+            "--config-dir",
+            str(REPO / "experiments/synthetic_study/conf"),
+            "method=reasoning_sft",
+            *overrides,
+        ],
+        cwd=REPO,
+        env=subprocess_env(VCORE_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     steps = [s for s in map(json.loads, (run / "history.jsonl").read_text().splitlines()) if "train/nll" in s]

@@ -24,6 +24,7 @@ def ensure_tiny(cfg: ModelConfig):
     """What training does: the base, pretrained through the project's own training job when it is built."""
     return _ensure_tiny(cfg, pretrain_tiny_base)
 
+
 SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1)
 
 
@@ -138,8 +139,13 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
 
     from vcore.run.training import pretrain, train
 
-    small = ["model.name_or_path=null", f"model.tiny.cache_dir={tmp_path / 'cache'}", "model.tiny.pretrain.steps=8",
-             "model.tiny.pretrain.batch_size=4", "decoding.max_new_tokens=16"]
+    small = [
+        "model.name_or_path=null",
+        f"model.tiny.cache_dir={tmp_path / 'cache'}",
+        "model.tiny.pretrain.steps=8",
+        "model.tiny.pretrain.batch_size=4",
+        "decoding.max_new_tokens=16",
+    ]
     cfg = make_cfg("task=pretrain", *small)
     OmegaConf.update(cfg, "output_dir", str(tmp_path / "pretrain"))
     metrics = pretrain(cfg)
@@ -196,7 +202,11 @@ def test_a_build_without_weights_is_never_stamped(tmp_path, monkeypatch):
     import vcore.run.tiny as tiny
 
     cfg = spec(tmp_path, steps=0)
-    monkeypatch.setattr(tiny, "_build", lambda path, spec, pretrain: path.mkdir(parents=True) or (path / "tokenizer.json").write_text("{}"))
+    monkeypatch.setattr(
+        tiny,
+        "_build",
+        lambda path, spec, pretrain: path.mkdir(parents=True) or (path / "tokenizer.json").write_text("{}"),
+    )
     with pytest.raises(RuntimeError, match="config.json, model.safetensors not written"):
         ensure_tiny(cfg)
     assert not tiny_path(cfg).exists()

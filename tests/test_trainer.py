@@ -19,7 +19,13 @@ def step_gradients(tmp_path, method: str, k: int, b: int, normalization="token")
     collate = Collator(pad_token_id=0)
     cfg = step_method_config(method)
     weighting = build_method(cfg, MethodContext(model, data, collate))
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=b, gradient_accumulation_steps=k, use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=b,
+        gradient_accumulation_steps=k,
+        use_cpu=True,
+        report_to="none",
+    )
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting, loss_normalization=normalization)
     micro = [collate(data[i * b : (i + 1) * b]) for i in range(k)]
     batches, _ = trainer.get_batch_samples(iter(micro), k, torch.device("cpu"))
@@ -52,7 +58,13 @@ def test_micro_batch_without_supervised_tokens(tmp_path, method):
         r["labels"] = [-100] * len(r["labels"])
     collate = Collator(pad_token_id=0)
     weighting = build_method(step_method_config(method), MethodContext(model, data, collate))
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, gradient_accumulation_steps=2, use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        use_cpu=True,
+        report_to="none",
+    )
     trainer = WeightedTrainer(model=model, args=args, weighting=weighting)
     batches, _ = trainer.get_batch_samples(iter([collate(data[:2]), collate(data[2:4])]), 2, torch.device("cpu"))
     model.train()
@@ -67,7 +79,13 @@ def test_micro_batch_without_supervised_tokens(tmp_path, method):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("method", method_names())
 def test_every_trainable_parameter_changes_after_two_steps(make_cfg, tmp_path, method, lora):
-    cfg = make_cfg(f"model.lora.enabled={lora}", "model.lora.dropout=0.0", "trainer.learning_rate=1e-2", "trainer.warmup_ratio=0", method=method)
+    cfg = make_cfg(
+        f"model.lora.enabled={lora}",
+        "model.lora.dropout=0.0",
+        "trainer.learning_rate=1e-2",
+        "trainer.warmup_ratio=0",
+        method=method,
+    )
     c = to_object(cfg)
     job = build_job(c, tmp_path)
     model = job.trainer.model
@@ -81,6 +99,28 @@ def test_every_trainable_parameter_changes_after_two_steps(make_cfg, tmp_path, m
     assert all(torch.equal(params[n].detach(), before) for n, before in frozen.items())
     history = [h for h in job.trainer.state.log_history if "train/nll" in h]
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["train/nll"])) for h in history)
-    assert all(k in history[-1] for k in ("weights/mean", "weights/std", "weights/min", "weights/max", "weights/frac_below_0_1", "weights/ess_frac", "learning_rate", "grad_norm", "train/tokens_per_s"))
+    assert all(
+        k in history[-1]
+        for k in (
+            "weights/mean",
+            "weights/std",
+            "weights/min",
+            "weights/max",
+            "weights/frac_below_0_1",
+            "weights/ess_frac",
+            "learning_rate",
+            "grad_norm",
+            "train/tokens_per_s",
+        )
+    )
     if method == "vcore":
-        assert all(k in history[-1] for k in ("vcore/alpha", "vcore/q_entropy_over_log_n", "vcore/score_mean", "vcore/score_std", "vcore/probe_grad_norm"))
+        assert all(
+            k in history[-1]
+            for k in (
+                "vcore/alpha",
+                "vcore/q_entropy_over_log_n",
+                "vcore/score_mean",
+                "vcore/score_std",
+                "vcore/probe_grad_norm",
+            )
+        )

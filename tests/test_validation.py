@@ -123,8 +123,9 @@ def hydra_sweeper(tmp_path):
     HydraConfig.instance().cfg = None
 
 
-def test_an_optuna_trial_is_pruned_with_a_checkpoint_and_a_finished_wandb_run(make_cfg, tmp_path, monkeypatch,
-                                                                              hydra_sweeper):
+def test_an_optuna_trial_is_pruned_with_a_checkpoint_and_a_finished_wandb_run(
+    make_cfg, tmp_path, monkeypatch, hydra_sweeper
+):
     """The job side of pruning: the validation is reported to the trial in the study's storage; the study's pruner
     (the sweeper's config) stops the run there; the run ends with Pruned after its checkpoint."""
     optuna = pytest.importorskip("optuna", minversion="4.0")
@@ -138,8 +139,15 @@ def test_an_optuna_trial_is_pruned_with_a_checkpoint_and_a_finished_wandb_run(ma
         monkeypatch.setenv(name, value)
     hydra_sweeper({"_target_": "optuna.pruners.ThresholdPruner", "lower": 2.0})  # below 2: every accuracy is
     out = tmp_path / "run"
-    cfg = make_cfg(*QUICK, "trainer.max_steps=4", "eval.every=2", "logger=wandb",
-                   "objective=eval/synthetic_val/accuracy", f"output_dir={out}", method="sft")
+    cfg = make_cfg(
+        *QUICK,
+        "trainer.max_steps=4",
+        "eval.every=2",
+        "logger=wandb",
+        "objective=eval/synthetic_val/accuracy",
+        f"output_dir={out}",
+        method="sft",
+    )
     with pytest.raises(Pruned) as pruned:
         train(cfg)
     assert pruned.value.step == 2
@@ -161,8 +169,9 @@ def test_a_wandb_stop_request_stops_at_a_step_end_with_a_checkpoint(make_cfg, tm
     monkeypatch.setattr(WandbLogger, "stop_requested", lambda self: next(calls) >= 1)  # asked during step 2
     out = tmp_path / "run"
     with pytest.raises(Stopped) as stopped:
-        train(make_cfg("trainer.max_steps=4", "logger=wandb", "eval.after_train=false", f"output_dir={out}",
-                       method="sft"))
+        train(
+            make_cfg("trainer.max_steps=4", "logger=wandb", "eval.after_train=false", f"output_dir={out}", method="sft")
+        )
     assert stopped.value.code == 0 and stopped.value.step == 2
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "final").exists()
     run, exit_code = finished_wandb_run(out)

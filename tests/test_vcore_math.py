@@ -47,7 +47,12 @@ def test_paper_alpha_matches_reference_across_micro_batches(alpha_max):
     expected = reference_paper_alpha(scores, q, mask, alpha_max)
     # the step batch split into micro-batches of 2: α must still be computed over all six examples
     parts = [slice(0, 2), slice(2, 4), slice(4, 6)]
-    got = paper_alpha([torch.tensor(scores[p]) for p in parts], [torch.tensor(q[p]) for p in parts], [torch.tensor(mask[p]) for p in parts], alpha_max)
+    got = paper_alpha(
+        [torch.tensor(scores[p]) for p in parts],
+        [torch.tensor(q[p]) for p in parts],
+        [torch.tensor(mask[p]) for p in parts],
+        alpha_max,
+    )
     assert got.item() == pytest.approx(expected, rel=1e-10)
     assert expected != 1.0 or alpha_max is not None
 
@@ -150,7 +155,9 @@ def test_variance_control_choices_change_only_alpha(tmp_path):
     collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
     out = {}
     for vc in VarianceControl:
-        cfg = VCOREConfig(tau=2.0, variance_control=vc, alpha_max=None, probe=ProbeConfig(epsilon=1e-3, batch_size=3, accumulation=1))
+        cfg = VCOREConfig(
+            tau=2.0, variance_control=vc, alpha_max=None, probe=ProbeConfig(epsilon=1e-3, batch_size=3, accumulation=1)
+        )
         step = micro_batches([random_lm_batch(seed=4)])
         VCORE(cfg, model, dataset, collate).prepare_step(model, step)
         out[vc.value] = step[0].state
@@ -216,8 +223,11 @@ def test_weights_ess_matches_kish_on_the_reference_weights():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9)
     assert got[0] == 1.0 and all(a >= b for a, b in zip(got.tolist(), got.tolist()[1:]))  # non-increasing in τ
     # Split over micro-batches: the same step-level value.
-    halves = weights_ess([torch.tensor(scores[:3]), torch.tensor(scores[3:])], [torch.tensor(mask[:3]), torch.tensor(mask[3:])],
-                         torch.tensor(taus, dtype=torch.float64))
+    halves = weights_ess(
+        [torch.tensor(scores[:3]), torch.tensor(scores[3:])],
+        [torch.tensor(mask[:3]), torch.tensor(mask[3:])],
+        torch.tensor(taus, dtype=torch.float64),
+    )
     torch.testing.assert_close(halves, got)
 
 
@@ -237,7 +247,9 @@ def test_tau_for_ess_hits_the_target(target):
 def test_target_ess_training_holds_the_weights_at_that_sharpness(make_cfg, tmp_path):
     from vcore.run.training import train
 
-    train(make_cfg("trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false", "method.target_ess=0.6"))
+    train(
+        make_cfg("trainer.max_steps=3", "eval.after_train=false", "trainer.eval_at_end=false", "method.target_ess=0.6")
+    )
     steps = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
     steps = [h for h in steps if "weights/ess_frac" in h]
     assert len(steps) == 3
@@ -298,7 +310,9 @@ def test_loss_ratio_alpha_is_normalised_as_the_loss_is(tmp_path, normalization):
     }
     assert abs(expected["token"] - expected["sequence"]) > 0.01 and expected[normalization] < 0.99
     cfg = VCOREConfig(
-        tau=1.5, variance_control=VarianceControl.loss_ratio, alpha_max=None,
+        tau=1.5,
+        variance_control=VarianceControl.loss_ratio,
+        alpha_max=None,
         loss_normalization=LossNormalization(normalization),
     )
     method = VCORE(cfg, tiny_causal_lm(tmp_path, dtype=torch.float32), [1], lambda rows: rows)  # the probe is not run

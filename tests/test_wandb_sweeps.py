@@ -50,13 +50,22 @@ def _write(tmp_path, sweep: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    ({"parameters": {"method.tauu": {"values": [0.1]}}}, "method.tauu"),  # not a key of the schema
-    ({"parameters": {"method.tau": {"distribution": "uniform", "min": -1.0, "max": 1.0}}}, "method.tau"),  # < 0
-    ({"parameters": {"method.tau": {"distribution": "log_uniform_values", "min": "1e-3", "max": 1.0}}}, "not a number"),
-    ({"parameters": {"method": {"values": ["sft", "vcore"]}}}, "config group"),  # would hide the run's method config
-    ({"metric": {"name": "eval/synthetic_test/accuracy", "goal": "maximize"}}, "not logged by these runs"),
-])
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"parameters": {"method.tauu": {"values": [0.1]}}}, "method.tauu"),  # not a key of the schema
+        ({"parameters": {"method.tau": {"distribution": "uniform", "min": -1.0, "max": 1.0}}}, "method.tau"),  # < 0
+        (
+            {"parameters": {"method.tau": {"distribution": "log_uniform_values", "min": "1e-3", "max": 1.0}}},
+            "not a number",
+        ),
+        (
+            {"parameters": {"method": {"values": ["sft", "vcore"]}}},
+            "config group",
+        ),  # would hide the run's method config
+        ({"metric": {"name": "eval/synthetic_test/accuracy", "goal": "maximize"}}, "not logged by these runs"),
+    ],
+)
 def test_the_check_names_what_is_wrong(tmp_path, change, error):
     from hydra.errors import HydraException
 
@@ -109,9 +118,14 @@ def test_agent_command_is_the_command_wandbs_agent_runs(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------- a stand-in agent
 # What a sweep on a cluster would set for a real model; here the tiny model, a few steps, validation at step 2.
 TINY_PARAMS = {
-    **dict(o.split("=") for o in TINY_MODEL), "dataset.num_examples": 16, "dataset.eval_examples": 4,
-    "trainer.max_steps": 4, "trainer.per_device_train_batch_size": 4, "decoding.max_new_tokens": 8,
-    "eval.num_workers": 1, "eval.every": 2,
+    **dict(o.split("=") for o in TINY_MODEL),
+    "dataset.num_examples": 16,
+    "dataset.eval_examples": 4,
+    "trainer.max_steps": 4,
+    "trainer.per_device_train_batch_size": 4,
+    "decoding.max_new_tokens": 8,
+    "eval.num_workers": 1,
+    "eval.every": 2,
 }
 
 
@@ -124,10 +138,21 @@ def start_run(sweep_file: Path, params: dict, run_id: str, cwd: Path, log: Path)
     param_file = cwd / "wandb" / "sweep-fakesweep" / f"config-{run_id}.yaml"
     param_file.parent.mkdir(parents=True, exist_ok=True)
     config_util.save_config_file_from_dict(str(param_file), {k: {"value": v} for k, v in params.items()})
-    env = subprocess_env(WANDB_SWEEP_ID="fakesweep", WANDB_RUN_ID=run_id, WANDB_SWEEP_PARAM_PATH=str(param_file),
-                         WANDB_PROJECT="vcore", WANDB_DIR=str(cwd), VCORE_CACHE=str(cwd / "cache"))
-    return subprocess.Popen(agent_command(sweep, params, python=sys.executable), cwd=cwd, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = subprocess_env(
+        WANDB_SWEEP_ID="fakesweep",
+        WANDB_RUN_ID=run_id,
+        WANDB_SWEEP_PARAM_PATH=str(param_file),
+        WANDB_PROJECT="vcore",
+        WANDB_DIR=str(cwd),
+        VCORE_CACHE=str(cwd / "cache"),
+    )
+    return subprocess.Popen(
+        agent_command(sweep, params, python=sys.executable),
+        cwd=cwd,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_a_stand_in_agent_runs_two_trials_to_completion_offline(tmp_path):

@@ -86,13 +86,24 @@ class TrainerConfig:
         _check(self.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps", "must be >= 1")
         _check(self.learning_rate > 0, "trainer.learning_rate", f"must be > 0 (got {self.learning_rate})")
         # transformers reads a warmup of 1 or more as a number of steps: 1.0 would warm up for one step, not the run
-        _check(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", f"must be in [0, 1), a fraction of the training steps (got {self.warmup_ratio})")
         _check(
-            self.max_steps > 0 or self.max_steps == -1, "trainer.max_steps",
+            0 <= self.warmup_ratio < 1,
+            "trainer.warmup_ratio",
+            f"must be in [0, 1), a fraction of the training steps (got {self.warmup_ratio})",
+        )
+        _check(
+            self.max_steps > 0 or self.max_steps == -1,
+            "trainer.max_steps",
             f"must be > 0, or -1 to train for trainer.num_train_epochs (got {self.max_steps})",
         )
-        _check(self.max_steps > 0 or self.num_train_epochs > 0, "trainer.num_train_epochs", "must be > 0 when trainer.max_steps=-1")
-        _check(self.resume_config_change in ("error", "allow"), "trainer.resume_config_change", "must be error or allow")
+        _check(
+            self.max_steps > 0 or self.num_train_epochs > 0,
+            "trainer.num_train_epochs",
+            "must be > 0 when trainer.max_steps=-1",
+        )
+        _check(
+            self.resume_config_change in ("error", "allow"), "trainer.resume_config_change", "must be error or allow"
+        )
         _check(self.pack_length >= 0, "trainer.pack_length", "must be >= 0 (0: one packed row per micro-batch)")
 
 
@@ -114,7 +125,9 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         _check(self.token_weights_examples >= 0, "logger.token_weights_examples", "must be >= 0 (0: no heatmap)")
-        _check(self.token_weights_every >= 0, "logger.token_weights_every", "must be >= 0 (0: only at the end of training)")
+        _check(
+            self.token_weights_every >= 0, "logger.token_weights_every", "must be >= 0 (0: only at the end of training)"
+        )
 
 
 @dataclass
@@ -184,8 +197,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.task in TASKS, "task", f"{self.task!r} is not {'|'.join(TASKS)}")
-        _check(self.task != "eval" or bool(self.eval.model), "eval.model", "task=eval needs eval.model=<run dir | checkpoint | hub id>")
-        _check(self.task != "rl" or self.rl is not None, "rl", "task=rl needs an rl preset: rl=tiny (CPU miniature) or rl=paper (Table 8)")
+        _check(
+            self.task != "eval" or bool(self.eval.model),
+            "eval.model",
+            "task=eval needs eval.model=<run dir | checkpoint | hub id>",
+        )
+        _check(
+            self.task != "rl" or self.rl is not None,
+            "rl",
+            "task=rl needs an rl preset: rl=tiny (CPU miniature) or rl=paper (Table 8)",
+        )
 
 
 TASKS = ("train", "eval", "pretrain", "rl")

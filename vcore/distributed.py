@@ -45,14 +45,18 @@ def torch_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
     if "RANK" in env or tasks <= 1 or "SLURM_PROCID" not in env:
         return {}
     out = {
-        "RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "WORLD_SIZE": str(tasks),
+        "RANK": env["SLURM_PROCID"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "WORLD_SIZE": str(tasks),
         # A requeued job keeps its id, hence its port.
         "MASTER_PORT": env.get("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)),
     }
     if "MASTER_ADDR" in env or int(env.get("SLURM_STEP_NUM_NODES", "1")) == 1:
         out["MASTER_ADDR"] = env.get("MASTER_ADDR", "127.0.0.1")
     else:
-        nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_STEP_NODELIST"]], capture_output=True, text=True, check=True)
+        nodes = subprocess.run(
+            ["scontrol", "show", "hostnames", env["SLURM_STEP_NODELIST"]], capture_output=True, text=True, check=True
+        )
         out["MASTER_ADDR"] = nodes.stdout.split()[0]
     return out
 
@@ -145,6 +149,7 @@ class Backend:
 def launcher_backend(**known: Any) -> Backend:
     """What ``accelerate launch`` was configured with, readable before any model is loaded, plus ``known`` facts from
     the config (``packing``, ``lora``, ``weights_dtype``)."""
+
     def flag(name: str) -> bool:
         return os.environ.get(name, "false").lower() == "true"
 
@@ -156,7 +161,10 @@ def launcher_backend(**known: Any) -> Backend:
         # accelerate launch's default is FSDP1 (it writes "1" unless --fsdp_version 2 / fsdp_version: 2 is given)
         fsdp_version=int(os.environ.get("FSDP_VERSION", "1")),
         fsdp_state_dict_type=_state_dict_type(
-            os.environ.get("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT" if os.environ.get("FSDP_VERSION") == "2" else "FULL_STATE_DICT")
+            os.environ.get(
+                "FSDP_STATE_DICT_TYPE",
+                "SHARDED_STATE_DICT" if os.environ.get("FSDP_VERSION") == "2" else "FULL_STATE_DICT",
+            )
         ),
         **known,
     )

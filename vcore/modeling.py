@@ -100,9 +100,12 @@ class ModelConfig:
             "model.name_or_path",
             "set a hub id or a local model directory (or pick model=tiny, which builds its own)",
         )
-        _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16")
+        _check(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            "model.dtype",
+            f"unknown dtype {self.dtype!r}; use float32, bfloat16 or float16",
+        )
         _check(self.loss_chunk_size >= 0, "model.loss_chunk_size", "must be >= 0 (0: full logits)")
-
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -118,7 +121,9 @@ def check_source(name_or_path: str, option: str = "model.name_or_path") -> None:
     if path.is_dir():
         return
     if path.exists():
-        raise ConfigError(f"{option}={name_or_path}: a file, not a model directory (give the directory holding config.json)")
+        raise ConfigError(
+            f"{option}={name_or_path}: a file, not a model directory (give the directory holding config.json)"
+        )
     if not _HUB_ID.match(name_or_path) or name_or_path.startswith((".", "~")) or ".." in name_or_path:
         raise ConfigError(f"{option}={name_or_path}: no such directory, and not a hub id (org/name)")
 
@@ -174,7 +179,9 @@ def load_model(cfg: ModelConfig, adapter: str | None = None):
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules) if not isinstance(cfg.lora.target_modules, str) else cfg.lora.target_modules,
+        target_modules=list(cfg.lora.target_modules)
+        if not isinstance(cfg.lora.target_modules, str)
+        else cfg.lora.target_modules,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)

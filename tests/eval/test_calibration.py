@@ -20,7 +20,11 @@ def test_intervals_are_calibrated_for_two_to_ten_runs():
     rows = calibration.grid(items=200, datasets=1000)
     print("\n" + calibration.table(rows))
     assert len(rows) == 32
-    bad = [r for r in rows if r.false_positive > 0.07 or r.coverage_null < 0.93 or r.coverage_alt < 0.93 or r.coverage_accuracy < 0.93]
+    bad = [
+        r
+        for r in rows
+        if r.false_positive > 0.07 or r.coverage_null < 0.93 or r.coverage_alt < 0.93 or r.coverage_accuracy < 0.93
+    ]
     assert not bad, calibration.table(bad)
     # Power grows with runs and falls with run-to-run spread: the intervals are not simply wide.
     power = {(r.design.runs, r.design.seed_sd, r.design.correlated): r.power for r in rows}
@@ -37,7 +41,9 @@ def _normal_quantiles(a, b):
 
 
 def test_the_check_catches_an_overconfident_interval():
-    row = calibration.measure(calibration.Design(2, 200, 6.0, False), 1000, difference_fn=_normal_quantiles, accuracy_fn=None)
+    row = calibration.measure(
+        calibration.Design(2, 200, 6.0, False), 1000, difference_fn=_normal_quantiles, accuracy_fn=None
+    )
     assert row.false_positive > 0.07 and row.coverage_null < 0.93
 
 

@@ -24,8 +24,16 @@ from vcore.eval.stratified import largest_remainder, stratified_sample
 
 # Single benchmarks (their YAML starts from the schema); the others are presets that list several.
 BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml") if "base_benchmark" in p.read_text())
-PRESETS = {"table1_math": 4, "table1_code": 4, "gsm8k_math500": 2, "synthetic": 3, "table2": 2, "synthetic_rl": 2,
-           "synthetic_validation": 2, "synthetic_study": 4}
+PRESETS = {
+    "table1_math": 4,
+    "table1_code": 4,
+    "gsm8k_math500": 2,
+    "synthetic": 3,
+    "table2": 2,
+    "synthetic_rl": 2,
+    "synthetic_validation": 2,
+    "synthetic_study": 4,
+}
 DECODINGS = sorted(p.stem for p in (CONF / "decoding").glob("*.yaml"))
 
 
@@ -64,7 +72,15 @@ def test_every_table1_benchmark_config_agrees_with_the_layout():
 
 def test_decoding_presets_match_the_protocol():
     paper = decoding_from_cfg(compose_cfg(["+decoding=paper"]).decoding)
-    assert (paper.temperature, paper.top_p, paper.top_k, paper.n, paper.max_new_tokens, paper.seed, paper.enable_thinking) == (0.0, 1.0, -1, 1, 8192, 42, True)
+    assert (
+        paper.temperature,
+        paper.top_p,
+        paper.top_k,
+        paper.n,
+        paper.max_new_tokens,
+        paper.seed,
+        paper.enable_thinking,
+    ) == (0.0, 1.0, -1, 1, 8192, 42, True)
     qwen = decoding_from_cfg(compose_cfg(["+decoding=qwen_recommended"]).decoding)
     assert (qwen.temperature, qwen.top_p, qwen.top_k) == (0.6, 0.95, 20) and qwen.n > 1
 
@@ -169,10 +185,27 @@ def test_largest_remainder_and_sampling_properties():
 def test_rbench_schema_fixture(tmp_path):
     rows = [
         {"question": "Which is a prime?", "A": "4", "B": "6", "C": "7", "D": "8", "E": "9", "F": "10", "answer": "C"},
-        {"question": "Two options only?", "A": "yes", "B": "no", "C": None, "D": None, "E": None, "F": None, "answer": "b"},
+        {
+            "question": "Two options only?",
+            "A": "yes",
+            "B": "no",
+            "C": None,
+            "D": None,
+            "E": None,
+            "F": None,
+            "answer": "b",
+        },
     ]
     (tmp_path / "rbench.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (cfg,) = load_benchmarks(["rbench"], ["benchmark.rbench.source=local", f"benchmark.rbench.data_root={tmp_path}", "+benchmark.rbench.local=[{path: json, data_files: [rbench.jsonl], fields: {option_columns: [A, B, C, D, E, F]}}]"], local=False)
+    (cfg,) = load_benchmarks(
+        ["rbench"],
+        [
+            "benchmark.rbench.source=local",
+            f"benchmark.rbench.data_root={tmp_path}",
+            "+benchmark.rbench.local=[{path: json, data_files: [rbench.jsonl], fields: {option_columns: [A, B, C, D, E, F]}}]",
+        ],
+        local=False,
+    )
     items = load_benchmark(cfg).items
     assert [it.gold for it in items] == ["C", "B"]
     assert items[0].options == ["4", "6", "7", "8", "9", "10"] and "(F): 10" in items[0].prompt
@@ -185,7 +218,9 @@ def test_lcb_schema_fixture(tmp_path):
     assert stdin_item.code["functional"] is False and "C++17" in stdin_item.prompt
     assert fn_item.code["functional"] is True and "class Solution" in fn_item.prompt and "Python 3" in fn_item.prompt
     assert len(decode_tests(stdin_item.code["private_tests"])) == 2
-    (cfg_cpp,) = load_benchmarks(["lcb"], lcb_local_overrides(tmp_path) + ["benchmark.lcb.code.functional_language=cpp"], local=False)
+    (cfg_cpp,) = load_benchmarks(
+        ["lcb"], lcb_local_overrides(tmp_path) + ["benchmark.lcb.code.functional_language=cpp"], local=False
+    )
     assert "JSON" in load_benchmark(cfg_cpp).items[1].prompt
 
 

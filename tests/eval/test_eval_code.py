@@ -23,16 +23,22 @@ from vcore.eval.workers import map_with_timeout
 pytestmark = pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="g++ not installed")
 
 AB_PUBLIC = [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]
-AB_PRIVATE = [{"input": "10 -4\n", "output": "6\n", "testtype": "stdin"}, {"input": "1000000000 1000000000\n", "output": "2000000000\n", "testtype": "stdin"}]
+AB_PRIVATE = [
+    {"input": "10 -4\n", "output": "6\n", "testtype": "stdin"},
+    {"input": "1000000000 1000000000\n", "output": "2000000000\n", "testtype": "stdin"},
+]
 FN_PUBLIC = [{"input": "[1, 2, 3]\n2", "output": "[2, 4, 6]", "testtype": "functional"}]
-FN_PRIVATE = [{"input": "[]\n5", "output": "[]", "testtype": "functional"}, {"input": "[-1]\n-3", "output": "[3]", "testtype": "functional"}]
+FN_PRIVATE = [
+    {"input": "[]\n5", "output": "[]", "testtype": "functional"},
+    {"input": "[-1]\n-3", "output": "[3]", "testtype": "functional"},
+]
 
 CPP = {
-    "AC": "#include <iostream>\nint main(){long long a,b;std::cin>>a>>b;std::cout<<a+b<<\"\\n\";}",
-    "WA": "#include <iostream>\nint main(){long long a,b;std::cin>>a>>b;std::cout<<a-b<<\"\\n\";}",
-    "RE": "#include <cstdlib>\n#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; if(a>5) std::abort(); std::cout<<a+b<<\"\\n\";}",
+    "AC": '#include <iostream>\nint main(){long long a,b;std::cin>>a>>b;std::cout<<a+b<<"\\n";}',
+    "WA": '#include <iostream>\nint main(){long long a,b;std::cin>>a>>b;std::cout<<a-b<<"\\n";}',
+    "RE": '#include <cstdlib>\n#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; if(a>5) std::abort(); std::cout<<a+b<<"\\n";}',
     "CE": "#include <iostream>\nint main(){ this is not C++ }",
-    "TLE": "#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; volatile unsigned long x=0; if(a>5) for(;;) x++; std::cout<<a+b<<\"\\n\";}",
+    "TLE": '#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; volatile unsigned long x=0; if(a>5) for(;;) x++; std::cout<<a+b<<"\\n";}',
 }
 _FN_CPP_BODY = (
     "#include <cctype>\n#include <iostream>\n#include <string>\n#include <vector>\n"
@@ -41,7 +47,7 @@ _FN_CPP_BODY = (
     "for(char c: line){ if(c=='-'||isdigit((unsigned char)c)) num+=c; else if(!num.empty()){ v.push_back(std::stoll(num)); num.clear(); } }"
     "if(!num.empty()) v.push_back(std::stoll(num));"
     "%s"
-    "std::cout<<\"[\"; for(size_t i=0;i<v.size();i++){ if(i) std::cout<<\", \"; std::cout<<v[i]*k; } std::cout<<\"]\\n\";}"
+    'std::cout<<"["; for(size_t i=0;i<v.size();i++){ if(i) std::cout<<", "; std::cout<<v[i]*k; } std::cout<<"]\\n";}'
 )
 FN_CPP = {
     "AC": _FN_CPP_BODY % "",
@@ -98,7 +104,16 @@ def write_dmoj(root):
 
 
 def oj_payload(code: str | None, language: str, problem_dir) -> dict:
-    return {"kind": "code_ojbench", "code": code, "language": language, "problem_dir": str(problem_dir), "time_limit_s": 1.0, "memory_mb": 512, "compile_timeout_s": 30.0, "isolation": "auto"}
+    return {
+        "kind": "code_ojbench",
+        "code": code,
+        "language": language,
+        "problem_dir": str(problem_dir),
+        "time_limit_s": 1.0,
+        "memory_mb": 512,
+        "compile_timeout_s": 30.0,
+        "isolation": "auto",
+    }
 
 
 CASES = (

@@ -10,7 +10,19 @@ from vcore.eval import DecodingConfig, GradingConfig, evaluate, evaluate_checkpo
 from vcore.eval.generate import chat_prompts
 
 RECORD_KEYS = {
-    "benchmark", "id", "sample", "seed", "prompt", "output", "extracted", "gold", "verdict", "correct", "n_tokens", "truncated", "detail"
+    "benchmark",
+    "id",
+    "sample",
+    "seed",
+    "prompt",
+    "output",
+    "extracted",
+    "gold",
+    "verdict",
+    "correct",
+    "n_tokens",
+    "truncated",
+    "detail",
 }
 
 
@@ -34,8 +46,15 @@ def tiny_model_dir(qwen3_tokenizer, tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = Qwen3Config(
-        vocab_size=len(qwen3_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=4096, tie_word_embeddings=True,
+        vocab_size=len(qwen3_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
     )
     path = tmp_path_factory.mktemp("tiny_qwen3")
     AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
@@ -46,7 +65,10 @@ def tiny_model_dir(qwen3_tokenizer, tmp_path_factory):
 def check_records(path, n_samples, max_new_tokens):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert records and all(set(r) == RECORD_KEYS for r in records)
-    assert all(r["prompt"].startswith("<|im_start|>user\n") and r["prompt"].endswith("<|im_start|>assistant\n") for r in records)
+    assert all(
+        r["prompt"].startswith("<|im_start|>user\n") and r["prompt"].endswith("<|im_start|>assistant\n")
+        for r in records
+    )
     assert all(0 < r["n_tokens"] <= max_new_tokens for r in records)
     assert all(r["n_tokens"] == max_new_tokens for r in records if r["truncated"])
     assert all(isinstance(r["correct"], bool) for r in records)
@@ -62,18 +84,33 @@ def test_evaluate_in_memory_model(tiny_model_dir, qwen3_tokenizer, tmp_path):
     model.train()  # evaluate switches to eval mode and must give the caller its mode back
     benches = load_benchmarks(
         ["aime", "sgpqa_1k", "synthetic_test"],
-        ["benchmark.aime.limit=2", "benchmark.sgpqa_1k.limit=2", "benchmark.synthetic_test.synthetic.kwargs.num_examples=2"],
+        [
+            "benchmark.aime.limit=2",
+            "benchmark.sgpqa_1k.limit=2",
+            "benchmark.synthetic_test.synthetic.kwargs.num_examples=2",
+        ],
     ) + load_benchmarks(["lcb"], lcb_local_overrides(tmp_path) + ["benchmark.lcb.limit=2"], local=False)
     decoding = DecodingConfig(name="tiny-greedy", max_new_tokens=8, batch_size=4)
     logger = RecordingLogger()
     out = tmp_path / "eval"
-    summary = evaluate(model, qwen3_tokenizer, benches, decoding, out, logger=logger, grading=GradingConfig(num_workers=1), progress=False)
+    summary = evaluate(
+        model,
+        qwen3_tokenizer,
+        benches,
+        decoding,
+        out,
+        logger=logger,
+        grading=GradingConfig(num_workers=1),
+        progress=False,
+    )
 
     for name in ("aime", "sgpqa_1k", "synthetic_test", "lcb"):
         records = check_records(out / f"{name}.jsonl", 1, 8)
         assert len(records) == 2
         metrics = summary["benchmarks"][name]["metrics"]
-        assert metrics["n_items"] == 2 and 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["truncation_rate"] <= 1.0
+        assert (
+            metrics["n_items"] == 2 and 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["truncation_rate"] <= 1.0
+        )
         assert sum(metrics["verdicts"].values()) == 2
     lcb_verdicts = {json.loads(l)["verdict"] for l in (out / "lcb.jsonl").read_text().splitlines()}
     assert lcb_verdicts <= {"AC", "WA", "TLE", "RE", "CE", "SE"}
@@ -100,10 +137,27 @@ def test_chat_template_passes_enable_thinking(qwen3_tokenizer):
 
 def test_evaluate_checkpoint_with_sampling_is_seeded(tiny_model_dir, tmp_path):
     benches = load_benchmarks(["synthetic_test"], ["benchmark.synthetic_test.synthetic.kwargs.num_examples=2"])
-    decoding = DecodingConfig(name="tiny-sample", temperature=0.7, top_p=0.95, top_k=20, n=3, max_new_tokens=6, batch_size=2, pass_k=[1, 2, 3], seed=1)
+    decoding = DecodingConfig(
+        name="tiny-sample",
+        temperature=0.7,
+        top_p=0.95,
+        top_k=20,
+        n=3,
+        max_new_tokens=6,
+        batch_size=2,
+        pass_k=[1, 2, 3],
+        seed=1,
+    )
     runs = []
     for i in range(2):
-        summary = evaluate_checkpoint(tiny_model_dir, benches, decoding, tmp_path / f"run{i}", grading=GradingConfig(num_workers=1), progress=False)
+        summary = evaluate_checkpoint(
+            tiny_model_dir,
+            benches,
+            decoding,
+            tmp_path / f"run{i}",
+            grading=GradingConfig(num_workers=1),
+            progress=False,
+        )
         runs.append(check_records(tmp_path / f"run{i}" / "synthetic_test.jsonl", 3, 6))
     metrics = summary["benchmarks"]["synthetic_test"]["metrics"]
     assert metrics["n_samples"] == 3 and set(metrics["pass@k"]) == {"1", "2", "3"} and "avg@3" in metrics
@@ -141,7 +195,9 @@ def test_scores_through_evaluate(monkeypatch, tmp_path):
     from vcore.eval import harness
 
     benches = load_benchmarks(["gsm8k", "sgpqa_1k"], ["benchmark.gsm8k.limit=6", "benchmark.sgpqa_1k.limit=6"])
-    benches += load_benchmarks(["lcb"], lcb_local_overrides(tmp_path) + ["benchmark.lcb.code.language=python"], local=False)
+    benches += load_benchmarks(
+        ["lcb"], lcb_local_overrides(tmp_path) + ["benchmark.lcb.code.language=python"], local=False
+    )
     from vcore.eval.benchmarks import load_benchmark
 
     truth = {}
@@ -153,8 +209,18 @@ def test_scores_through_evaluate(monkeypatch, tmp_path):
             else:
                 right = k % 2 == 0  # every other item answered correctly
                 truth[it.prompt] = f"\\boxed{{{it.gold if right else ('Z' if b.name == 'sgpqa_1k' else '-1')}}}"
-    monkeypatch.setattr(harness, "make_generator", lambda backend, model, tok, dec: ScriptedGenerator(truth.__getitem__))
-    summary = evaluate(type("Scripted", (), {"name_or_path": "scripted"})(), EchoTokenizer(), benches, DecodingConfig(name="scripted"), tmp_path / "out", grading=GradingConfig(num_workers=2), progress=False)
+    monkeypatch.setattr(
+        harness, "make_generator", lambda backend, model, tok, dec: ScriptedGenerator(truth.__getitem__)
+    )
+    summary = evaluate(
+        type("Scripted", (), {"name_or_path": "scripted"})(),
+        EchoTokenizer(),
+        benches,
+        DecodingConfig(name="scripted"),
+        tmp_path / "out",
+        grading=GradingConfig(num_workers=2),
+        progress=False,
+    )
     acc = {k: v["metrics"]["accuracy"] for k, v in summary["benchmarks"].items()}
     assert acc == {"gsm8k": 0.5, "sgpqa_1k": 0.5, "lcb": 1.0}
     assert summary["benchmarks"]["sgpqa_1k"]["metrics"]["verdicts"] == {"correct": 3, "no_answer": 3}

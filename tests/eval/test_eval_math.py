@@ -29,7 +29,11 @@ def test_equivalences_and_quirks():
         ("\\text{Evelyn}", "\\text{Evelyn}", True),
         (transform_answer("025", ["strip_leading_zeros"], "t"), "25", True),
         (transform_answer("336^\\circ", ["strip_degrees"], "t"), "336", True),
-        (transform_answer("So 1,234 apples.\n#### 1,234", ["gsm8k_final", "strip_thousands_commas"], "t"), "1234", True),
+        (
+            transform_answer("So 1,234 apples.\n#### 1,234", ["gsm8k_final", "strip_thousands_commas"], "t"),
+            "1234",
+            True,
+        ),
         ("\\frac{1}{2}", "0.51", False),
         ("204", "205", False),
         ("2", "x", False),

@@ -32,7 +32,12 @@ from vcore.locks import DirBusy
 
 N_MATH = 6  # synthetic_test items; batches of 2 (decoding below): 3 generation batches
 SAMPLED = {
-    "name": "resume-sampled", "temperature": 1.0, "top_p": 0.95, "n": 2, "max_new_tokens": 8, "batch_size": 2,
+    "name": "resume-sampled",
+    "temperature": 1.0,
+    "top_p": 0.95,
+    "n": 2,
+    "max_new_tokens": 8,
+    "batch_size": 2,
     "pass_k": [1, 2],
 }
 GREEDY = {"name": "resume-greedy", "max_new_tokens": 8, "batch_size": 2}
@@ -319,8 +324,12 @@ def test_progress_counts_items_rate_and_time_left_in_the_log_and_on_the_logger(m
         bar.advance(4)
     assert "generate aime: 10 of 60 items already done (resuming)" in caplog.text
     assert "generate aime: 15/60 items (25.0%), 0.5 items/s, about 1m30s left" in caplog.text
-    assert logged[0] == {"eval_progress/aime/generate_done": 15, "eval_progress/aime/generate_total": 60,
-                         "eval_progress/aime/generate_per_s": 0.5, "eval_progress/aime/generate_eta_s": 90.0}
+    assert logged[0] == {
+        "eval_progress/aime/generate_done": 15,
+        "eval_progress/aime/generate_total": 60,
+        "eval_progress/aime/generate_per_s": 0.5,
+        "eval_progress/aime/generate_eta_s": 90.0,
+    }
     assert logged[1]["eval_progress/aime/generate_done"] == 20 and len(logged) == 2
 
 

@@ -42,14 +42,15 @@ def hostile_programs(outside: Path, port: int) -> dict[str, dict[str, str]]:
         },
         "write_outside": {
             "python": f"for p in [{str(outside)!r}, {str(OUTSIDE_TMP)!r}]:\n    try:\n        open(p, 'w').write('escaped')\n    except OSError:\n        pass",
-            "cpp": "#include <cstdio>\nint main(){ const char* ps[] = {%s, %s}; for(auto p : ps){ FILE* f = std::fopen(p, \"w\"); if(f){ std::fputs(\"escaped\", f); std::fclose(f);} } }"
+            "cpp": '#include <cstdio>\nint main(){ const char* ps[] = {%s, %s}; for(auto p : ps){ FILE* f = std::fopen(p, "w"); if(f){ std::fputs("escaped", f); std::fclose(f);} } }'
             % (json.dumps(str(outside)), json.dumps(str(OUTSIDE_TMP))),
         },
         "network": {
             "python": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hello')",
             "cpp": "#include <arpa/inet.h>\n#include <netinet/in.h>\n#include <sys/socket.h>\n#include <unistd.h>\n"
             "int main(){ int s = socket(AF_INET, SOCK_STREAM, 0); sockaddr_in a{}; a.sin_family = AF_INET; a.sin_port = htons(%d);"
-            " inet_pton(AF_INET, \"127.0.0.1\", &a.sin_addr); if(connect(s, (sockaddr*)&a, sizeof a) != 0) return 4; write(s, \"hello\", 5); return 0; }" % port,
+            ' inet_pton(AF_INET, "127.0.0.1", &a.sin_addr); if(connect(s, (sockaddr*)&a, sizeof a) != 0) return 4; write(s, "hello", 5); return 0; }'
+            % port,
         },
     }
 
@@ -104,7 +105,9 @@ def mounts_before():
 
 
 @pytest.mark.parametrize("language", ["python", "cpp"])
-@pytest.mark.parametrize("attack", ["infinite_loop", "fork_bomb", "allocate_10gb", "output_1gb", "write_outside", "network"])
+@pytest.mark.parametrize(
+    "attack", ["infinite_loop", "fork_bomb", "allocate_10gb", "output_1gb", "write_outside", "network"]
+)
 def test_hostile_program_is_contained(attack, language, tmp_path, listener, mounts_before):
     outside = tmp_path / "escaped.txt"
     code = hostile_programs(outside, listener.getsockname()[1])[attack][language]
@@ -112,7 +115,12 @@ def test_hostile_program_is_contained(attack, language, tmp_path, listener, moun
     start = time.monotonic()
     with Sandbox({"main.cpp" if language == "cpp" else "main.py": code}) as sb:
         if language == "cpp":
-            assert sb.run(CPP_COMPILE, limits=Limits(time_s=60, memory_mb=4096, max_processes=64), export=["prog"]).returncode == 0
+            assert (
+                sb.run(
+                    CPP_COMPILE, limits=Limits(time_s=60, memory_mb=4096, max_processes=64), export=["prog"]
+                ).returncode
+                == 0
+            )
             argv = ["./prog"]
         else:
             argv = [*PYTHON_RUN, "main.py"]
@@ -139,15 +147,25 @@ def test_hostile_program_is_contained(attack, language, tmp_path, listener, moun
 
     # Through the judge: a failure verdict, and the harness carries on.
     payload = {
-        "kind": "code_lcb", "code": code, "language": language, "functional_language": language,
-        "public_tests": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]), "private_tests": None,
-        "metadata": "{}", "time_limit_s": 1.5, "memory_mb": 512, "compile_timeout_s": 60.0, "stop_at_first_failure": True,
+        "kind": "code_lcb",
+        "code": code,
+        "language": language,
+        "functional_language": language,
+        "public_tests": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
+        "private_tests": None,
+        "metadata": "{}",
+        "time_limit_s": 1.5,
+        "memory_mb": 512,
+        "compile_timeout_s": 60.0,
+        "stop_at_first_failure": True,
     }
     assert judge_lcb(payload)["verdict"] in ("WA", "TLE", "RE")
 
     # The machine is as it was: no processes left, no mounts leaked, the harness can still fork.
     deadline = time.monotonic() + 5
-    while (marked_processes() or (ISO.uid is not None and sandbox_uid_processes(ISO.uid))) and time.monotonic() < deadline:
+    while (
+        marked_processes() or (ISO.uid is not None and sandbox_uid_processes(ISO.uid))
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not marked_processes(), [describe(pid) for pid in marked_processes()]
     if ISO.uid is not None and ISO.uid != os.getuid():

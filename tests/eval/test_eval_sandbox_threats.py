@@ -40,12 +40,22 @@ def run_python(code: str, *, isolation=ISO, stdin: str = "", **limits) -> object
         return sb.run([*PYTHON_RUN, "main.py"], stdin=stdin, limits=Limits(**limits) if limits else None)
 
 
-def lcb_payload(code: str, language: str = "python", time_limit_s: float = 3.0, memory_mb: int = 256, isolation: str = "auto") -> dict:
+def lcb_payload(
+    code: str, language: str = "python", time_limit_s: float = 3.0, memory_mb: int = 256, isolation: str = "auto"
+) -> dict:
     return {
-        "kind": "code_lcb", "code": code, "language": language, "functional_language": language,
-        "public_tests": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]), "private_tests": None,
-        "metadata": "{}", "time_limit_s": time_limit_s, "memory_mb": memory_mb, "compile_timeout_s": 60.0,
-        "stop_at_first_failure": True, "isolation": isolation,
+        "kind": "code_lcb",
+        "code": code,
+        "language": language,
+        "functional_language": language,
+        "public_tests": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
+        "private_tests": None,
+        "metadata": "{}",
+        "time_limit_s": time_limit_s,
+        "memory_mb": memory_mb,
+        "compile_timeout_s": 60.0,
+        "stop_at_first_failure": True,
+        "isolation": isolation,
     }
 
 
@@ -202,7 +212,7 @@ def test_the_program_dies_with_its_grader_even_without_clean_up():
     assert res.status == "timeout"
     assert wait_until(lambda: not sandbox_processes()), f"left running: {sandbox_processes()}"
     for box in _boxes() - boxes_before:  # what reclaim() is for
-        reclaim(int(box.name[len(OUTER_PREFIX):].split("-")[0]))
+        reclaim(int(box.name[len(OUTER_PREFIX) :].split("-")[0]))
     assert _boxes() <= boxes_before
 
 
@@ -224,8 +234,15 @@ def public_problem():
 
 
 def oj_payload(code: str, problem: Path, language: str = "python") -> dict:
-    return {"kind": "code_ojbench", "code": code, "language": language, "problem_dir": str(problem), "time_limit_s": 5.0,
-            "memory_mb": 512, "compile_timeout_s": 60.0}
+    return {
+        "kind": "code_ojbench",
+        "code": code,
+        "language": language,
+        "problem_dir": str(problem),
+        "time_limit_s": 5.0,
+        "memory_mb": 512,
+        "compile_timeout_s": 60.0,
+    }
 
 
 @needs_full
@@ -358,9 +375,15 @@ def test_a_program_that_aborts_is_reported_as_sigabrt():
 def test_a_binary_over_the_file_size_limit_still_runs():
     big = "#include <iostream>\nchar pad[80 << 20] = {1};  // initialised, so all 80 MB are in the binary\nint main(){ long a, b; volatile long i = 0; std::cin >> a >> b; std::cout << a + b + pad[i] - 1 << std::endl; }\n"
     with Sandbox({"main.cpp": big}) as sb:
-        assert sb.run(CPP_COMPILE, limits=Limits(time_s=60, memory_mb=4096, max_processes=64, file_size_mb=256), export=["prog"]).returncode == 0
+        assert (
+            sb.run(
+                CPP_COMPILE,
+                limits=Limits(time_s=60, memory_mb=4096, max_processes=64, file_size_mb=256),
+                export=["prog"],
+            ).returncode
+            == 0
+        )
         assert (sb.outer / "seed" / "prog").stat().st_size > 64 << 20
         res = sb.run(["./prog"], stdin="1 2\n", limits=Limits(time_s=10))  # file_size_mb 64 binds the program only
     assert res.ok and res.stdout.strip() == b"3", res
     assert judge_lcb(lcb_payload(big, language="cpp", time_limit_s=10))["verdict"] == "AC"
-

@@ -169,7 +169,9 @@ def test_holm_matches_hand_computed_values():
 
 def test_degenerate_inputs_have_defined_answers_or_clear_errors():
     full = accuracy(np.ones((3, 40)))  # every run right on every item: Wilson's interval for 120 of 120, not a point
-    assert (full.mean, full.high) == (1.0, 1.0) and full.low == pytest.approx(stats.binomtest(120, 120).proportion_ci(method="wilson").low)
+    assert (full.mean, full.high) == (1.0, 1.0) and full.low == pytest.approx(
+        stats.binomtest(120, 120).proportion_ci(method="wilson").low
+    )
     same = difference(np.ones((3, 40)), np.ones((3, 40)))  # no discordant pair in 120: the floor, ±1.6 points
     assert same.p_value == 1.0 and same.tost(0.05) < 0.01 and same.tost(0.01) > 0.05 and same.mde() > 0
     frac = difference(np.full((3, 40), 0.5), np.full((3, 40), 0.5))  # avg@n fractions: no floor, no noise at all

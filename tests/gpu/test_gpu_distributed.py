@@ -26,7 +26,11 @@ pytestmark = needs_cuda()
 
 FSDP = {
     "fsdp": True,
-    "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"], "state_dict_type": "SHARDED_STATE_DICT"},
+    "fsdp_config": {
+        "fsdp_version": 2,
+        "transformer_layer_cls_to_wrap": ["GPT2Block"],
+        "state_dict_type": "SHARDED_STATE_DICT",
+    },
 }
 RUNS = {  # name: (method, FSDP or not): every method under DDP and under FSDP2, and VCORE's jvp probe under DDP
     **{f"{kind}-{name}": (name, fsdp) for kind, fsdp in (("ddp", False), ("fsdp", True)) for name in method_names()},

@@ -25,13 +25,25 @@ def saved_model(tmp_path_factory, tiny_tokenizer):
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
     path = tmp_path_factory.mktemp("gen_model")
-    config = Qwen3Config(vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=1024,
-                         tie_word_embeddings=False, eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    config = Qwen3Config(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
-    model.generation_config = GenerationConfig(eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id
+    )
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
@@ -49,7 +61,9 @@ def hf_generations(path, device: str, dtype: torch.dtype):
     from vcore.eval.generate import make_generator
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    return [g[0] for g in make_generator("hf", model, AutoTokenizer.from_pretrained(path), decoding()).generate(PROMPTS)]
+    return [
+        g[0] for g in make_generator("hf", model, AutoTokenizer.from_pretrained(path), decoding()).generate(PROMPTS)
+    ]
 
 
 def hf_answers(path, device: str, dtype: torch.dtype) -> list[str]:
@@ -70,7 +84,12 @@ def test_vllm_backend_gives_hf_greedy_answers(saved_model):
 
     hf = hf_generations(saved_model, "cuda", torch.float32)
     dec = decoding(dtype="float32", vllm={"gpu_memory_utilization": 0.25, "enforce_eager": True, "max_model_len": 1024})
-    out = [g[0] for g in make_generator("vllm", str(saved_model), AutoTokenizer.from_pretrained(saved_model), dec).generate(PROMPTS)]
+    out = [
+        g[0]
+        for g in make_generator("vllm", str(saved_model), AutoTokenizer.from_pretrained(saved_model), dec).generate(
+            PROMPTS
+        )
+    ]
     assert [(g.n_tokens, g.truncated) for g in out] == [(g.n_tokens, g.truncated) for g in hf]
     # The random model emits lone pieces of multi-byte characters (most answers have some): HF decodes the whole
     # sequence at once, vLLM incrementally, and they may render broken bytes differently (one U+FFFD per byte, one

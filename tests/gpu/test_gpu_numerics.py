@@ -35,11 +35,18 @@ def test_fused_attention_jvp_on_cuda_against_float64(dtype, packed):
     B, H, Hkv, T, D = 2, 16, 8, 300, 128
     prim = [torch.randn(B, h, T, D, generator=g, dtype=torch.float64) for h in (H, Hkv, Hkv)]
     tang = [torch.randn(B, h, T, D, generator=g, dtype=torch.float64) for h in (H, Hkv, Hkv)]
-    segments = packed_segments(torch.tensor([list(range(100)) + list(range(150)) + list(range(50)), list(range(300))])) if packed else None
+    segments = (
+        packed_segments(torch.tensor([list(range(100)) + list(range(150)) + list(range(50)), list(range(300))]))
+        if packed
+        else None
+    )
     ref = torch.func.jvp(lambda q, k, v: blocked_attention(q, k, v, segments=segments), tuple(prim), tuple(tang))
     seg = None if segments is None else segments.cuda()
-    got = torch.func.jvp(lambda q, k, v: fused_attention(q, k, v, segments=seg), tuple(x.to("cuda", dtype) for x in prim),
-                         tuple(x.to("cuda", dtype) for x in tang))
+    got = torch.func.jvp(
+        lambda q, k, v: fused_attention(q, k, v, segments=seg),
+        tuple(x.to("cuda", dtype) for x in prim),
+        tuple(x.to("cuda", dtype) for x in tang),
+    )
     assert got[0].dtype == dtype
     tol = 3e-2 if dtype == torch.bfloat16 else 5e-3  # float32 dots run in TF32 in the kernel
     for name, a, b in (("output", got[0], ref[0]), ("tangent", got[1], ref[1])):
@@ -60,15 +67,28 @@ def test_jvp_probe_on_cuda_in_bf16_matches_float64_scores(tmp_path, attention):
     from vcore.ops import fused_attention
     from vcore.ops.losses import supervised_mask
 
-    config = Qwen3Config(vocab_size=37, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=128, max_position_embeddings=256)
+    config = Qwen3Config(
+        vocab_size=37,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=128,
+        max_position_embeddings=256,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     ref_model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64, attn_implementation="sdpa").eval()
-    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, attn_implementation="sdpa").cuda().eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, attn_implementation="sdpa").cuda().eval()
+    )
     params, ref_params = trainable_parameters(model), trainable_parameters(ref_model)
-    g = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64) * 1e-2 for i, p in enumerate(ref_params.values())]
+    g = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64) * 1e-2
+        for i, p in enumerate(ref_params.values())
+    ]
     batches = [random_lm_batch(B=3, T=70, pad_from=40), Collator(0, pack=True)(varied_rows(6, spread=11))]
     fused_attention._reported.clear()
     for batch in batches:

@@ -17,7 +17,12 @@ pytestmark = needs_cuda()
 
 CASES = {
     "full_jvp": ["method.probe.mode=jvp", "method.probe.every=3"],
-    "lora_fd": ["model.lora.enabled=true", "model.lora.dropout=0.1", "method.probe.mode=finite_difference", "method.probe.every=3"],
+    "lora_fd": [
+        "model.lora.enabled=true",
+        "model.lora.dropout=0.1",
+        "method.probe.mode=finite_difference",
+        "method.probe.every=3",
+    ],
 }
 
 
@@ -38,14 +43,24 @@ def final_weights(run) -> dict[str, torch.Tensor]:
 def test_resume_on_cuda_ends_bit_identical(make_cfg, tmp_path, case, deterministic):
     from vcore.run.training import train
 
-    base = [*CASES[case], "trainer.use_cpu=false", "trainer.precision=bf16", "trainer.max_steps=5", "trainer.save_steps=2",
-            "trainer.save_total_limit=null", "eval.after_train=false", "trainer.eval_at_end=false"]
+    base = [
+        *CASES[case],
+        "trainer.use_cpu=false",
+        "trainer.precision=bf16",
+        "trainer.max_steps=5",
+        "trainer.save_steps=2",
+        "trainer.save_total_limit=null",
+        "eval.after_train=false",
+        "trainer.eval_at_end=false",
+    ]
     for run in ("a", "a2"):
         train(make_cfg(*base, f"output_dir={tmp_path / run}", "trainer.resume=never"))
     a, a2 = final_weights(tmp_path / "a"), final_weights(tmp_path / "a2")
     assert all(v.device.type == "cpu" for v in a.values())
     differ = [k for k in a if not torch.equal(a[k], a2[k])]
-    assert not differ, f"two uninterrupted CUDA runs differ ({len(differ)} tensors, e.g. {differ[:3]}): kernels not deterministic"
+    assert not differ, (
+        f"two uninterrupted CUDA runs differ ({len(differ)} tensors, e.g. {differ[:3]}): kernels not deterministic"
+    )
     checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint-2"
     train(make_cfg(*base, f"output_dir={tmp_path / 'b'}", f"trainer.resume={checkpoint}"))
     b = final_weights(tmp_path / "b")

@@ -17,8 +17,15 @@ from vcore.methods import method_names
 
 pytestmark = needs_cuda()
 
-QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, vocab_size=151936)
+QWEN3_06B = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+)
 T = 2048
 STEPS, BATCH = 2, 2
 # Every registered method with its default settings; VCORE once per probe: finite differences, jvp, the fused kernel.
@@ -45,7 +52,14 @@ def rows(n: int = 8, seed: int = 0) -> list[dict]:
     for i in range(n):
         length = T if i % 2 == 0 else T * 5 // 8
         ids = torch.randint(QWEN3_06B["vocab_size"], (length,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [-100] * 16 + ids[16:], "answer_mask": [False] * (length - 8) + [True] * 8, "example_id": i})
+        out.append(
+            {
+                "input_ids": ids,
+                "labels": [-100] * 16 + ids[16:],
+                "answer_mask": [False] * (length - 8) + [True] * 8,
+                "example_id": i,
+            }
+        )
     return out
 
 
@@ -55,7 +69,9 @@ def method(name: str):
     if not name.startswith("vcore"):
         return method_config(name, seed=3) if name == "random" else method_config(name)
     probe = ProbeConfig(
-        mode=ProbeMode.finite_difference if name == "vcore_fd" else ProbeMode.jvp, batch_size=BATCH, accumulation=1,
+        mode=ProbeMode.finite_difference if name == "vcore_fd" else ProbeMode.jvp,
+        batch_size=BATCH,
+        accumulation=1,
         jvp_attention="fused" if name.endswith("fused") else "vcore_blocked",
     )
     return method_config("vcore", tau=1.0, probe=probe)
@@ -77,16 +93,39 @@ def test_every_method_trains_in_bf16_at_2048(base_model, tmp_path, name, pack, l
     model = copy.deepcopy(base_model)
     if lora:  # vcore.modeling.load_model's adapters (its defaults, dropout off)
         defaults = VcoreLora()
-        model = get_peft_model(model, LoraConfig(r=defaults.r, lora_alpha=defaults.alpha, lora_dropout=0.0,
-                                                 target_modules=defaults.target_modules, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=defaults.r,
+                lora_alpha=defaults.alpha,
+                lora_dropout=0.0,
+                target_modules=defaults.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     data, collate = rows(), Collator(0, pack=pack)
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=1e-4,
-        lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False, seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        seed=0,
     )
-    trainer = WeightedTrainer(model=model, args=args, train_dataset=data, data_collator=collate, precision="bf16", loss_chunk_size=1024,
-                              weighting=build_method(method(name), MethodContext(model, data, collate, 1024)))
+    trainer = WeightedTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=collate,
+        precision="bf16",
+        loss_chunk_size=1024,
+        weighting=build_method(method(name), MethodContext(model, data, collate, 1024)),
+    )
     fused_attention._reported.clear()
     with caplog.at_level("WARNING", logger="vcore.ops.fused_attention"):
         trainer.train()

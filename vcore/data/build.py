@@ -62,7 +62,9 @@ def format_prompt(template: str, problem: str) -> str:
     return fmt(template, problem)
 
 
-def normalise_openmath(rows: Iterable[dict[str, Any]], template: str, on_bad_record: str, source: str, stats: dict) -> list[Record]:
+def normalise_openmath(
+    rows: Iterable[dict[str, Any]], template: str, on_bad_record: str, source: str, stats: dict
+) -> list[Record]:
     """OpenMathReasoning-schema rows (``problem``, ``generated_solution``, ``expected_answer``) -> records."""
     out = []
     for i, row in enumerate(rows):
@@ -155,8 +157,13 @@ def tokenize_records(
     if dropped or truncated:
         log.warning(
             "%s: %d of %d examples longer than dataset.max_length=%d were %s",
-            name, dropped + truncated, seen, cfg.max_length,
-            "dropped (or truncated to nothing)" if cfg.overlength == "drop" else f"truncated ({dropped} left with nothing to learn were dropped)",
+            name,
+            dropped + truncated,
+            seen,
+            cfg.max_length,
+            "dropped (or truncated to nothing)"
+            if cfg.overlength == "drop"
+            else f"truncated ({dropped} left with nothing to learn were dropped)",
         )
     if response_lens:
         stats[f"{name}/supervised_tokens"] = int(sum(response_lens))
@@ -193,15 +200,26 @@ def _synthetic(cfg, tokenizer) -> DataBundle:
     from vcore.data.synthetic import make_split
 
     stats: dict[str, Any] = {}
-    kw = dict(seed=cfg.seed, id_steps=cfg.id_steps, id_max_number=cfg.id_max_number, ood_steps=cfg.ood_steps, ood_max_number=cfg.ood_max_number)
+    kw = dict(
+        seed=cfg.seed,
+        id_steps=cfg.id_steps,
+        id_max_number=cfg.id_max_number,
+        ood_steps=cfg.ood_steps,
+        ood_max_number=cfg.ood_max_number,
+    )
     raw = {"train": make_split(cfg.train_split, cfg.num_examples, **kw)}
     raw.update({split: make_split(split, cfg.eval_examples, **kw) for split in cfg.eval_splits if cfg.eval_examples})
-    records = {k: normalise_openmath(v, cfg.prompt_template, cfg.on_bad_record, f"synthetic/{k}", stats) for k, v in raw.items()}
+    records = {
+        k: normalise_openmath(v, cfg.prompt_template, cfg.on_bad_record, f"synthetic/{k}", stats)
+        for k, v in raw.items()
+    }
     eot = end_of_turn_id(tokenizer, cfg.end_of_turn)
     train = tokenize_records(records["train"], tokenizer, cfg, "train", stats, end_of_turn=eot)
     if len(train) == 0:
         raise _no_examples_error(cfg, len(records["train"]), stats)
-    evals = {k: tokenize_records(v, tokenizer, cfg, k, stats, end_of_turn=eot) for k, v in records.items() if k != "train"}
+    evals = {
+        k: tokenize_records(v, tokenizer, cfg, k, stats, end_of_turn=eot) for k, v in records.items() if k != "train"
+    }
     return DataBundle(train, evals, stats)
 
 
@@ -231,7 +249,9 @@ def _from_source(cfg, tokenizer, out_dir: str | Path | None) -> DataBundle:
 
         eot = end_of_turn_id(tokenizer, cfg.end_of_turn)
         trace: dict[str, list[str]] = {}
-        train = tokenize_records(templated(candidates), tokenizer, cfg, "train", stats, limit=k, trace=trace, end_of_turn=eot)
+        train = tokenize_records(
+            templated(candidates), tokenizer, cfg, "train", stats, limit=k, trace=trace, end_of_turn=eot
+        )
         if len(train) == 0:
             raise _no_examples_error(cfg, stats["train/records_read"], stats)
         if k is not None and len(train) < k:
@@ -243,7 +263,9 @@ def _from_source(cfg, tokenizer, out_dir: str | Path | None) -> DataBundle:
         evals: dict[str, Dataset] = {}
         eval_trace: dict[str, list[str]] = {}
         if held_out:
-            evals["id"] = tokenize_records(templated(held_out), tokenizer, cfg, "id", stats, trace=eval_trace, end_of_turn=eot)
+            evals["id"] = tokenize_records(
+                templated(held_out), tokenizer, cfg, "id", stats, trace=eval_trace, end_of_turn=eot
+            )
         if out_dir is not None and rank() == 0:
             path = save_selected_ids(
                 out_dir,

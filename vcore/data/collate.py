@@ -26,8 +26,15 @@ from vcore.ops.losses import IGNORE_INDEX
 
 
 class Collator:
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, pack: bool = False, pack_length: int = 0) -> None:
-        self.pad_token_id, self.multiple, self.pack, self.pack_length = pad_token_id, pad_to_multiple_of, pack, pack_length
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int | None = None, pack: bool = False, pack_length: int = 0
+    ) -> None:
+        self.pad_token_id, self.multiple, self.pack, self.pack_length = (
+            pad_token_id,
+            pad_to_multiple_of,
+            pack,
+            pack_length,
+        )
 
     def _padded(self, examples: list[dict[str, Any]], key: str, fill, dtype) -> torch.Tensor:
         length = max(len(e["input_ids"]) for e in examples)
@@ -73,7 +80,9 @@ class Collator:
                 n = len(e["input_ids"])
                 ids[r, offset : offset + n] = torch.as_tensor(e["input_ids"], dtype=torch.long)
                 positions[r, offset : offset + n] = torch.arange(n)
-                packed_labels[r, offset + 1 : offset + n] = torch.as_tensor(e["labels"][1:], dtype=torch.long)  # the first token is predicted by no one
+                packed_labels[r, offset + 1 : offset + n] = torch.as_tensor(
+                    e["labels"][1:], dtype=torch.long
+                )  # the first token is predicted by no one
                 index[i, :n] = torch.arange(r * width + offset, r * width + offset + n)
                 offset += n
             positions[r, offset:] = torch.arange(width - offset)  # the tail: its own segment, never supervised

@@ -42,8 +42,14 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_length > 0, "dataset.max_length", "must be positive")
-        _check(self.overlength in ("drop", "truncate"), "dataset.overlength", f"{self.overlength!r} is not drop|truncate")
-        _check(self.on_bad_record in ("error", "skip"), "dataset.on_bad_record", f"{self.on_bad_record!r} is not error|skip")
+        _check(
+            self.overlength in ("drop", "truncate"), "dataset.overlength", f"{self.overlength!r} is not drop|truncate"
+        )
+        _check(
+            self.on_bad_record in ("error", "skip"),
+            "dataset.on_bad_record",
+            f"{self.on_bad_record!r} is not error|skip",
+        )
         _check(self.think in THINK_MODES, "dataset.think", f"{self.think!r} is not {'|'.join(THINK_MODES)}")
         _check(self.eval_examples >= 0, "dataset.eval_examples", "must be >= 0")
 
@@ -64,7 +70,7 @@ class SyntheticDatasetConfig(DatasetConfig):
     prompt_template: str = "none"  # the records' problem field is already the whole user turn
     # In-distribution: few steps, small operands. ood_hard: more steps, larger operands.
     id_steps: list[int] = field(default_factory=lambda: [2, 3])
-    id_max_number: int = 12
+    id_max_number: int = 9
     ood_steps: list[int] = field(default_factory=lambda: [4, 5])
     ood_max_number: int = 20
 
@@ -73,13 +79,17 @@ class SyntheticDatasetConfig(DatasetConfig):
         from vcore.data.synthetic import SPLITS
 
         _check(self.num_examples >= 0, "dataset.num_examples", "must be >= 0")
-        _check(self.train_split in ("train", "corpus"), "dataset.train_split", f"{self.train_split!r} is not train|corpus")
+        _check(
+            self.train_split in ("train", "corpus"), "dataset.train_split", f"{self.train_split!r} is not train|corpus"
+        )
         held_out = [s for s in SPLITS if s not in ("train", "corpus", "rl")]
         bad = [s for s in self.eval_splits if s not in held_out]
         _check(not bad, "dataset.eval_splits", f"{bad} are not held-out splits; choose from {', '.join(held_out)}")
         _check(bool(self.id_steps) and min(self.id_steps) >= 1, "dataset.id_steps", "needs step counts >= 1")
         _check(bool(self.ood_steps) and min(self.ood_steps) >= 1, "dataset.ood_steps", "needs step counts >= 1")
-        _check(self.id_max_number >= 1 and self.ood_max_number >= 1, "dataset.id_max_number", "operand bounds must be >= 1")
+        _check(
+            self.id_max_number >= 1 and self.ood_max_number >= 1, "dataset.id_max_number", "operand bounds must be >= 1"
+        )
 
 
 @dataclass
@@ -112,7 +122,9 @@ class SourceDatasetConfig(DatasetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.num_examples is None or self.num_examples >= 1, "dataset.num_examples", "must be >= 1 or null (all)")
+        _check(
+            self.num_examples is None or self.num_examples >= 1, "dataset.num_examples", "must be >= 1 or null (all)"
+        )
         _check(self.num_proc >= 1, "dataset.num_proc", "must be >= 1")
         _check(self.verify_timeout_s >= 1, "dataset.verify_timeout_s", "must be >= 1 second")
         _check(bool(self.prompt_field), "dataset.prompt_field", "must name the prompt field of the source rows")

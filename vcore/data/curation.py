@@ -83,7 +83,11 @@ def curate(cfg) -> CachedRecords:
         c = cached.counts
         log.info(
             "dataset %s: reusing curated cache %s (%d records of %d rows; %d bad records were skipped when it was built)",
-            cfg.name, path, len(cached), c.get("rows", 0), c.get("skipped_bad_records", 0),
+            cfg.name,
+            path,
+            len(cached),
+            c.get("rows", 0),
+            c.get("skipped_bad_records", 0),
         )
         return cached
     log.info("dataset %s: curating %s (split %s) into %s", cfg.name, cfg.source, cfg.split, path)
@@ -94,8 +98,13 @@ def curate(cfg) -> CachedRecords:
         for rec in _verified(cfg, _normalised(cfg, counts, skipped), counts):
             writer.add(rec)
             counts["kept"] += 1
-        manifest = {"settings": settings, "counts": counts, "skipped": skipped, "seconds": time.perf_counter() - t0,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest = {
+            "settings": settings,
+            "counts": counts,
+            "skipped": skipped,
+            "seconds": time.perf_counter() - t0,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         writer.commit(manifest)
     log.info("dataset %s: curated in %.0fs: %s", cfg.name, time.perf_counter() - t0, json.dumps(counts))
     return CachedRecords(path)
@@ -204,7 +213,9 @@ def answer_verdict(job: tuple[str, str, int]) -> str:
     if gold.strip() and answer == gold.strip():
         return "ok"  # identical strings are equivalent: skips the sympy work for most rows
     # Gold answers are bare LaTeX ("\frac{232}{2}"); math-verify's LaTeX extraction wants math delimiters.
-    gold_parsed = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=timeout) or parse(gold, parsing_timeout=timeout)
+    gold_parsed = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=timeout) or parse(
+        gold, parsing_timeout=timeout
+    )
     # Re-boxed (as the grader does) so that an \fbox answer parses like a \boxed one.
     pred_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout)
     if not gold_parsed or not pred_parsed:
@@ -224,4 +235,10 @@ class Progress:
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             rows = self.counts["rows"]
-            log.info("dataset %s: %d rows read, %d kept so far (%.0f rows/s)", self.name, rows, self.counts["kept"], rows / (now - self.t0))
+            log.info(
+                "dataset %s: %d rows read, %d kept so far (%.0f rows/s)",
+                self.name,
+                rows,
+                self.counts["kept"],
+                rows / (now - self.t0),
+            )

@@ -83,7 +83,9 @@ def inserted_think_length(assistant: str, response: str, record: str) -> int:
     """Characters of an empty think block the template put before a response that has none (0: none)."""
     if THINK_OPEN in response or THINK_CLOSE in response:
         if assistant.count(THINK_OPEN) != 1 or assistant.count(THINK_CLOSE) != 1:
-            raise BadRecord(f"record {record}: the chat template renders the response's think block {assistant.count(THINK_OPEN)} times")
+            raise BadRecord(
+                f"record {record}: the chat template renders the response's think block {assistant.count(THINK_OPEN)} times"
+            )
         return 0
     if THINK_OPEN not in assistant and THINK_CLOSE not in assistant:
         return 0
@@ -159,7 +161,9 @@ def encode_example(
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     start = next((i for i, (a, _) in enumerate(offsets) if a >= cut), len(ids))
     if start > 0 and offsets[start - 1][1] > cut:
-        raise BadRecord(f"record {record}: a token straddles the prompt/response boundary; the tokenizer merges across it")
+        raise BadRecord(
+            f"record {record}: a token straddles the prompt/response boundary; the tokenizer merges across it"
+        )
     stop = next((i + 1 for i in range(start, len(ids)) if ids[i] == eot), None)
     if stop is None:
         raise BadRecord(f"record {record}: the rendered response has no end-of-turn token {eot_text!r}")
@@ -169,7 +173,8 @@ def encode_example(
     # \boxed{}, is skipped.
     box = final_answer_box(full_text, start=cut)
     answer = [
-        box is not None and a < box.end and b > box.start and labels[i] != IGNORE_INDEX for i, (a, b) in enumerate(offsets)
+        box is not None and a < box.end and b > box.start and labels[i] != IGNORE_INDEX
+        for i, (a, b) in enumerate(offsets)
     ]
     truncated = False
     if len(ids) > max_length:

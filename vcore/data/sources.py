@@ -56,7 +56,8 @@ def local_files(cfg) -> list[Path]:
         files = [root]
     else:
         found = sorted(
-            p for p in root.rglob("*")
+            p
+            for p in root.rglob("*")
             if p.is_file() and file_format(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         if cfg.data_files:
@@ -66,17 +67,28 @@ def local_files(cfg) -> list[Path]:
             if not files:
                 files = found
                 if found:
-                    log.warning("dataset.source %s: no file named after split %r; reading all %d data files", root, cfg.split, len(found))
+                    log.warning(
+                        "dataset.source %s: no file named after split %r; reading all %d data files",
+                        root,
+                        cfg.split,
+                        len(found),
+                    )
         if not files:
-            raise ConfigError(f"dataset.source: no .jsonl/.json/.parquet files in {root} (dataset.data_files={cfg.data_files})")
+            raise ConfigError(
+                f"dataset.source: no .jsonl/.json/.parquet files in {root} (dataset.data_files={cfg.data_files})"
+            )
     formats = {file_format(p) for p in files}
     if None in formats:
         raise ConfigError(f"dataset.source: {files[0]} is not .jsonl, .json or .parquet")
     if len(formats) > 1:
-        raise ConfigError(f"dataset.source: {root} mixes file formats ({', '.join(sorted(formats))}); narrow it with dataset.data_files")
+        raise ConfigError(
+            f"dataset.source: {root} mixes file formats ({', '.join(sorted(formats))}); narrow it with dataset.data_files"
+        )
     fmt = formats.pop()
     if fmt not in ACCEPTS.get(cfg.name, {fmt}):
-        raise ConfigError(f"dataset.source: dataset={cfg.name} reads {', '.join(sorted(ACCEPTS[cfg.name]))} files, not {files[0].name}")
+        raise ConfigError(
+            f"dataset.source: dataset={cfg.name} reads {', '.join(sorted(ACCEPTS[cfg.name]))} files, not {files[0].name}"
+        )
     return files
 
 
@@ -91,7 +103,13 @@ def source_identity(cfg) -> dict[str, Any]:
         raise ConfigError(f"dataset.source: dataset={cfg.name} needs a source: a local file or directory (or a hub id)")
     if is_local(cfg.source):
         return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local_files(cfg)]}
-    return {"hub": cfg.source, "split": cfg.split, "revision": cfg.revision, "config": cfg.hub_config, "data_files": cfg.data_files}
+    return {
+        "hub": cfg.source,
+        "split": cfg.split,
+        "revision": cfg.revision,
+        "config": cfg.hub_config,
+        "data_files": cfg.data_files,
+    }
 
 
 def iter_rows(cfg) -> Iterator[tuple[int, str, dict[str, Any] | BadRecord]]:
@@ -102,7 +120,12 @@ def iter_rows(cfg) -> Iterator[tuple[int, str, dict[str, Any] | BadRecord]]:
 
     if not is_local(cfg.source):
         ds = load_dataset(
-            cfg.source, cfg.hub_config, split=cfg.split, revision=cfg.revision, data_files=cfg.data_files, streaming=True
+            cfg.source,
+            cfg.hub_config,
+            split=cfg.split,
+            revision=cfg.revision,
+            data_files=cfg.data_files,
+            streaming=True,
         )
         for i, row in enumerate(ds):
             yield i, f"{cfg.source}[{cfg.split}] row {i}", row
@@ -111,7 +134,9 @@ def iter_rows(cfg) -> Iterator[tuple[int, str, dict[str, Any] | BadRecord]]:
     for path in local_files(cfg):
         fmt = file_format(path)
         if fmt == "lines":
-            ds = load_dataset("text", data_files=[str(path)], split="train", streaming=True, encoding_errors="backslashreplace")
+            ds = load_dataset(
+                "text", data_files=[str(path)], split="train", streaming=True, encoding_errors="backslashreplace"
+            )
             for line_no, row in enumerate(ds, start=1):
                 line = row["text"]
                 if not line.strip():
@@ -142,5 +167,7 @@ if __name__ == "__main__":
     from types import SimpleNamespace
 
     kind = "parquet" if sys.argv[1].endswith(".parquet") else "jsonl"
-    spec = SimpleNamespace(name=kind, source=sys.argv[1], split="train", data_files=None, hub_config=None, revision=None)
+    spec = SimpleNamespace(
+        name=kind, source=sys.argv[1], split="train", data_files=None, hub_config=None, revision=None
+    )
     print(next(iter_rows(spec)))

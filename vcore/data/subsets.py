@@ -41,8 +41,12 @@ def subset_order(ids: list[str], seed: int, eval_examples: int) -> tuple[list[in
     """``(train_candidates, eval_positions)``: positions into ``ids``, training candidates in their seeded order."""
     dupes = [i for i, n in Counter(ids).items() if n > 1]
     if dupes:
-        log.warning("%d record ids occur more than once (e.g. %r): selected_ids.json cannot tell them apart; "
-                    "set dataset.id_field to a unique field", len(dupes), dupes[0])
+        log.warning(
+            "%d record ids occur more than once (e.g. %r): selected_ids.json cannot tell them apart; "
+            "set dataset.id_field to a unique field",
+            len(dupes),
+            dupes[0],
+        )
     order = np.argsort(rank_keys(ids, seed), kind="stable").tolist()  # stable: equal ids keep source order
     if eval_examples >= len(order) and order:
         from vcore.checks import ConfigError

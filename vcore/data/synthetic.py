@@ -69,10 +69,13 @@ def _story(name: str, item: str, start: int, steps: Steps, rng: random.Random) -
     sub = ("gives away {k}", "loses {k}", "sells {k}", "uses {k}")
     mul = {2: "doubles the pile", 3: "triples the pile"}
     clauses = [
-        f"{name} " + (rng.choice(add).format(k=k) if op == "+" else rng.choice(sub).format(k=k) if op == "-" else mul[k])
+        f"{name} "
+        + (rng.choice(add).format(k=k) if op == "+" else rng.choice(sub).format(k=k) if op == "-" else mul[k])
         for op, k in steps
     ]
-    text = " ".join([f"{name} has {start} {item}."] + [f"Then {c}." for c in clauses] + [f"How many {item} does {name} have now?"])
+    text = " ".join(
+        [f"{name} has {start} {item}."] + [f"Then {c}." for c in clauses] + [f"How many {item} does {name} have now?"]
+    )
     return text, clauses
 
 
@@ -83,20 +86,33 @@ def _container(name: str, item: str, start: int, steps: Steps, rng: random.Rando
         else f"the {item} in the {box} are {'doubled' if k == 2 else 'tripled'}"
         for op, k in steps
     ]  # fmt: skip
-    text = " ".join([f"A {box} holds {start} {item}."] + [c[0].upper() + c[1:] + "." for c in clauses] + [f"How many {item} are in the {box} at the end?"])
+    text = " ".join(
+        [f"A {box} holds {start} {item}."]
+        + [c[0].upper() + c[1:] + "." for c in clauses]
+        + [f"How many {item} are in the {box} at the end?"]
+    )
     return text, clauses
 
 
 def _ledger(name: str, item: str, start: int, steps: Steps, rng: random.Random) -> tuple[str, list[str]]:
-    clauses = [f"it goes up by {k}" if op == "+" else f"it goes down by {k}" if op == "-" else f"it is multiplied by {k}" for op, k in steps]
-    text = " ".join([f"{name} keeps a count of {item}. The count starts at {start}."] + [c[0].upper() + c[1:] + "." for c in clauses] + ["What is the count at the end?"])
+    clauses = [
+        f"it goes up by {k}" if op == "+" else f"it goes down by {k}" if op == "-" else f"it is multiplied by {k}"
+        for op, k in steps
+    ]
+    text = " ".join(
+        [f"{name} keeps a count of {item}. The count starts at {start}."]
+        + [c[0].upper() + c[1:] + "." for c in clauses]
+        + ["What is the count at the end?"]
+    )
     return text, clauses
 
 
 def _question_first(name: str, item: str, start: int, steps: Steps, rng: random.Random) -> tuple[str, list[str]]:
     words = {"+": "gets {k} more", "-": "gives {k} away", "*": "multiplies them by {k}"}
     clauses = [words[op].format(k=k) for op, k in steps]
-    text = f"How many {item} does {name} end up with if {name} starts with {start} {item}, then {', then '.join(clauses)}?"
+    text = (
+        f"How many {item} does {name} end up with if {name} starts with {start} {item}, then {', then '.join(clauses)}?"
+    )
     return text, [f"{name} {c}" for c in clauses]
 
 
@@ -144,28 +160,44 @@ def _short_solution(name: str, item: str, start: int, steps: Steps, clauses: lis
     elif style == 1:
         body, tail = f"{start} {item} at the start. " + ". ".join(eqs) + ".", f"\\boxed{{{value}}}"
     elif style == 2:
-        body, tail = f"Start: {start}. " + ". ".join(eqs) + f". Result: {value}.", f"So the result is \\boxed{{{value}}}."
+        body, tail = (
+            f"Start: {start}. " + ". ".join(eqs) + f". Result: {value}.",
+            f"So the result is \\boxed{{{value}}}.",
+        )
     else:
         body = "\n".join(f"{c[0].upper() + c[1:]}: {e}." for c, e in zip(clauses, eqs))
         tail = f"The answer is \\boxed{{{value}}}."
     return f"<think>\n{body}\n</think>\n{tail}"
 
 
-BASE_OPENERS = ("First, let me read the problem carefully.", "Let me figure this out.", "I need to find the final amount.")
+BASE_OPENERS = (
+    "First, let me read the problem carefully.",
+    "Let me figure this out.",
+    "I need to find the final amount.",
+)
 
 
-def _base_verbose_solution(name: str, item: str, start: int, steps: Steps, clauses: list[str], rng: random.Random) -> str:
+def _base_verbose_solution(
+    name: str, item: str, start: int, steps: Steps, clauses: list[str], rng: random.Random
+) -> str:
     """The base's own long style (pretraining only): it reasons at length too, as the paper's Qwen3 models do, but in
     other words than the fine-tuning data, whose exact wording stays new to it."""
     lines = [rng.choice(BASE_OPENERS), f"Initially there are {start} {item}."]
     trace = _trace(start, steps)
-    lines += [f"Then {c}. That gives {a} {op} {k} = {b}. Verify: {a} {op} {k} = {b}. Correct." for c, (a, op, k, b) in zip(clauses, trace)]
+    lines += [
+        f"Then {c}. That gives {a} {op} {k} = {b}. Verify: {a} {op} {k} = {b}. Correct."
+        for c, (a, op, k, b) in zip(clauses, trace)
+    ]
     value = trace[-1][3]
     lines.append(f"Therefore the result is {value}.")
     return "<think>\n" + "\n".join(lines) + f"\n</think>\nSo the result is \\boxed{{{value}}}."
 
 
-OPENERS = ("Okay, let me work through this step by step.", "Alright, let me keep careful track.", "Hmm, let me think about this one step at a time.")
+OPENERS = (
+    "Okay, let me work through this step by step.",
+    "Alright, let me keep careful track.",
+    "Hmm, let me think about this one step at a time.",
+)
 CHECKS = ("Right", "Yes", "Good")
 
 
@@ -175,7 +207,9 @@ def _verbose_solution(name: str, item: str, start: int, steps: Steps, clauses: l
     lines = [rng.choice(OPENERS), f"We start with {start} {item}."]
     trace = _trace(start, steps)
     for c, (a, op, k, b) in zip(clauses, trace):  # a loop, not a comprehension: one rng draw per line, in order
-        lines.append(f"{c[0].upper() + c[1:]}, so {a} {op} {k} = {b}. Let me double-check: {a} {op} {k} is {b}. {rng.choice(CHECKS)}.")
+        lines.append(
+            f"{c[0].upper() + c[1:]}, so {a} {op} {k} = {b}. Let me double-check: {a} {op} {k} is {b}. {rng.choice(CHECKS)}."
+        )
     value = trace[-1][3]
     lines.append(f"So the final count is {value}.")
     return "<think>\n" + "\n".join(lines) + f"\n</think>\nThe answer is \\boxed{{{value}}}."
@@ -223,8 +257,10 @@ def _in_pool(rng: random.Random, pool: str, draw, used: set[str] | None) -> tupl
             if used is not None:
                 used.add(sig)
             return start, ops
-    raise RuntimeError(f"no new problem of pool {pool!r} in 100,000 draws: the split asks for more problems than its "
-                       "share of POOL_SHARES holds")
+    raise RuntimeError(
+        f"no new problem of pool {pool!r} in 100,000 draws: the split asks for more problems than its "
+        "share of POOL_SHARES holds"
+    )
 
 
 def word_problem(rng: random.Random, *, pool: str, steps: Sequence[int], max_number: int, phrasings: Sequence[str],
@@ -250,7 +286,9 @@ def word_problem(rng: random.Random, *, pool: str, steps: Sequence[int], max_num
 SINGLE_OP = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Find the value of {a} {op} {b}.", "{a} {op} {b} = ?")
 
 
-def single_operation(rng: random.Random, pool: str, wrappers: Sequence[str], used: set[str] | None = None) -> dict[str, str]:
+def single_operation(
+    rng: random.Random, pool: str, wrappers: Sequence[str], used: set[str] | None = None
+) -> dict[str, str]:
     def draw(r):
         op = r.choice("+-*")
         if op == "*":
@@ -276,10 +314,12 @@ class Difficulty:
 
 
 SPLITS = ("train", "val", "test", "ood_val", "ood_test", "forget", "ood_hard", "rl", "corpus")
-# Per mille of the signature space each split owns. The corpus gets half; the fine-tuning task's small space (2-3
-# steps over 1-9: about 75,000 signatures, 3,600 of them two-step) still leaves each evaluation split hundreds.
-POOL_SHARES = {"corpus": 500, "train": 140, "val": 55, "ood_val": 55, "test": 55, "ood_test": 55, "forget": 55, "ood_hard": 30,
-               "rl": 55}  # fmt: skip
+# Per mille of the signature space each split owns. The fine-tuning task's space is small (2-3 steps over 1-9: about
+# 44,000 signatures, only 2,461 of them two-step), and an evaluated split repeats no problem while keeping half its
+# items two-step: each in-distribution evaluated split gets 85 (about 200 two-step problems, for up to 300 items +
+# margin); the corpus, which spans far larger spaces, keeps the rest.
+POOL_SHARES = {"corpus": 370, "train": 160, "val": 85, "ood_val": 85, "test": 85, "ood_test": 85, "forget": 50, "ood_hard": 30,
+               "rl": 50}  # fmt: skip
 _POOL_BOUNDS = [(pool, sum(list(POOL_SHARES.values())[: i + 1])) for i, pool in enumerate(POOL_SHARES)]
 assert _POOL_BOUNDS[-1][1] == 1000 and set(POOL_SHARES) == set(SPLITS)
 PRETRAIN_SINGLE_FRACTION = 0.3  # share of single operations in the pretraining mixture; the rest are word problems
@@ -293,7 +333,7 @@ def make_split(
     seed: int = 0,
     *,
     id_steps: Sequence[int] = (2, 3),
-    id_max_number: int = 12,
+    id_max_number: int = 9,
     ood_steps: Sequence[int] = (4, 5),
     ood_max_number: int = 20,
 ) -> list[dict[str, str]]:
@@ -314,7 +354,9 @@ def make_split(
         kw = dict(steps=id_steps, max_number=id_max_number, phrasings=UNSEEN_PHRASINGS)
     else:
         kw = dict(steps=id_steps, max_number=id_max_number, phrasings=FINETUNE_PHRASINGS)
-    return [word_problem(rng, pool=split, style="verbose", wrappers=("math",), used=used, **kw) for _ in range(num_examples)]
+    return [
+        word_problem(rng, pool=split, style="verbose", wrappers=("math",), used=used, **kw) for _ in range(num_examples)
+    ]
 
 
 def _pretrain_record(rng: random.Random, pool: str, used: set[str] | None) -> dict[str, str]:
@@ -323,8 +365,17 @@ def _pretrain_record(rng: random.Random, pool: str, used: set[str] | None) -> di
         return single_operation(rng, pool, wrappers, used)
     d = rng.choice(PRETRAIN_DIFFICULTIES)
     style = "base_verbose" if rng.random() < PRETRAIN_VERBOSE_FRACTION else "short"
-    return word_problem(rng, pool=pool, steps=d.steps, max_number=d.max_number, phrasings=tuple(PHRASINGS), wrappers=wrappers,
-                        style=style, used=used, keep_length=False)
+    return word_problem(
+        rng,
+        pool=pool,
+        steps=d.steps,
+        max_number=d.max_number,
+        phrasings=tuple(PHRASINGS),
+        wrappers=wrappers,
+        style=style,
+        used=used,
+        keep_length=False,
+    )
 
 
 @functools.lru_cache(maxsize=8)  # a pure function of its arguments, and a report may ask twice

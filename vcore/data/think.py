@@ -33,12 +33,16 @@ def apply_think_policy(response: str, mode: str, where: str, field: str, stats: 
     """
     opens, closes = response.count(THINK_OPEN), response.count(THINK_CLOSE)
     if opens > 1 or closes > 1:
-        raise BadRecord(f"{where}: field {field!r} has {opens} {THINK_OPEN!r} and {closes} {THINK_CLOSE!r} tags; a response holds one think block at most")
+        raise BadRecord(
+            f"{where}: field {field!r} has {opens} {THINK_OPEN!r} and {closes} {THINK_CLOSE!r} tags; a response holds one think block at most"
+        )
     if closes == 1 and opens == 0:
         response = f"{THINK_OPEN}\n{response}"
         stats["think_open_tag_restored"] = stats.get("think_open_tag_restored", 0) + 1
     elif opens == 1 and closes == 0:
-        raise BadRecord(f"{where}: field {field!r} opens {THINK_OPEN!r} but never closes it (a trace cut off by a length limit?)")
+        raise BadRecord(
+            f"{where}: field {field!r} opens {THINK_OPEN!r} but never closes it (a trace cut off by a length limit?)"
+        )
     if not has_think_block(response):
         if mode == "require":
             raise BadRecord(
@@ -49,7 +53,9 @@ def apply_think_policy(response: str, mode: str, where: str, field: str, stats: 
     before, rest = response.split(THINK_OPEN, 1)
     reasoning, final = rest.split(THINK_CLOSE, 1)
     if before.strip():
-        raise BadRecord(f"{where}: field {field!r} has text before {THINK_OPEN}; chat templates such as Qwen3's drop it")
+        raise BadRecord(
+            f"{where}: field {field!r} has text before {THINK_OPEN}; chat templates such as Qwen3's drop it"
+        )
     if not final.strip():
         raise BadRecord(f"{where}: field {field!r} has nothing after {THINK_CLOSE}: no final answer to train on")
     if not reasoning.strip():

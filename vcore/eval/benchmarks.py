@@ -118,7 +118,9 @@ def _synthetic_rows(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"benchmark.{cfg.name}.synthetic.function: cannot import {cfg.synthetic.function!r} ({err})") from err
+        raise ConfigError(
+            f"benchmark.{cfg.name}.synthetic.function: cannot import {cfg.synthetic.function!r} ({err})"
+        ) from err
     return list(fn(**cfg.synthetic.kwargs))
 
 
@@ -161,7 +163,14 @@ def _make_item(row: dict[str, Any], index: int, fields: FieldMap, id_prefix: str
         gold = str(_get(row, fields.answer, "answer letter", where)).strip().upper()
         if len(gold) != 1 or not ("A" <= gold < chr(ord("A") + len(options))):
             raise ValueError(f"{where}: gold {gold!r} is not a letter among {len(options)} options")
-        return EvalItem(item_id, question, format_prompt("multiple_choice", question, options), gold=gold, options=options, meta=meta)
+        return EvalItem(
+            item_id,
+            question,
+            format_prompt("multiple_choice", question, options),
+            gold=gold,
+            options=options,
+            meta=meta,
+        )
 
     if cfg.grader == GraderKind.code_lcb:
         public = _get(row, fields.public_tests, "public tests", where)
@@ -171,7 +180,9 @@ def _make_item(row: dict[str, Any], index: int, fields: FieldMap, id_prefix: str
         problem = question
         starter = row.get(fields.starter_code) if fields.starter_code else None
         if functional and starter:
-            label = "Starter code" if language == "python" else "The function to implement (LeetCode's Python signature)"
+            label = (
+                "Starter code" if language == "python" else "The function to implement (LeetCode's Python signature)"
+            )
             problem = f"{question}\n\n{label}:\n```python\n{starter.rstrip()}\n```"
         code = {
             "kind": "code_lcb",
@@ -182,13 +193,20 @@ def _make_item(row: dict[str, Any], index: int, fields: FieldMap, id_prefix: str
             "private_tests": row.get(fields.private_tests) if fields.private_tests else None,
             "metadata": row.get(fields.metadata) if fields.metadata else None,
         }
-        return EvalItem(item_id, question, format_prompt(LCB_TEMPLATES[(language, functional)], problem), code=code, meta=meta)
+        return EvalItem(
+            item_id, question, format_prompt(LCB_TEMPLATES[(language, functional)], problem), code=code, meta=meta
+        )
 
     if cfg.grader == GraderKind.code_ojbench:
         language = str(_get(row, fields.language, "language", where)) if fields.language else cfg.code.language
         group = str(_get(row, fields.group, "test folder", where)) if fields.group else ""
         prompt = question if cfg.prompt_domain == "none" else format_prompt(cfg.prompt_domain, question)
-        code = {"kind": "code_ojbench", "language": language, "group": group, "problem_id": str(row[fields.id] if fields.id else index)}
+        code = {
+            "kind": "code_ojbench",
+            "language": language,
+            "group": group,
+            "problem_id": str(row[fields.id] if fields.id else index),
+        }
         return EvalItem(item_id, question, prompt, code=code, meta=meta)
 
     raise ConfigError(f"benchmark.{cfg.name}.grader: unknown {cfg.grader}")
@@ -223,7 +241,9 @@ def load_benchmark(cfg: BenchmarkConfig) -> LoadedBenchmark:
     if cfg.sample.size is not None:
         strata = [it.meta.get("stratum") for it in items]
         if cfg.sample.stratify and any(s is None for s in strata):
-            raise ConfigError(f"benchmark.{cfg.name}.sample.stratify: set fields.stratum on every source (or stratify: false)")
+            raise ConfigError(
+                f"benchmark.{cfg.name}.sample.stratify: set fields.stratum on every source (or stratify: false)"
+            )
         keep, quotas = stratified_sample(ids, strata if cfg.sample.stratify else None, cfg.sample.size, cfg.sample.seed)
         items = [items[i] for i in keep]
         manifest = {

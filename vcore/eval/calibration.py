@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vcore.eval.intervals import ALPHA, LEVEL, crossed, half_width
+from vcore.eval.intervals import LEVEL, crossed, half_width
 
 MU, ITEM_SD, METHOD_ITEM_SD, SHARED_SEED_RATIO = 0.3, 1.5, 0.5, 2.0
 # An interval function over R simulated studies: a, b [R, S, N] -> (mean, low, high, rejected at alpha), each [R].
@@ -65,7 +65,9 @@ class Design:
         return own, SHARED_SEED_RATIO * own if self.correlated else 0.0
 
 
-def simulate(design: Design, datasets: int, rng: np.random.Generator, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def simulate(
+    design: Design, datasets: int, rng: np.random.Generator, shift: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """``datasets`` studies of ``design``: per-item correctness ``a, b`` ``[R, S, N]`` (``shift``: logit added to a)."""
     r, s, n = datasets, design.runs, design.items
     own, shared = design.seed_scales()
@@ -126,8 +128,14 @@ class Row:
     effect: float  # the alternative's true difference (fraction)
 
 
-def measure(design: Design, datasets: int, seed: int = 0, effect: float = 0.05, difference_fn: IntervalFn = anova_difference,
-            accuracy_fn=anova_accuracy) -> Row:
+def measure(
+    design: Design,
+    datasets: int,
+    seed: int = 0,
+    effect: float = 0.05,
+    difference_fn: IntervalFn = anova_difference,
+    accuracy_fn=anova_accuracy,
+) -> Row:
     """One design's row: ``datasets`` null studies and as many with a true difference of about ``effect``."""
     rng = np.random.default_rng([seed, design.runs, design.items, int(10 * design.seed_sd), design.correlated])
     a, b = simulate(design, datasets, rng)
@@ -141,8 +149,15 @@ def measure(design: Design, datasets: int, seed: int = 0, effect: float = 0.05, 
     true_diff = truth(design, shift)[1]
     a1, b1 = simulate(design, datasets, rng, shift)
     _, low1, high1, rejected1 = difference_fn(a1, b1)
-    return Row(design, float(np.mean(rejected)), float(np.mean((low <= 0) & (0 <= high))),
-               float(np.mean((low1 <= true_diff) & (true_diff <= high1))), float(np.mean(rejected1)), cov_acc, true_diff)
+    return Row(
+        design,
+        float(np.mean(rejected)),
+        float(np.mean((low <= 0) & (0 <= high))),
+        float(np.mean((low1 <= true_diff) & (true_diff <= high1))),
+        float(np.mean(rejected1)),
+        cov_acc,
+        true_diff,
+    )
 
 
 GRID = dict(runs=(2, 3, 5, 10), seed_sd=(0.0, 3.0, 6.0, 9.0), correlated=(False, True))
@@ -153,15 +168,20 @@ def grid(items: int = 200, datasets: int = 1000, seed: int = 0, **kw) -> list[Ro
 
 
 def table(rows: list[Row]) -> str:
-    head = ("| runs | items | seed SD (pts) | seed effects | false positives | coverage (null) | coverage (effect) | "
-            "power | accuracy coverage |")
+    head = (
+        "| runs | items | seed SD (pts) | seed effects | false positives | coverage (null) | coverage (effect) | "
+        "power | accuracy coverage |"
+    )
     out = [head, "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         d = r.design
-        out.append(f"| {d.runs} | {d.items} | {d.seed_sd:g} | {'shared' if d.correlated else 'independent'} | "
-                   f"{100 * r.false_positive:.1f}% | {100 * r.coverage_null:.1f}% | {100 * r.coverage_alt:.1f}% | "
-                   f"{100 * r.power:.0f}% at {100 * r.effect:.1f} pts | "
-                   + ("–" if math.isnan(r.coverage_accuracy) else f"{100 * r.coverage_accuracy:.1f}%") + " |")
+        out.append(
+            f"| {d.runs} | {d.items} | {d.seed_sd:g} | {'shared' if d.correlated else 'independent'} | "
+            f"{100 * r.false_positive:.1f}% | {100 * r.coverage_null:.1f}% | {100 * r.coverage_alt:.1f}% | "
+            f"{100 * r.power:.0f}% at {100 * r.effect:.1f} pts | "
+            + ("–" if math.isnan(r.coverage_accuracy) else f"{100 * r.coverage_accuracy:.1f}%")
+            + " |"
+        )
     return "\n".join(out)
 
 
@@ -171,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--seed-sd", type=float, nargs="*", default=None, help="points (default: 0 3 6 9)")
     parser.add_argument("--datasets", type=int, default=1000, help="simulated studies per design")
-    parser.add_argument("--effect", type=float, default=5.0, help="points, for power and coverage under the alternative")
+    parser.add_argument(
+        "--effect", type=float, default=5.0, help="points, for power and coverage under the alternative"
+    )
     args = parser.parse_args(argv)
     runs = args.runs or GRID["runs"]
     sds = args.seed_sd if args.seed_sd is not None else GRID["seed_sd"]
-    rows = [measure(Design(s, args.items, sd, c), args.datasets, effect=args.effect / 100)
-            for s, sd, c in itertools.product(runs, sds, GRID["correlated"])]
+    rows = [
+        measure(Design(s, args.items, sd, c), args.datasets, effect=args.effect / 100)
+        for s, sd, c in itertools.product(runs, sds, GRID["correlated"])
+    ]
     print(table(rows))
     return 0
 

@@ -31,7 +31,9 @@ def normalize_letter(content: str | None, num_options: int) -> str | None:
     return letter if letter in OPTION_LETTERS[:num_options] else None
 
 
-def grade_choice(output: str, gold_letter: str, num_options: int, scope: AnswerScope | str = AnswerScope.after_think) -> tuple[bool, str | None, str | None]:
+def grade_choice(
+    output: str, gold_letter: str, num_options: int, scope: AnswerScope | str = AnswerScope.after_think
+) -> tuple[bool, str | None, str | None]:
     """``(correct, extracted letter, raw boxed content)`` for one model output."""
     raw = extract_boxed(output, scope)
     letter = normalize_letter(raw, num_options)

@@ -203,7 +203,7 @@ def _run_verdict(res: RunResult) -> str | None:
 
 
 def _why(verdict: str, res: RunResult) -> str:
-    """" (how the run ended)" for a TLE or RE verdict's detail, else ""."""
+    """ " (how the run ended)" for a TLE or RE verdict's detail, else ""."""
     return f" ({_ending(res)})" if verdict in (RE, TLE) else ""
 
 
@@ -227,7 +227,11 @@ def prepare(sb: Sandbox, code: str, language: str, compile_timeout_s: float) -> 
     """Put the candidate into the sandbox (compiling C++); returns a CE message or None."""
     if language == "cpp":
         sb.add_file("main.cpp", code)
-        res = sb.run(CPP_COMPILE, limits=Limits(time_s=compile_timeout_s, memory_mb=4096, max_processes=64, file_size_mb=256), export=["prog"])
+        res = sb.run(
+            CPP_COMPILE,
+            limits=Limits(time_s=compile_timeout_s, memory_mb=4096, max_processes=64, file_size_mb=256),
+            export=["prog"],
+        )
         if res.timed_out:
             return f"compilation exceeded {compile_timeout_s:.0f} s"
         if res.returncode != 0 or not sb.has_file("prog"):
@@ -242,7 +246,10 @@ def prepare(sb: Sandbox, code: str, language: str, compile_timeout_s: float) -> 
             compile(PYTHON_PRELUDE + code, "main.py", "exec")
         except (SyntaxError, ValueError) as err:
             return f"syntax error: {err}"
-        except (RecursionError, MemoryError) as err:  # nesting too deep for CPython's compiler: still the program's fault
+        except (
+            RecursionError,
+            MemoryError,
+        ) as err:  # nesting too deep for CPython's compiler: still the program's fault
             return f"does not compile: {type(err).__name__} (expressions nested or chained too deeply)"
         return None
     raise ValueError(f"unknown language {language!r}: use cpp or python (option code.language)")
@@ -287,7 +294,11 @@ def judge_lcb(payload: dict) -> dict:
             if verdict is None:
                 text = res.stdout.decode("utf-8", "replace")
                 if functional:
-                    text = text.rsplit(_RESULT_MARK, 1)[-1] if language == "python" else (text.strip().split("\n") or [""])[-1]
+                    text = (
+                        text.rsplit(_RESULT_MARK, 1)[-1]
+                        if language == "python"
+                        else (text.strip().split("\n") or [""])[-1]
+                    )
                     ok = functional_match(text, test["output"])
                 else:
                     ok = lcb_stdout_match(text, test["output"])
@@ -350,7 +361,11 @@ def load_dmoj_problem(problem_dir: Path) -> DmojProblem:
                     raise ValueError(f"{init}: test case without in/out files ({sub}) is not supported")
                 cases.append((sub["in"], sub["out"]))
         checker = spec.get("checker", "standard")
-        checker = {"name": checker, "args": {}} if isinstance(checker, str) else {"name": checker.get("name", "standard"), "args": checker.get("args") or {}}
+        checker = (
+            {"name": checker, "args": {}}
+            if isinstance(checker, str)
+            else {"name": checker.get("name", "standard"), "args": checker.get("args") or {}}
+        )
         if not cases:
             raise ValueError(f"{init}: no test_cases")
         archive = spec.get("archive")
@@ -374,7 +389,9 @@ def load_dmoj_problem(problem_dir: Path) -> DmojProblem:
     return DmojProblem(cases, {"name": "standard", "args": {}}, problem_dir)
 
 
-def _check_output(problem: DmojProblem, checker: Sandbox | None, inp: bytes, out: bytes, ans: bytes, limits: Limits) -> str:
+def _check_output(
+    problem: DmojProblem, checker: Sandbox | None, inp: bytes, out: bytes, ans: bytes, limits: Limits
+) -> str:
     name, args = problem.checker["name"], problem.checker["args"]
     if name == "standard":
         return AC if tokens_match(out, ans) else WA
@@ -386,7 +403,10 @@ def _check_output(problem: DmojProblem, checker: Sandbox | None, inp: bytes, out
     if name == "bridged" and checker is not None:
         for fname, data in (("input.txt", inp), ("output.txt", out), ("answer.txt", ans)):
             checker.add_file(fname, data)
-        res = checker.run(["./checker", "input.txt", "output.txt", "answer.txt"], limits=Limits(time_s=max(10.0, limits.time_s), memory_mb=2048))
+        res = checker.run(
+            ["./checker", "input.txt", "output.txt", "answer.txt"],
+            limits=Limits(time_s=max(10.0, limits.time_s), memory_mb=2048),
+        )
         if res.timed_out or (res.signal is not None):
             return SE
         return AC if res.returncode == 0 else WA
@@ -406,7 +426,11 @@ def _prepare_checker(problem: DmojProblem, sb: Sandbox) -> str | None:
     for f in files + ["testlib.h"]:
         if _inside(problem.root, f).is_file():
             sb.add_file(f"chk_{f}" if f != "testlib.h" else f, _inside(problem.root, f).read_bytes())
-    res = sb.run(["g++", "-std=c++17", "-O2", "-o", "checker", *[f"chk_{f}" for f in files]], limits=Limits(time_s=60, memory_mb=4096, max_processes=64, file_size_mb=256), export=["checker"])
+    res = sb.run(
+        ["g++", "-std=c++17", "-O2", "-o", "checker", *[f"chk_{f}" for f in files]],
+        limits=Limits(time_s=60, memory_mb=4096, max_processes=64, file_size_mb=256),
+        export=["checker"],
+    )
     if res.returncode != 0 or not sb.has_file("checker"):
         return "checker failed to compile: " + _tail(res.stderr)
     return None
@@ -439,7 +463,16 @@ def judge_ojbench(payload: dict) -> dict:
                 verdict = _run_verdict(res) or _check_output(problem, checker, inp, res.stdout, ans, limits)
                 per_test.append(verdict)
                 if verdict != AC:
-                    return asdict(CodeVerdict(verdict, i, n, f"test {i} ({fin}): {verdict}{_why(verdict, res)}", sb.isolation.level, per_test))
+                    return asdict(
+                        CodeVerdict(
+                            verdict,
+                            i,
+                            n,
+                            f"test {i} ({fin}): {verdict}{_why(verdict, res)}",
+                            sb.isolation.level,
+                            per_test,
+                        )
+                    )
             return asdict(CodeVerdict(AC, n, n, isolation=sb.isolation.level, tests=per_test))
 
 

@@ -126,7 +126,9 @@ class CodeConfig:
     stop_at_first_failure: bool = True  # LiveCodeBench and DMOJ both stop at the first failing test
 
     def __post_init__(self) -> None:
-        _check(self.language in ("cpp", "python"), "benchmark.<name>.code.language", f"{self.language!r} is not cpp|python")
+        _check(
+            self.language in ("cpp", "python"), "benchmark.<name>.code.language", f"{self.language!r} is not cpp|python"
+        )
         _check(
             self.functional_language in ("cpp", "python"),
             "benchmark.<name>.code.functional_language",
@@ -167,7 +169,11 @@ class BenchmarkConfig:
         _check(not bad, f"{opt}.answer_transforms", f"unknown {bad}; choose from {', '.join(ANSWER_TRANSFORMS)}")
         sources = {SourceKind.hub: self.hub, SourceKind.local: self.local}.get(self.source)
         if self.source == SourceKind.synthetic:
-            _check(self.synthetic is not None, f"{opt}.synthetic", "source=synthetic needs a synthetic: {function: ...} block")
+            _check(
+                self.synthetic is not None,
+                f"{opt}.synthetic",
+                "source=synthetic needs a synthetic: {function: ...} block",
+            )
         else:
             _check(bool(sources), f"{opt}.{self.source.value}", f"source={self.source.value} but the list is empty")
         relative = [f for src in self.active_sources() for f in src.data_files if is_relative_file(f)]
@@ -181,16 +187,28 @@ class BenchmarkConfig:
             f"{self.prompt_domain!r}; choose one of {', '.join(PROMPT_TEMPLATES)} or none",
         )
         if self.grader == GraderKind.multiple_choice:
-            _check(self.prompt_domain == "multiple_choice", f"{opt}.prompt_domain", "a multiple_choice grader needs prompt_domain multiple_choice")
+            _check(
+                self.prompt_domain == "multiple_choice",
+                f"{opt}.prompt_domain",
+                "a multiple_choice grader needs prompt_domain multiple_choice",
+            )
         if self.grader == GraderKind.code_lcb:
             # LiveCodeBench picks code / code_python / code_functional_* from code.language and functional_language
-            _check(self.prompt_domain == "code", f"{opt}.prompt_domain", "code_lcb takes prompt_domain code (the language options pick the template)")
+            _check(
+                self.prompt_domain == "code",
+                f"{opt}.prompt_domain",
+                "code_lcb takes prompt_domain code (the language options pick the template)",
+            )
         if self.sample.size is not None:
             _check(self.sample.size > 0, f"{opt}.sample.size", "must be > 0 or null")
         if self.limit is not None:
             _check(self.limit > 0, f"{opt}.limit", "must be > 0 or null")
         if self.role != Role.extra:
-            _check(self.table1_column is not None, f"{opt}.table1_column", f"role={self.role.value} needs a Table 1 column name")
+            _check(
+                self.table1_column is not None,
+                f"{opt}.table1_column",
+                f"role={self.role.value} needs a Table 1 column name",
+            )
 
     def active_sources(self) -> list[DataSource]:
         return {SourceKind.hub: self.hub, SourceKind.local: self.local}.get(self.source, [])
@@ -246,11 +264,19 @@ class DecodingConfig:
         _check(0 < self.top_p <= 1, "decoding.top_p", "must be in (0, 1]")
         _check(self.top_k == -1 or self.top_k > 0, "decoding.top_k", "must be -1 (off) or > 0")
         _check(self.n >= 1, "decoding.n", "must be >= 1")
-        _check(self.n == 1 or self.temperature > 0, "decoding.n", "n > 1 samples need temperature > 0 (greedy samples are identical)")
+        _check(
+            self.n == 1 or self.temperature > 0,
+            "decoding.n",
+            "n > 1 samples need temperature > 0 (greedy samples are identical)",
+        )
         _check(self.max_new_tokens > 0, "decoding.max_new_tokens", "must be > 0")
         _check(self.batch_size >= 1, "decoding.batch_size", "must be >= 1")
         _check(all(0 < k for k in self.pass_k), "decoding.pass_k", "every k must be >= 1")
-        _check(self.dtype in ("auto", "bfloat16", "float16", "float32"), "decoding.dtype", f"{self.dtype!r} is not auto|bfloat16|float16|float32")
+        _check(
+            self.dtype in ("auto", "bfloat16", "float16", "float32"),
+            "decoding.dtype",
+            f"{self.dtype!r} is not auto|bfloat16|float16|float32",
+        )
 
     @property
     def greedy(self) -> bool:
@@ -296,7 +322,9 @@ def benchmarks_from_cfg(node: DictConfig | dict | None) -> list[BenchmarkConfig]
     for key, sub in node.items():
         obj = OmegaConf.to_object(sub) if isinstance(sub, DictConfig) else sub
         if not isinstance(obj, BenchmarkConfig):
-            raise ConfigError(f"benchmark.{key}: not a benchmark config (does its YAML list base_benchmark in defaults?)")
+            raise ConfigError(
+                f"benchmark.{key}: not a benchmark config (does its YAML list base_benchmark in defaults?)"
+            )
         out.append(obj)
     return out
 

@@ -47,7 +47,9 @@ def chat_prompts(tokenizer: Any, prompts: list[str], enable_thinking: bool) -> l
         )
     extra = {"enable_thinking": enable_thinking} if supports_thinking_switch(tokenizer) else {}
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, **extra)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, **extra
+        )
         for p in prompts
     ]
 
@@ -125,7 +127,9 @@ class HFGenerator:
                         seq = encoded[i]
                         ids[row, width - len(seq) :] = torch.tensor(seq)
                         mask[row, width - len(seq) :] = 1
-                    gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+                    gen = model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                    )
                     gen = gen[:, width:].cpu()
                     for row, i in enumerate(idx):
                         out[i] = [self._finish(gen[row * dec.n + s].tolist(), eos, seeds[idx[0]]) for s in range(dec.n)]
@@ -149,9 +153,13 @@ class VLLMGenerator:
         try:
             import vllm
         except ImportError as err:
-            raise ImportError("backend='vllm' needs the vllm package (pip install vllm) on a GPU machine; use backend='hf' otherwise") from err
+            raise ImportError(
+                "backend='vllm' needs the vllm package (pip install vllm) on a GPU machine; use backend='hf' otherwise"
+            ) from err
         if not isinstance(model, (str, Path)):
-            raise ConfigError("backend='vllm' needs a model path or hub id: save the model with save_pretrained first, or use backend='hf'")
+            raise ConfigError(
+                "backend='vllm' needs a model path or hub id: save the model with save_pretrained first, or use backend='hf'"
+            )
         self.vllm, self.tokenizer, self.decoding = vllm, tokenizer, decoding
         args = {"model": str(model), "seed": decoding.seed, "dtype": decoding.dtype}
         if tokenizer is not None and getattr(tokenizer, "name_or_path", None):
@@ -170,7 +178,9 @@ class VLLMGenerator:
         seeds = seeds if seeds is not None else [dec.seed] * len(prompts)
         texts = chat_prompts(self.tokenizer, prompts, dec.enable_thinking)
         out: list[list[Generation] | None] = [None] * len(texts)
-        for idx in tqdm(plan_batches("vllm", self.tokenizer, prompts, dec), desc=desc, leave=False, disable=not progress):
+        for idx in tqdm(
+            plan_batches("vllm", self.tokenizer, prompts, dec), desc=desc, leave=False, disable=not progress
+        ):
             params = [self._params(seeds[i]) for i in idx]
             for i, req in zip(idx, self.llm.generate([texts[i] for i in idx], params, use_tqdm=False)):
                 out[i] = [

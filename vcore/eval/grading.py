@@ -101,6 +101,12 @@ def grade_samples(
             on_grade(k, {"extracted": codes[k], **grade})
 
         map_with_timeout(
-            code_grader.judge, payloads, workers=grading.num_workers, timeout_s=grading.code_item_timeout_s,
-            desc=f"judge {cfg.name}", progress=progress, after_worker_exit=sandbox_reclaim, on_result=code_grade,
+            code_grader.judge,
+            payloads,
+            workers=grading.num_workers,
+            timeout_s=grading.code_item_timeout_s,
+            desc=f"judge {cfg.name}",
+            progress=progress,
+            after_worker_exit=sandbox_reclaim,
+            on_result=code_grade,
         )

@@ -85,8 +85,14 @@ class _Model:
 
 
 def _settings(
-    model_id: str, weights: str | None, backend: str, loaded: list[LoadedBenchmark], decoding: DecodingConfig,
-    grading: GradingConfig, tokenizer: Any, sandbox_level: str | None,
+    model_id: str,
+    weights: str | None,
+    backend: str,
+    loaded: list[LoadedBenchmark],
+    decoding: DecodingConfig,
+    grading: GradingConfig,
+    tokenizer: Any,
+    sandbox_level: str | None,
 ) -> dict[str, Any]:
     """What an evaluation's results depend on, flat (``decoding.temperature``...): a resumed run must match it.
     Left out: where the data and tests are read from, and what only changes how fast it runs (vLLM engine options,
@@ -99,21 +105,25 @@ def _settings(
         items = json.dumps([[it.id, it.prompt, it.gold] for it in lb.items])
         benchmarks[lb.name] = {**cfg, "items_sha256": hashlib.sha256(items.encode()).hexdigest()[:16]}
     template = str(getattr(tokenizer, "chat_template", "") or "")
-    return flat("", {
-        "model": model_id,
-        "weights": weights,
-        "backend": backend,
-        "decoding": {k: v for k, v in jsonable(decoding).items() if k != "vllm"},
-        "benchmarks": {"selected": [lb.name for lb in loaded], **benchmarks},
-        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
-        "grader": {
-            "harness_version": HARNESS_VERSION,
-            "math_verify": _versions().get("math-verify"),
-            "math_timeout_s": grading.math_timeout_s,
-            "code_item_timeout_s": grading.code_item_timeout_s,
-            "sandbox_level": sandbox_level,
+    return flat(
+        "",
+        {
+            "model": model_id,
+            "weights": weights,
+            "backend": backend,
+            "decoding": {k: v for k, v in jsonable(decoding).items() if k != "vllm"},
+            "benchmarks": {"selected": [lb.name for lb in loaded], **benchmarks},
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
+            "grader": {
+                "harness_version": HARNESS_VERSION,
+                "math_verify": _versions().get("math-verify"),
+                "math_timeout_s": grading.math_timeout_s,
+                "code_item_timeout_s": grading.code_item_timeout_s,
+                "sandbox_level": sandbox_level,
+            },
         },
-    }, {})
+        {},
+    )
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -163,8 +173,11 @@ def evaluate(
                 lb.name: _benchmark(lb, source, journal, stop, decoding, grading, logger, progress) for lb in loaded
             }
         except EvaluationPreempted:
-            log.warning("SIGTERM: evaluation stopped; what it finished is in %s: rerun it into %s to continue",
-                        journal.dir, out_dir)
+            log.warning(
+                "SIGTERM: evaluation stopped; what it finished is in %s: rerun it into %s to continue",
+                journal.dir,
+                out_dir,
+            )
             raise
         finally:
             journal.close()
@@ -198,8 +211,14 @@ def evaluate(
 
 
 def _benchmark(
-    lb: LoadedBenchmark, source: _Model, journal: EvalJournal, stop: StopOnSigterm, decoding: DecodingConfig,
-    grading: GradingConfig, logger: Any, progress: bool,
+    lb: LoadedBenchmark,
+    source: _Model,
+    journal: EvalJournal,
+    stop: StopOnSigterm,
+    decoding: DecodingConfig,
+    grading: GradingConfig,
+    logger: Any,
+    progress: bool,
 ) -> dict:
     """One benchmark: generate and grade what the journal lacks, then its per-item file and metrics."""
     cfg, items = lb.config, lb.items
@@ -253,14 +272,23 @@ def _benchmark(
     if logger is not None:
         _log_benchmark(logger, cfg.name, metrics, records, grading.table_rows)
     return {
-        "config": cfg, "metrics": metrics, "population": lb.population, "expected_size": cfg.expected_size,
-        "files": files, "notes": notes,
+        "config": cfg,
+        "metrics": metrics,
+        "population": lb.population,
+        "expected_size": cfg.expected_size,
+        "files": files,
+        "notes": notes,
     }
 
 
 def _generate(
-    lb: LoadedBenchmark, source: _Model, journal: EvalJournal, stop: StopOnSigterm, decoding: DecodingConfig,
-    logger: Any, progress: bool,
+    lb: LoadedBenchmark,
+    source: _Model,
+    journal: EvalJournal,
+    stop: StopOnSigterm,
+    decoding: DecodingConfig,
+    logger: Any,
+    progress: bool,
 ) -> dict[str, list[Generation]]:
     """Item id -> its samples: those in the journal, then the batches that still lack some, each recorded as it ends.
 
@@ -282,9 +310,9 @@ def _generate(
         out = source.generator().generate([prompts[i] for i in batch], [seeds[i] for i in batch], progress=False)
         new = {items[i].id: g for i, g in zip(batch, out) if items[i].id not in gens}
         with stop.deferred():  # a SIGTERM now takes effect once these are recorded
-            file.append([
-                {"id": item_id, "seed": g[0].seed, "outputs": [_output(x) for x in g]} for item_id, g in new.items()
-            ])
+            file.append(
+                [{"id": item_id, "seed": g[0].seed, "outputs": [_output(x) for x in g]} for item_id, g in new.items()]
+            )
         gens.update(new)
         bar.advance(len(new))
     file.sync()
@@ -293,8 +321,14 @@ def _generate(
 
 
 def _grade(
-    lb: LoadedBenchmark, gens: dict[str, list[Generation]], journal: EvalJournal, stop: StopOnSigterm, n: int,
-    grading: GradingConfig, logger: Any, progress: bool,
+    lb: LoadedBenchmark,
+    gens: dict[str, list[Generation]],
+    journal: EvalJournal,
+    stop: StopOnSigterm,
+    n: int,
+    grading: GradingConfig,
+    logger: Any,
+    progress: bool,
 ) -> dict[tuple[str, int], dict]:
     """(item id, sample) -> its grade: those in the journal, then the rest, each recorded as the grader returns it."""
     file = journal.file(lb.name, "grades")
@@ -365,6 +399,15 @@ def evaluate_checkpoint(
         raise FileNotFoundError(f"{checkpoint_dir} has no config.json: pass the folder written by save_pretrained")
     out = Path(out_dir) if out_dir is not None else checkpoint_dir / "eval" / decoding.name
     return evaluate(
-        str(checkpoint_dir), None, benchmarks, decoding, out, backend=backend, logger=logger, grading=grading,
-        progress=progress, model_name=model_name, weights=weights,
+        str(checkpoint_dir),
+        None,
+        benchmarks,
+        decoding,
+        out,
+        backend=backend,
+        logger=logger,
+        grading=grading,
+        progress=progress,
+        model_name=model_name,
+        weights=weights,
     )

@@ -77,7 +77,9 @@ def half_width(terms: Sequence[Term], level):
 
 def _half(terms: Sequence[Term], alpha):
     """:func:`half_width` at level ``1 - alpha``, from upper-tail quantiles (exact for alpha far below 1e-16)."""
-    return np.sqrt(sum(stats.t.isf(np.asarray(alpha) / 2, df) ** 2 * np.asarray(v, dtype=np.float64) for v, df in terms))
+    return np.sqrt(
+        sum(stats.t.isf(np.asarray(alpha) / 2, df) ** 2 * np.asarray(v, dtype=np.float64) for v, df in terms)
+    )
 
 
 SMALLEST_P = 1e-100  # p-values below this are reported as this (the quantiles' squares stay finite)
@@ -114,7 +116,9 @@ class Components:
     def terms(self, runs: int, items: int) -> list[Term]:
         """The run and item terms a study of ``runs`` x ``items`` would have (their expected values)."""
         if runs < 2 or items < 2:
-            raise ValueError(f"a study needs at least 2 runs and 2 items to estimate its variance, got {runs} x {items}")
+            raise ValueError(
+                f"a study needs at least 2 runs and 2 items to estimate its variance, got {runs} x {items}"
+            )
         return [((self.seed + self.resid / items) / runs, runs - 1), (self.item / items, items - 1)]
 
     def mde(self, runs: int, items: int, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -212,7 +216,9 @@ def difference(a, b, *, level: float = LEVEL) -> Estimate:
     total = sum(v for v, _ in est.terms)
     if total >= floor:
         return est
-    return _estimate(est.mean, [*est.terms, (floor - total, a.size - 1)], est.runs, est.items, est.scope, est.components, level)
+    return _estimate(
+        est.mean, [*est.terms, (floor - total, a.size - 1)], est.runs, est.items, est.scope, est.components, level
+    )
 
 
 def combined(parts: Sequence[np.ndarray], weights: Sequence[float], *, level: float = LEVEL) -> Estimate:
@@ -241,7 +247,9 @@ def from_run_values(values: Sequence[float], *, level: float = LEVEL) -> Estimat
         raise ValueError(f"run {int(np.flatnonzero(np.isnan(v))[0])} has no value (NaN)")
     if v.size == 1:
         return Estimate(float(v[0]), (), math.nan, math.nan, 1, 0, Scope.RUNS_ONLY, level=level)
-    return _estimate(float(v.mean()), [(float(v.var(ddof=1) / v.size), v.size - 1)], v.size, 0, Scope.RUNS_ONLY, None, level)
+    return _estimate(
+        float(v.mean()), [(float(v.var(ddof=1) / v.size), v.size - 1)], v.size, 0, Scope.RUNS_ONLY, None, level
+    )
 
 
 def _estimate(mean, terms, runs, items, scope, comps, level) -> Estimate:
@@ -292,7 +300,9 @@ def as_runs(x) -> np.ndarray:
     if a.ndim == 1:
         a = a[None, :]
     if a.ndim != 2 or a.shape[1] == 0 or a.shape[0] == 0:
-        raise ValueError(f"expected per-item values [runs, items] with at least one run and one item, got shape {a.shape}")
+        raise ValueError(
+            f"expected per-item values [runs, items] with at least one run and one item, got shape {a.shape}"
+        )
     if np.isnan(a).any():
         s, i = (int(v[0]) for v in np.nonzero(np.isnan(a)))
         raise ValueError(f"run {s}, item {i} has no value (NaN): score every item, or leave the item out of every run")
@@ -333,8 +343,16 @@ class Pairing:
 
     @property
     def note(self) -> str:
-        left = [f"{side} seed {', '.join(map(str, s))}" for side, s in (("first arm's", self.only_a), ("second arm's", self.only_b)) if s]
-        return f"paired on seeds {', '.join(map(str, self.seeds))}; unpaired runs left out: {'; '.join(left)}" if left else ""
+        left = [
+            f"{side} seed {', '.join(map(str, s))}"
+            for side, s in (("first arm's", self.only_a), ("second arm's", self.only_b))
+            if s
+        ]
+        return (
+            f"paired on seeds {', '.join(map(str, self.seeds))}; unpaired runs left out: {'; '.join(left)}"
+            if left
+            else ""
+        )
 
 
 class NotPaired(ValueError):
@@ -345,8 +363,10 @@ def pair_seeds(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> Pairing:
     """Seeds present in both arms (``{seed: run}``) pair; the rest is left out and named. No common seed: NotPaired."""
     common = sorted(set(a) & set(b), key=str)
     if not common:
-        raise NotPaired(f"no seed in common (first arm: {', '.join(map(str, sorted(a, key=str)))}; second arm: "
-                        f"{', '.join(map(str, sorted(b, key=str)))}): rerun one arm with the other's seeds to compare them")
+        raise NotPaired(
+            f"no seed in common (first arm: {', '.join(map(str, sorted(a, key=str)))}; second arm: "
+            f"{', '.join(map(str, sorted(b, key=str)))}): rerun one arm with the other's seeds to compare them"
+        )
     return Pairing(common, sorted(set(a) - set(b), key=str), sorted(set(b) - set(a), key=str))
 
 

@@ -71,8 +71,11 @@ class JournalFile:
             records.append(rec)
             end = pos
         if end < len(data):
-            log.warning("%s: dropping the record cut short at its end (%d bytes: a kill or power loss mid-write)",
-                        self.path, len(data) - end)
+            log.warning(
+                "%s: dropping the record cut short at its end (%d bytes: a kill or power loss mid-write)",
+                self.path,
+                len(data) - end,
+            )
             with open(self.path, "r+b") as f:
                 f.truncate(end)
         return records

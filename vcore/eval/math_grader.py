@@ -72,6 +72,12 @@ def grade_many(
         pool.map(grade_one, pairs, timeout_s=timeout_s, desc="math-verify", progress=progress, on_result=verdict)
     else:
         map_with_timeout(
-            grade_one, pairs, workers=workers, timeout_s=timeout_s, desc="math-verify", progress=progress, on_result=verdict
+            grade_one,
+            pairs,
+            workers=workers,
+            timeout_s=timeout_s,
+            desc="math-verify",
+            progress=progress,
+            on_result=verdict,
         )
     return out

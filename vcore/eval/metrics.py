@@ -31,7 +31,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_wrong
 
 
-def benchmark_metrics(correct: Sequence[Sequence[bool]], truncated: Sequence[Sequence[bool]], n_tokens: Sequence[Sequence[int]], verdicts: Sequence[Sequence[str]], pass_k: Sequence[int] = (1,)) -> dict:
+def benchmark_metrics(
+    correct: Sequence[Sequence[bool]],
+    truncated: Sequence[Sequence[bool]],
+    n_tokens: Sequence[Sequence[int]],
+    verdicts: Sequence[Sequence[str]],
+    pass_k: Sequence[int] = (1,),
+) -> dict:
     """Metrics of one benchmark; every argument is indexed [item][sample]."""
     n_items = len(correct)
     if n_items == 0:
@@ -54,5 +60,7 @@ def benchmark_metrics(correct: Sequence[Sequence[bool]], truncated: Sequence[Seq
     }
     if n > 1:
         out[f"avg@{n}"] = out["accuracy"]
-        out["pass@k"] = {str(k): sum(pass_at_k(n, sum(c), k) for c in correct) / n_items for k in sorted(set(pass_k)) if k <= n}
+        out["pass@k"] = {
+            str(k): sum(pass_at_k(n, sum(c), k) for c in correct) / n_items for k in sorted(set(pass_k)) if k <= n
+        }
     return out

@@ -30,8 +30,14 @@ class Progress:
     """One phase (``generate`` or ``grade``) of one benchmark: :meth:`advance` as items finish, then :meth:`close`."""
 
     def __init__(
-        self, benchmark: str, phase: str, total: int, done: int, logger: Any = None,
-        bar: bool = True, unit: str = "item",
+        self,
+        benchmark: str,
+        phase: str,
+        total: int,
+        done: int,
+        logger: Any = None,
+        bar: bool = True,
+        unit: str = "item",
     ) -> None:
         self.benchmark, self.phase, self.unit, self.logger = benchmark, phase, unit, logger
         self.total, self.done, self.start_done, self.start = total, done, done, time.monotonic()
@@ -59,8 +65,9 @@ class Progress:
         if rate and self.done < self.total:
             pace += f", about {_duration(eta)} left"
         share = 100 * self.done / max(self.total, 1)
-        log.info("%s %s: %d/%d %ss (%.1f%%)%s", self.phase, self.benchmark, self.done, self.total, self.unit, share,
-                 pace)
+        log.info(
+            "%s %s: %d/%d %ss (%.1f%%)%s", self.phase, self.benchmark, self.done, self.total, self.unit, share, pace
+        )
         if self.logger is not None:
             key = f"eval_progress/{self.benchmark}/{self.phase}"
             counts = {f"{key}_done": self.done, f"{key}_total": self.total}

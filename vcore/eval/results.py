@@ -107,9 +107,18 @@ def summary_markdown(summary: dict) -> str:
         lines += [f"## Table 1 layout ({domain})" + (" — partial: some columns missing" if row["partial"] else ""), ""]
         lines.append("| " + " | ".join(cols + ["ID avg", "OOD avg"]) + " |")
         lines.append("|" + "---|" * (len(cols) + 2))
-        lines.append("| " + " | ".join([_pct(v) for v in row["columns"].values()] + [_pct(row["id_avg"]), _pct(row["ood_avg"])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([_pct(v) for v in row["columns"].values()] + [_pct(row["id_avg"]), _pct(row["ood_avg"])])
+            + " |"
+        )
         lines.append("")
-    lines += ["## All benchmarks", "", "| benchmark | items | expected | accuracy (avg@n) | 95% CI | pass@k | truncated | mean tokens |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## All benchmarks",
+        "",
+        "| benchmark | items | expected | accuracy (avg@n) | 95% CI | pass@k | truncated | mean tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, b in summary["benchmarks"].items():
         m = b["metrics"]
         pk = ", ".join(f"@{k} {_pct(v)}" for k, v in (m.get("pass@k") or {}).items()) or "–"

@@ -132,7 +132,8 @@ def _chosen(iso: Isolation, requested: str) -> Isolation:
     if requested == "auto" and iso.level != "full":
         log.warning(
             "code sandbox: isolation %r, weaker than 'full' (which needs root and unshare): %s",
-            iso.level, "; ".join(ISOLATION_NOTES[iso.level]),
+            iso.level,
+            "; ".join(ISOLATION_NOTES[iso.level]),
         )
     if cgroups.support() is None:
         log.warning("code sandbox: %s", WATCHDOG_NOTE)
@@ -143,7 +144,9 @@ def _run_cgroup(sup: cgroups.Support, limit_bytes: int) -> cgroups.RunCgroup | N
     try:
         return cgroups.RunCgroup(sup, limit_bytes)
     except OSError as err:  # e.g. a cgroup limit on the number of children: this run falls back to the watchdog
-        log.warning("code sandbox: cannot create a memory cgroup under %s (%s); this run uses the watchdog", sup.parent, err)
+        log.warning(
+            "code sandbox: cannot create a memory cgroup under %s (%s); this run uses the watchdog", sup.parent, err
+        )
         return None
 
 
@@ -160,7 +163,9 @@ def _pdeath_option() -> str:
 PR_SET_PDEATHSIG = 1
 
 
-def _set_limits(limits: Limits, nproc: int, drop_to: int | None, cgroup: cgroups.RunCgroup | None, prctl, file_size: bool) -> None:
+def _set_limits(
+    limits: Limits, nproc: int, drop_to: int | None, cgroup: cgroups.RunCgroup | None, prctl, file_size: bool
+) -> None:
     """preexec_fn: only thin wrappers of C calls (setrlimit, open/write, setuid, prctl), nothing that takes Python
     locks. The cgroup is joined while still root; the parent-death signal is set last, because a uid change
     clears it. ``file_size=False`` leaves RLIMIT_FSIZE to the "full" script, which must first copy the seed
@@ -372,9 +377,28 @@ class Sandbox:
         if level == "full":
             size = limits.box_size_mb + self._seed_mb()
             cmd = ["unshare", "--net", "--pid", "--mount", "--ipc", "--fork", "--kill-child", "--", *init, "full"]
-            return cmd + [str(self.outer), str(size), str(uid), str(limits.file_size_mb << 20), ":".join(export), *argv], str(self.outer)
+            return cmd + [
+                str(self.outer),
+                str(size),
+                str(uid),
+                str(limits.file_size_mb << 20),
+                ":".join(export),
+                *argv,
+            ], str(self.outer)
         self._prepare_box()
-        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *_pdeath_option().split(), "--"] if self._setpriv else []
+        drop = (
+            [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                "--no-new-privs",
+                *_pdeath_option().split(),
+                "--",
+            ]
+            if self._setpriv
+            else []
+        )
         namespaces = ["unshare", "--net", "--pid", "--ipc", "--fork", "--kill-child", "--"]
         prefix = [*namespaces, *init, "wait", str(self.outer)] if level == "net" else []
         return prefix + drop + list(argv), str(self.box)
@@ -454,7 +478,9 @@ class Sandbox:
             kill_group()
 
         readers = [
-            threading.Thread(target=_reader, args=(proc.stdout, limits.max_output_bytes, True, on_overflow, out_chunks), daemon=True),
+            threading.Thread(
+                target=_reader, args=(proc.stdout, limits.max_output_bytes, True, on_overflow, out_chunks), daemon=True
+            ),
             threading.Thread(target=_reader, args=(proc.stderr, STDERR_CAP, False, None, err_chunks), daemon=True),
         ]
         for t in readers:

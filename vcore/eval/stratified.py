@@ -28,7 +28,9 @@ def largest_remainder(counts: dict[str, int], size: int) -> dict[str, int]:
     return quotas
 
 
-def stratified_sample(ids: Sequence[str], strata: Sequence[str] | None, size: int, seed: int) -> tuple[list[int], dict[str, int]]:
+def stratified_sample(
+    ids: Sequence[str], strata: Sequence[str] | None, size: int, seed: int
+) -> tuple[list[int], dict[str, int]]:
     """Indices (in input order) of the sample and the per-stratum quotas. ``strata=None``: one stratum."""
     if len(set(ids)) != len(ids):
         raise ValueError("stratified sampling needs unique ids (check the benchmark's fields.id)")

@@ -86,7 +86,9 @@ class _Worker:
         self.after_exit = after_exit
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self.proc = subprocess.Popen([sys.executable, "-m", "vcore.eval.worker_main"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vcore.eval.worker_main"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
         self.task: int | None = None
         self.deadline = 0.0
         self.ready = False
@@ -158,7 +160,9 @@ class WorkerPool:
 
     def __init__(self, workers: int, after_worker_exit: Callable[[int], None] | None = None) -> None:
         if workers < 1:
-            raise ValueError(f"a worker pool needs at least one worker (got {workers}); map_with_timeout(workers=0) runs in-process")
+            raise ValueError(
+                f"a worker pool needs at least one worker (got {workers}); map_with_timeout(workers=0) runs in-process"
+            )
         self.size, self.after_worker_exit = workers, after_worker_exit
         self.workers: list[_Worker] = []
 
@@ -238,14 +242,20 @@ class WorkerPool:
                             w.ready = False
                         if not w.ready:  # the package does not import, say: every replacement would fail alike
                             code = w.proc.wait()
-                            raise RuntimeError(f"a grading worker exited while starting (status {code}): see its stderr")
+                            raise RuntimeError(
+                                f"a grading worker exited while starting (status {code}): see its stderr"
+                            )
                 for i, w in enumerate(pool):
                     if w.task is None:
                         continue
                     if w.proc.stdout in ready:
                         try:
                             index, status, value, error = _recv(w.proc.stdout)
-                        except (EOFError, OSError, pickle.UnpicklingError):  # died (OOM killer, segfault in a C library)
+                        except (
+                            EOFError,
+                            OSError,
+                            pickle.UnpicklingError,
+                        ):  # died (OOM killer, segfault in a C library)
                             task = w.task
                             replace(i)
                             done(task, TaskResult("error", error=f"grading worker died (exit {w.proc.poll()})"))

@@ -137,7 +137,9 @@ class IwSFT(TokenWeighting):
 
     def weights(self, forward: TokenForward, micro: MicroBatch) -> torch.Tensor:
         if micro.state is None:
-            raise RuntimeError("iw_sft: the reference losses were not prepared for this batch (prepare_step not called)")
+            raise RuntimeError(
+                "iw_sft: the reference losses were not prepared for this batch (prepare_step not called)"
+            )
         return iw_sft_weights(
             forward.token_loss,
             micro.state.ref_token_loss,

@@ -69,7 +69,9 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
-def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch], chunk_size: int = 0) -> list[torch.Tensor]:
+def probe_gradient(
+    model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch], chunk_size: int = 0
+) -> list[torch.Tensor]:
     """``g = ∇θ L_{B'}(θ; w = 1)`` over ``params``, token-normalised over all probe micro-batches and ranks.
 
     Uses ``torch.autograd.grad`` so the ``.grad`` buffers of the main step are never touched (sharded parameters:
@@ -93,7 +95,11 @@ def probe_gradient(model: nn.Module, params: Sequence[torch.Tensor], batches: Se
 
 
 def sharded_probe_gradient(
-    model: nn.Module, params: Sequence[torch.Tensor], batches: Sequence[Batch], num_tokens: torch.Tensor, chunk_size: int = 0
+    model: nn.Module,
+    params: Sequence[torch.Tensor],
+    batches: Sequence[Batch],
+    num_tokens: torch.Tensor,
+    chunk_size: int = 0,
 ) -> list[torch.Tensor]:
     """FSDP2: ``g`` through FSDP's backward, sharded like ``params``; ``.grad`` is left empty as it was found.
 
@@ -267,7 +273,9 @@ class Probe:
     the step that drew it. Under FSDP that direction is sharded: each rank saves its shards (:meth:`rank_state_dict`).
     """
 
-    def __init__(self, cfg: ProbeConfig, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch], chunk_size: int = 0) -> None:
+    def __init__(
+        self, cfg: ProbeConfig, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch], chunk_size: int = 0
+    ) -> None:
         if len(dataset) == 0:
             raise ValueError("VCORE probe: the training set is empty")
         self.cfg, self.dataset, self.collate, self.chunk_size = cfg, dataset, collate, chunk_size
@@ -366,8 +374,6 @@ class Probe:
             )
         self._shards, self.last_norm = state["shards"], state["last_norm"]
         self.steps_since_refresh = state["steps_since_refresh"]
-
-
 
 
 def _rebuild_shards(shards: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -70,7 +70,9 @@ def random_weights(
         forced = answer_cpu[b, supervised] if always_keep_answer else torch.zeros(n, dtype=torch.bool)
         others = supervised[~forced]
         num_draw = min(max(target - int(forced.sum()), 0), others.numel())
-        drawn = others[torch.randperm(others.numel(), generator=example_generator(seed, int(example_ids[b])))[:num_draw]]
+        drawn = others[
+            torch.randperm(others.numel(), generator=example_generator(seed, int(example_ids[b])))[:num_draw]
+        ]
         kept = torch.cat([supervised[forced], drawn])
         w[b, kept] = n / kept.numel()
     return w.to(mask.device)

@@ -108,16 +108,24 @@ def weights_ess(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], t
     sums = torch.zeros(len(taus) + 1, dtype=torch.float64, device=taus.device)
     for s, m in zip(scores, masks):
         n = m.sum(dim=1).double()  # [B]
-        z = torch.where(m[None], taus.double()[:, None, None] * s.double()[None], torch.tensor(-math.inf, device=s.device))
+        z = torch.where(
+            m[None], taus.double()[:, None, None] * s.double()[None], torch.tensor(-math.inf, device=s.device)
+        )
         lse = torch.logsumexp(z, dim=-1, keepdim=True)
-        q2 = torch.where(m[None], torch.exp(2 * (z - torch.where(n[None, :, None] > 0, lse, torch.zeros_like(lse)))), torch.zeros_like(z))
+        q2 = torch.where(
+            m[None],
+            torch.exp(2 * (z - torch.where(n[None, :, None] > 0, lse, torch.zeros_like(lse)))),
+            torch.zeros_like(z),
+        )
         sums[:-1] += (n[None] ** 2 * q2.sum(dim=-1)).sum(dim=-1)
         sums[-1] += n.sum()
     sums = all_reduce_sum(sums)
     return torch.where(sums[:-1] > 0, sums[-1] / sums[:-1].clamp(min=1e-300), torch.ones_like(sums[:-1]))
 
 
-def tau_for_ess(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], target: float, lo: float = 1e-6, hi: float = 1e6) -> torch.Tensor:
+def tau_for_ess(
+    scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], target: float, lo: float = 1e-6, hi: float = 1e6
+) -> torch.Tensor:
     """The largest τ in ``[lo, hi]`` whose weights keep an ESS of at least ``target`` (a fraction of the step's tokens).
 
     A log-spaced grid (121 points, 26% apart), then a finer one (33 points) between the bracketing neighbours: τ to
@@ -130,7 +138,9 @@ def tau_for_ess(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], t
         i = (ok.sum() - 1).clamp(min=0)  # ESS falls with τ: the last grid point still at the target
         a, b = grid[i], grid[(i + 1).clamp(max=len(grid) - 1)]
         best = torch.where(ok.all(), grid[-1], a)
-        grid = torch.exp(torch.linspace(0, 1, 33, dtype=torch.float64, device=device) * (torch.log(b) - torch.log(a)) + torch.log(a))
+        grid = torch.exp(
+            torch.linspace(0, 1, 33, dtype=torch.float64, device=device) * (torch.log(b) - torch.log(a)) + torch.log(a)
+        )
     return best
 
 
@@ -160,7 +170,11 @@ def paper_alpha(
 def loss_ratio_alpha(uniform_loss: torch.Tensor, weighted: torch.Tensor, alpha_max: float | None) -> torch.Tensor:
     """SPEC §4.6 ``loss_ratio``: ``min(1, L_uniform / L_weighted)`` (both over the step batch); 1 if L_weighted ≤ 0."""
     ok = weighted > 0
-    alpha = torch.where(ok, (uniform_loss / torch.where(ok, weighted, torch.ones_like(weighted))).clamp(max=1.0), torch.ones_like(weighted))
+    alpha = torch.where(
+        ok,
+        (uniform_loss / torch.where(ok, weighted, torch.ones_like(weighted))).clamp(max=1.0),
+        torch.ones_like(weighted),
+    )
     return _cap(alpha, alpha_max)
 
 
@@ -179,7 +193,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pearson(rank(a), rank(b))
 
 
-def score_agreement(fd: list[torch.Tensor], exact: list[torch.Tensor], masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def score_agreement(
+    fd: list[torch.Tensor], exact: list[torch.Tensor], masks: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Fidelity of finite-difference scores against exact (jvp) scores over the step's supervised tokens."""
     a = torch.cat([s[m] for s, m in zip(fd, masks)])
     b = torch.cat([s[m] for s, m in zip(exact, masks)])
@@ -214,7 +230,12 @@ class VCORE(TokenWeighting):
     Config = VCOREConfig
 
     def __init__(
-        self, cfg: VCOREConfig, model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Batch], loss_chunk_size: int = 0
+        self,
+        cfg: VCOREConfig,
+        model: nn.Module,
+        dataset: Sequence[Any],
+        collate: Callable[[list[Any]], Batch],
+        loss_chunk_size: int = 0,
     ) -> None:
         super().__init__(cfg)
         self.mode = resolve_probe_mode(cfg.probe.mode, model)
@@ -290,7 +311,9 @@ class VCORE(TokenWeighting):
             tau = tau_for_ess(scores, masks, self.cfg.target_ess).to(scores[0].dtype)
         else:
             tau = torch.tensor(self.cfg.tau, dtype=scores[0].dtype, device=scores[0].device)
-        wq = [gibbs_weights(s, m, tau if self.cfg.target_ess is not None else self.cfg.tau) for s, m in zip(scores, masks)]
+        wq = [
+            gibbs_weights(s, m, tau if self.cfg.target_ess is not None else self.cfg.tau) for s, m in zip(scores, masks)
+        ]
         alpha = self._alpha(step, losses, scores, masks, wq)
         for micro, s, (w, q) in zip(step, scores, wq):
             micro.state = VCOREState(weights=w, alpha=alpha, scores=s, q=q)
@@ -322,7 +345,9 @@ class VCORE(TokenWeighting):
         h_sum, h_count = sum(x for x, _ in h), sum(c for _, c in h)
         return {
             "vcore/alpha": alpha.detach().float(),
-            "vcore/q_entropy_over_log_n": (h_sum / max(int(h_count), 1)).float() if h_count else torch.tensor(float("nan")),
+            "vcore/q_entropy_over_log_n": (h_sum / max(int(h_count), 1)).float()
+            if h_count
+            else torch.tensor(float("nan")),
             "vcore/score_mean": flat.mean().float() if flat.numel() else torch.tensor(float("nan")),
             "vcore/score_std": flat.std(unbiased=False).float() if flat.numel() else torch.tensor(float("nan")),
             "vcore/probe_grad_norm": self.probe.last_norm.detach().float(),

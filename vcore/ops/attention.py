@@ -73,7 +73,9 @@ class BlockedAttention(torch.autograd.Function):
         qg = _grouped(q, num_kv)
         out = torch.empty_like(qg)
         for start in range(0, q.shape[2], block):
-            p = torch.softmax(_masked_scores(qg[:, :, :, start : start + block], k, key_mask, start, scale, segments), dim=-1)
+            p = torch.softmax(
+                _masked_scores(qg[:, :, :, start : start + block], k, key_mask, start, scale, segments), dim=-1
+            )
             out[:, :, :, start : start + block] = torch.matmul(p, v.to(p.dtype).unsqueeze(2)).to(q.dtype)
         return out.view_as(q)
 
@@ -139,7 +141,18 @@ def packed_segments(position_ids: torch.Tensor | None) -> torch.Tensor | None:
     return None if bool((segments[:, -1] == 1).all()) else segments
 
 
-def _attention_interface(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, block: int = DEFAULT_BLOCK, **kwargs):
+def _attention_interface(
+    module: nn.Module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    *,
+    block: int = DEFAULT_BLOCK,
+    **kwargs,
+):
     """transformers' attention-function signature; returns ``([B, T, H, D], None)`` like the eager path."""
     if query.shape[2] != key.shape[2]:
         raise ValueError("vcore_blocked attention needs queries and keys of the same length (no KV cache)")

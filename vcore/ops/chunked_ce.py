@@ -29,7 +29,11 @@ DEFAULT_CHUNK = 1024
 def _dtypes(hidden: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
     """(projection dtype, softmax dtype) for the current autocast state."""
     dev = hidden.device.type
-    proj = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and hidden.dtype != torch.float64 else hidden.dtype
+    proj = (
+        torch.get_autocast_dtype(dev)
+        if torch.is_autocast_enabled(dev) and hidden.dtype != torch.float64
+        else hidden.dtype
+    )
     return proj, torch.promote_types(hidden.dtype, torch.float32)
 
 
@@ -89,7 +93,9 @@ class ChunkedTokenCE(torch.autograd.Function):
         hidden, weight, targets = ctx.saved_tensors
         w = weight.to(ctx.proj_dtype)
         d_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
-        d_weight = torch.zeros(weight.shape, dtype=ctx.acc_dtype, device=weight.device) if ctx.needs_input_grad[1] else None
+        d_weight = (
+            torch.zeros(weight.shape, dtype=ctx.acc_dtype, device=weight.device) if ctx.needs_input_grad[1] else None
+        )
         for sl in _chunks(hidden.shape[0], ctx.chunk):
             p, tgt, keep = ChunkedTokenCE._probs(ctx, hidden, w, targets, sl)
             d_logits = p.scatter_add(1, tgt[:, None], -keep.to(p.dtype)) * grad[sl, None].to(p.dtype)
@@ -116,7 +122,9 @@ class ChunkedTokenCE(torch.autograd.Function):
         return out, None, None, None
 
 
-def chunked_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+def chunked_token_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = DEFAULT_CHUNK
+) -> torch.Tensor:
     """``hidden [B, T, H]``, lm-head ``weight [V, H]``, ``labels [B, T]`` -> ``[B, T]`` per-token NLL.
 
     Aligned like :func:`vcore.ops.losses.token_cross_entropy`: entry ``t`` is the loss of ``labels[t]`` predicted from
@@ -155,7 +163,13 @@ def chunked_token_statistics(
 
 
 # Architectures that transform logits after the lm-head (soft-capping, scaling) would need that transform here.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 
 
 def causal_lm(model: nn.Module) -> nn.Module:

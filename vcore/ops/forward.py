@@ -149,5 +149,7 @@ def model_token_loss(
     if params is None:
         token_loss = _token_loss(model, batch, chunk_size)
     else:
-        token_loss = torch.func.functional_call(_TokenLoss(model, chunk_size), {f"model.{n}": p for n, p in params.items()}, (batch,))
+        token_loss = torch.func.functional_call(
+            _TokenLoss(model, chunk_size), {f"model.{n}": p for n, p in params.items()}, (batch,)
+        )
     return token_loss, supervised_mask(batch["labels"])

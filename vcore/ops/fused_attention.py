@@ -62,7 +62,10 @@ def _kernel_or_reason(device_type: str, capability: tuple[int, int] | None):
     block_pointers_gone = "removed" in (tl.make_block_ptr.__doc__ or "")
     hopper = capability is not None and capability[0] >= 9
     if block_pointers_gone and not hopper and not _interpreted():
-        return None, f"this Triton has no block pointers, which the kernel needs below compute capability 9 (this GPU: {capability})"
+        return (
+            None,
+            f"this Triton has no block pointers, which the kernel needs below compute capability 9 (this GPU: {capability})",
+        )
     return JVPAttn, None
 
 
@@ -71,7 +74,9 @@ def _kernel(device: torch.device):
     return _kernel_or_reason(device.type, capability)
 
 
-def call_reason(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, sliding_window) -> str | None:
+def call_reason(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, sliding_window
+) -> str | None:
     """Why this attention call cannot go through the kernel (None: it can)."""
     if query.shape[-1] not in HEAD_DIMS:
         return f"head dim {query.shape[-1]} (the kernel takes {HEAD_DIMS})"
@@ -146,7 +151,9 @@ def fused_attention(q, k, v, scale: float | None = None, segments: torch.Tensor 
     return out.view(b, t, h, d).transpose(1, 2).to(out_dtype)
 
 
-def _fused_interface(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, block: int = DEFAULT_BLOCK, **kwargs):
+def _fused_interface(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, block: int = DEFAULT_BLOCK, **kwargs
+):
     """transformers' attention-function signature; the blocked path for every call the kernel cannot take."""
     _, reason = _kernel(query.device)
     reason = reason or call_reason(query, key, attention_mask, kwargs.get("sliding_window"))

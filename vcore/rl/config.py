@@ -24,7 +24,9 @@ from vcore.eval.config import BenchmarkConfig, GraderKind
 class LossAggregation(str, Enum):
     """verl's ``actor.loss_agg_mode`` and the TRL ``loss_type`` that aggregates the same way."""
 
-    token_mean = "token_mean"  # verl token-mean (its default): every token of the mini-batch weighs the same -> TRL dapo
+    token_mean = (
+        "token_mean"  # verl token-mean (its default): every token of the mini-batch weighs the same -> TRL dapo
+    )
     seq_mean_token_mean = "seq_mean_token_mean"  # verl seq-mean-token-mean: the original GRPO -> TRL grpo
     seq_mean_token_sum_norm = "seq_mean_token_sum_norm"  # verl seq-mean-token-sum-norm (Dr. GRPO) -> TRL dr_grpo
 
@@ -103,9 +105,21 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         self.loss_aggregation = LossAggregation(self.loss_aggregation)
-        _check(self.data.grader == GraderKind.math, "rl.data.grader", "the RL reward is the math grader's (\\boxed{} + math-verify); use grader: math")
-        for name in ("prompts_per_step", "num_generations", "mini_batch_prompts", "micro_batch_size", "num_iterations",
-                     "max_prompt_length", "max_completion_length", "grading_workers"):
+        _check(
+            self.data.grader == GraderKind.math,
+            "rl.data.grader",
+            "the RL reward is the math grader's (\\boxed{} + math-verify); use grader: math",
+        )
+        for name in (
+            "prompts_per_step",
+            "num_generations",
+            "mini_batch_prompts",
+            "micro_batch_size",
+            "num_iterations",
+            "max_prompt_length",
+            "max_completion_length",
+            "grading_workers",
+        ):
             _check(getattr(self, name) >= 1, f"rl.{name}", f"must be >= 1 (got {getattr(self, name)})")
         _check(self.num_generations >= 2, "rl.num_generations", "GRPO compares completions of one prompt: needs >= 2")
         _check(
@@ -114,14 +128,26 @@ class RLConfig:
             f"must divide rl.prompts_per_step ({self.prompts_per_step}): each rollout batch is split into whole updates",
         )
         _check(self.generation in ("auto", "hf", "vllm"), "rl.generation", f"{self.generation!r} is not auto|hf|vllm")
-        _check(self.scale_rewards in ("group", "batch", "none"), "rl.scale_rewards", f"{self.scale_rewards!r} is not group|batch|none")
+        _check(
+            self.scale_rewards in ("group", "batch", "none"),
+            "rl.scale_rewards",
+            f"{self.scale_rewards!r} is not group|batch|none",
+        )
         _check(self.precision in ("fp32", "bf16"), "rl.precision", f"{self.precision!r} is not fp32|bf16")
         _check(self.learning_rate > 0, "rl.learning_rate", "must be > 0")
         _check(0 <= self.warmup_ratio < 1, "rl.warmup_ratio", "must be in [0, 1), a fraction of the training steps")
-        _check(self.kl_coef >= 0 and self.entropy_coef >= 0, "rl.kl_coef", "rl.kl_coef and rl.entropy_coef must be >= 0")
+        _check(
+            self.kl_coef >= 0 and self.entropy_coef >= 0, "rl.kl_coef", "rl.kl_coef and rl.entropy_coef must be >= 0"
+        )
         _check(self.temperature > 0, "rl.temperature", "must be > 0: GRPO needs sampled, different completions")
-        _check(self.max_steps > 0 or self.max_steps == -1, "rl.max_steps", "must be > 0, or -1 to train for rl.num_train_epochs")
-        _check(self.max_steps > 0 or self.num_train_epochs > 0, "rl.num_train_epochs", "must be > 0 when rl.max_steps=-1")
+        _check(
+            self.max_steps > 0 or self.max_steps == -1,
+            "rl.max_steps",
+            "must be > 0, or -1 to train for rl.num_train_epochs",
+        )
+        _check(
+            self.max_steps > 0 or self.num_train_epochs > 0, "rl.num_train_epochs", "must be > 0 when rl.max_steps=-1"
+        )
         _check(bool(self.resume), "rl.resume", "must be auto, never or a checkpoint dir")
         k = self.updates_per_rollout
         _check(

@@ -32,20 +32,31 @@ def build_prompts(cfg: RLConfig, tokenizer: Any) -> tuple[Dataset, dict[str, Any
         raise ConfigError(f"rl.data ({cfg.data.name}): {err}") from err
     items = loaded.items
     if not items:
-        raise ConfigError(f"rl.data ({cfg.data.name}): no prompts (check rl.data.sample.size, rl.data.limit and the source)")
+        raise ConfigError(
+            f"rl.data ({cfg.data.name}): no prompts (check rl.data.sample.size, rl.data.limit and the source)"
+        )
     texts = chat_prompts(tokenizer, [it.prompt for it in items], cfg.enable_thinking)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     kept = [i for i, n in enumerate(lengths) if n <= cfg.max_prompt_length]
     dropped = len(items) - len(kept)
     if dropped:
-        log.warning("rl.data: %d of %d prompts are longer than rl.max_prompt_length=%d tokens and are left out", dropped, len(items), cfg.max_prompt_length)
+        log.warning(
+            "rl.data: %d of %d prompts are longer than rl.max_prompt_length=%d tokens and are left out",
+            dropped,
+            len(items),
+            cfg.max_prompt_length,
+        )
     if not kept:
-        raise ConfigError(f"rl.max_prompt_length={cfg.max_prompt_length}: every prompt of rl.data ({cfg.data.name}) is longer (shortest: {min(lengths)} tokens)")
-    dataset = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": items[i].prompt}] for i in kept],
-        "answer": [items[i].gold or "" for i in kept],  # as evaluation grades an item without a gold answer
-        "id": [items[i].id for i in kept],
-    })
+        raise ConfigError(
+            f"rl.max_prompt_length={cfg.max_prompt_length}: every prompt of rl.data ({cfg.data.name}) is longer (shortest: {min(lengths)} tokens)"
+        )
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": items[i].prompt}] for i in kept],
+            "answer": [items[i].gold or "" for i in kept],  # as evaluation grades an item without a gold answer
+            "id": [items[i].id for i in kept],
+        }
+    )
     stats = {
         "prompts": len(kept),
         "dropped_overlong": dropped,

@@ -50,7 +50,9 @@ def use_vllm(rl: RLConfig) -> bool:
     installed = importlib.util.find_spec("vllm") is not None
     if rl.generation == "vllm":
         if not installed:
-            raise ConfigError('rl.generation=vllm: vLLM is not installed (pip install -e ".[vllm]"), or use rl.generation=hf')
+            raise ConfigError(
+                'rl.generation=vllm: vLLM is not installed (pip install -e ".[vllm]"), or use rl.generation=hf'
+            )
         if not torch.cuda.is_available():
             raise ConfigError("rl.generation=vllm needs a CUDA device; on CPU use rl.generation=hf")
         return True

@@ -60,7 +60,9 @@ class BoxedMathReward:
             raise KeyError("the RL dataset has no 'answer' column: the reward needs each prompt's gold answer")
         texts = self.tokenizer.batch_decode([self._until_eos(ids) for ids in completion_ids], skip_special_tokens=True)
         preds = [extract_boxed(t, self.answer_scope) for t in texts]
-        verdicts = grade_many(list(answer), preds, workers=self.pool.size, timeout_s=self.timeout_s, progress=False, pool=self.pool)
+        verdicts = grade_many(
+            list(answer), preds, workers=self.pool.size, timeout_s=self.timeout_s, progress=False, pool=self.pool
+        )
         if log_metric is not None and verdicts:
             n = len(verdicts)
             log_metric("no_answer_rate", sum(v.status == "no_answer" for v in verdicts) / n)

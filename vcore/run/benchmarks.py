@@ -32,15 +32,25 @@ def run_benchmarks(
 
     benchmarks = [b for b in c.benchmark.values() if not (b.synthetic and b.synthetic.kwargs.get("num_examples") == 0)]
     if len(benchmarks) < len(c.benchmark):  # the synthetic preset follows dataset.eval_examples; real data sets 0
-        log.info("skipping synthetic benchmarks with 0 examples (dataset.eval_examples=0); choose others with benchmark=...")
+        log.info(
+            "skipping synthetic benchmarks with 0 examples (dataset.eval_examples=0); choose others with benchmark=..."
+        )
     if not benchmarks:
         return {}
     was_training = model.training
     model.eval()
     try:
         summary = evaluate(
-            model, tokenizer, benchmarks, c.decoding, out, backend=c.eval.backend, logger=logger,
-            grading=GradingConfig(num_workers=c.eval.num_workers), model_name=model_name, weights=weights,
+            model,
+            tokenizer,
+            benchmarks,
+            c.decoding,
+            out,
+            backend=c.eval.backend,
+            logger=logger,
+            grading=GradingConfig(num_workers=c.eval.num_workers),
+            model_name=model_name,
+            weights=weights,
         )
     finally:
         model.train(was_training)
@@ -75,7 +85,9 @@ def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cachea
     dest = out / "eval_before"
     cache = None
     if cacheable and c.model.tiny is not None:
-        spec = json.dumps(jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True)
+        spec = json.dumps(
+            jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True
+        )
         cache = Path(model_path) / "zero_shot" / hashlib.sha256(spec.encode()).hexdigest()[:16]
     if not (dest / "summary.json").is_file() and rank() == 0:
         if cache is not None and (cache / "summary.json").is_file():
@@ -91,8 +103,6 @@ def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cachea
     if rank() != 0 or not (dest / "summary.json").is_file():
         return {}
     return benchmark_summary(json.loads((dest / "summary.json").read_text()))
-
-
 
 
 def on_eval_device(model, use_cpu: bool = False):

@@ -109,9 +109,7 @@ def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
             flat[prefix] = value
 
     walk("", resolved)
-    return {
-        k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)
-    }
+    return {k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)}
 
 
 def seal(checkpoint: Path, settings: dict[str, Any] | None, method_state: Any) -> None:
@@ -130,7 +128,11 @@ def check_resume(checkpoint: Path, resolved: dict[str, Any], allow: bool, group:
     ``group`` holds the resume options the message names (``trainer``, or ``rl`` for task=rl)."""
     saved_file = checkpoint / CONFIG_FILE
     if not saved_file.is_file():
-        log.warning("%s records no settings (%s; written by an older version): resuming without checking them", checkpoint, CONFIG_FILE)
+        log.warning(
+            "%s records no settings (%s; written by an older version): resuming without checking them",
+            checkpoint,
+            CONFIG_FILE,
+        )
         return
     saved = json.loads(saved_file.read_text())
     now = json.loads(json.dumps(fingerprint(resolved), default=str))  # same JSON round trip as the saved side
@@ -226,9 +228,13 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     if not checkpoints.is_dir():
         return None
     found = sorted(
-        ((int(m.group(1)), p)
-         for p in checkpoints.iterdir()
-         if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file() and (p / METHOD_STATE).is_file()),
+        (
+            (int(m.group(1)), p)
+            for p in checkpoints.iterdir()
+            if (m := _CHECKPOINT.match(p.name))
+            and (p / "trainer_state.json").is_file()
+            and (p / METHOD_STATE).is_file()
+        ),
         reverse=True,
     )
     for _, path in found:
@@ -270,4 +276,6 @@ def find_run(path: Path) -> tuple[Path, Path]:
     for parent in path.parents:
         if (parent / "config.yaml").exists():
             return parent, path
-    raise FileNotFoundError(f"{path}: no config.yaml here or above; pass a run dir (outputs/...) or a checkpoint in one")
+    raise FileNotFoundError(
+        f"{path}: no config.yaml here or above; pass a run dir (outputs/...) or a checkpoint in one"
+    )

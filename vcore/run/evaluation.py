@@ -31,7 +31,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return run_job(cfg, _evaluate)
 
 
-def _evaluate(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None = None) -> dict[str, Any]:
+def _evaluate(
+    c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None = None
+) -> dict[str, Any]:
     """A run dir or checkpoint of ours (LoRA adapters included), or any hub id / model dir."""
     t_start = time.perf_counter()
     if not c.benchmark:
@@ -46,8 +48,10 @@ def _evaluate(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkp
 
         run_dir, weights = find_run(source)
         if vllm and not (weights / "config.json").is_file():
-            raise ConfigError(f"eval.backend=vllm loads a full model dir, and {weights} holds LoRA adapters: evaluate "
-                              "it with eval.backend=hf, or merge the adapters into their base first")
+            raise ConfigError(
+                f"eval.backend=vllm loads a full model dir, and {weights} holds LoRA adapters: evaluate "
+                "it with eval.backend=hf, or merge the adapters into their base first"
+            )
         if vllm:
             tokenizer, model = load_tokenizer(str(weights)), str(weights)
         else:

@@ -45,7 +45,9 @@ def heatmap_examples(logger_cfg, eval_sets: dict[str, Any]) -> list[dict] | None
             log.info("token-weight heatmap off: the dataset has no eval split (dataset.eval_examples=0)")
             return None
     if split not in eval_sets:
-        raise ConfigError(f"logger.token_weights_split={split!r} is not an eval split of the dataset; choose from {sorted(eval_sets)}")
+        raise ConfigError(
+            f"logger.token_weights_split={split!r} is not an eval split of the dataset; choose from {sorted(eval_sets)}"
+        )
     dataset = eval_sets[split]
     return [dataset[i] for i in range(min(k, len(dataset)))]
 
@@ -58,7 +60,14 @@ class TokenWeightsCallback(TrainerCallback):
     """
 
     def __init__(self, trainer, logger, rows: list[dict], collate, every: int = 0, stopped=lambda: False) -> None:
-        self.trainer, self.logger, self.rows, self.collate, self.every, self.stopped = trainer, logger, rows, collate, every, stopped
+        self.trainer, self.logger, self.rows, self.collate, self.every, self.stopped = (
+            trainer,
+            logger,
+            rows,
+            collate,
+            every,
+            stopped,
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0:
@@ -80,9 +89,17 @@ class TokenWeightsCallback(TrainerCallback):
         model.eval()
         try:
             lines = weigh_examples(
-                model, weighting, self.rows, self.collate, t.processing_class, weighting.name,
-                t.args.per_device_train_batch_size, t.args.gradient_accumulation_steps, t.loss_chunk_size,
-                t.args.device, t.compute_loss_context_manager,
+                model,
+                weighting,
+                self.rows,
+                self.collate,
+                t.processing_class,
+                weighting.name,
+                t.args.per_device_train_batch_size,
+                t.args.gradient_accumulation_steps,
+                t.loss_chunk_size,
+                t.args.device,
+                t.compute_loss_context_manager,
             )
         finally:
             model.train(was_training)
@@ -93,8 +110,17 @@ class TokenWeightsCallback(TrainerCallback):
 
 
 def weigh_examples(
-    model, weighting, rows: list[dict], collate, tokenizer, method: str, batch_size: int, accumulation: int,
-    chunk_size: int = 0, device="cpu", autocast=contextlib.nullcontext,
+    model,
+    weighting,
+    rows: list[dict],
+    collate,
+    tokenizer,
+    method: str,
+    batch_size: int,
+    accumulation: int,
+    chunk_size: int = 0,
+    device="cpu",
+    autocast=contextlib.nullcontext,
 ) -> list[dict]:
     """The inspector's lines for ``rows``: grouped into step batches of ``batch_size × accumulation`` rows, each
     weighted by the method's own step hooks (``prepare_step``, the forward it declares, ``weights``), as the training
@@ -108,7 +134,8 @@ def weigh_examples(
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
         batches = [
-            {key: v.to(device) for key, v in collate(chunk[i : i + batch_size]).items()} for i in range(0, len(chunk), batch_size)
+            {key: v.to(device) for key, v in collate(chunk[i : i + batch_size]).items()}
+            for i in range(0, len(chunk), batch_size)
         ]
         with autocast():
             micros = micro_batches(batches)
@@ -162,15 +189,21 @@ LINE_KEYS = ("example", "method", "tokens", "supervised", "loss", "weight", "bat
 def heatmap_html(examples: list[dict]) -> str:
     """A self-contained page for inspector lines (:func:`weigh_examples`): the per-run W&B heatmap, and
     ``vcore.tools.report.html_heatmap``'s page."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>token weights</title>",
-             "<style>body{font-family:monospace;max-width:70em;margin:2em auto}span.t{white-space:pre-wrap}"
-             "span.p{color:#888}.ex{border-top:1px solid #ccc;padding:.5em 0}</style></head><body>",
-             "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> (darker = larger); hover for loss, score, q, weight.</p>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token weights</title>",
+        "<style>body{font-family:monospace;max-width:70em;margin:2em auto}span.t{white-space:pre-wrap}"
+        "span.p{color:#888}.ex{border-top:1px solid #ccc;padding:.5em 0}</style></head><body>",
+        "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> (darker = larger); hover for loss, score, q, weight.</p>",
+    ]
     for ex in examples:
         ws = [w for w, s in zip(ex["weight"], ex["supervised"]) if s]
         top = max(ws) if ws else 1.0
         alpha = ex.get("batch_alpha")
-        parts.append(f"<div class='ex'><h3>example {ex['example']} ({html.escape(ex['method'])})" + (f", α = {alpha:.4f}" if alpha is not None else "") + "</h3>")
+        parts.append(
+            f"<div class='ex'><h3>example {ex['example']} ({html.escape(ex['method'])})"
+            + (f", α = {alpha:.4f}" if alpha is not None else "")
+            + "</h3>"
+        )
         for i, (tok, sup) in enumerate(zip(ex["tokens"], ex["supervised"])):
             text = html.escape(tok)
             if not sup:

@@ -22,7 +22,10 @@ from vcore.distributed import broadcast_object, init_distributed, launched_world
 _NOW = re.compile(r"\$\{now:([^}]*)\}")
 
 
-_DEFAULTS = {"hydra.run.dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}", "hydra.sweep.dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}"}
+_DEFAULTS = {
+    "hydra.run.dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}",
+    "hydra.sweep.dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}",
+}
 
 
 def _flag(argv: list[str], *names: str) -> str | None:
@@ -44,7 +47,10 @@ def configured_dir(key: str, argv: list[str], conf_dir: Path) -> str:
             return arg.split("=", 1)[1]
     name = _flag(argv, "--config-name", "-cn") or "train"
     extra = _flag(argv, "--config-dir", "-cd")
-    candidates = ([Path(extra) / f"{name}.yaml"] if extra else []) + [conf_dir / f"{name}.yaml", conf_dir / "train.yaml"]
+    candidates = ([Path(extra) / f"{name}.yaml"] if extra else []) + [
+        conf_dir / f"{name}.yaml",
+        conf_dir / "train.yaml",
+    ]
     for path in candidates:
         if path.is_file():
             node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)

@@ -76,7 +76,9 @@ class NullLogger:
 
 
 class WandbLogger(NullLogger):
-    def __init__(self, cfg, resolved: dict[str, Any], output_dir: Path, overrides: list[str], sweep: str | None) -> None:
+    def __init__(
+        self, cfg, resolved: dict[str, Any], output_dir: Path, overrides: list[str], sweep: str | None
+    ) -> None:
         import wandb
 
         self.wandb = wandb
@@ -138,7 +140,9 @@ class WandbLogger(NullLogger):
             for i, (tok, sup) in enumerate(zip(ex["tokens"], ex["supervised"]))
         ]
         table = self.wandb.Table(columns=list(TOKEN_WEIGHT_COLUMNS), data=rows)
-        self.run.log({TOKEN_WEIGHTS_HTML: self.wandb.Html(heatmap_html(examples)), TOKEN_WEIGHTS_TABLE: table}, step=step)
+        self.run.log(
+            {TOKEN_WEIGHTS_HTML: self.wandb.Html(heatmap_html(examples)), TOKEN_WEIGHTS_TABLE: table}, step=step
+        )
 
     def finish(self, exit_code: int = 0) -> None:
         if exit_code == PREEMPTED_EXIT_CODE:
@@ -146,7 +150,9 @@ class WandbLogger(NullLogger):
         self.run.finish(exit_code=exit_code)
 
 
-def build_logger(cfg, resolved: dict[str, Any], output_dir: Path, overrides: list[str], sweep: str | None) -> NullLogger:
+def build_logger(
+    cfg, resolved: dict[str, Any], output_dir: Path, overrides: list[str], sweep: str | None
+) -> NullLogger:
     """Only rank 0 talks to W&B."""
     if cfg.name == "none" or rank() != 0 or getattr(cfg, "mode", None) == "disabled":
         return NullLogger()
@@ -198,7 +204,12 @@ def run_id(resolved: dict[str, Any], output_dir: Path) -> str:
 def git_commit() -> str | None:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -87,13 +87,24 @@ def load_start(c) -> Start:
         run_dir = checkpoint = None
     if run_dir is None:  # a model dir or a hub id
         if source.exists() and not (source / "config.json").is_file():
-            raise ConfigError(f"rl.start={c.rl.start}: not a run dir or checkpoint of this project (no config.yaml here or above), nor a model dir (no config.json)")
+            raise ConfigError(
+                f"rl.start={c.rl.start}: not a run dir or checkpoint of this project (no config.yaml here or above), nor a model dir (no config.json)"
+            )
         check_source(str(c.rl.start), "rl.start")
-        return Start(load_tokenizer(str(c.rl.start)), load_pretrained(str(c.rl.start), c.model.dtype), str(c.rl.start), None, _short(str(c.rl.start)), False)
+        return Start(
+            load_tokenizer(str(c.rl.start)),
+            load_pretrained(str(c.rl.start), c.model.dtype),
+            str(c.rl.start),
+            None,
+            _short(str(c.rl.start)),
+            False,
+        )
     from vcore.config import load_run_config
 
     if not checkpoint.is_dir():
-        raise ConfigError(f"rl.start={c.rl.start}: {run_dir} has no {checkpoint.name}/ (did the run finish?); pass a checkpoint dir inside it instead")
+        raise ConfigError(
+            f"rl.start={c.rl.start}: {run_dir} has no {checkpoint.name}/ (did the run finish?); pass a checkpoint dir inside it instead"
+        )
     run_cfg = load_run_config(run_dir / "config.yaml")
     tokenizer, model = load_checkpoint(resolve_model(run_cfg.model), checkpoint)
     method = run_cfg.method.name if run_cfg.task == "train" else None
@@ -154,23 +165,34 @@ def _train(
 
     start = load_start(c)
     log.info("RL from %s (method %s, model %s)", start.source, start.method, start.model_name)
-    info = {"source": start.source, "method": start.method, "model": start.model_name, "lora": start.lora, "seed": start.seed}
+    info = {
+        "source": start.source,
+        "method": start.method,
+        "model": start.model_name,
+        "lora": start.lora,
+        "seed": start.seed,
+    }
     logger.update_config({"start": info})  # W&B groups RL runs by the SFT method they started from (vcore.dashboard)
     prompts, data_stats = build_prompts(c.rl, start.tokenizer)
     logger.log({f"data/{k}": v for k, v in data_stats.items()}, step=0)
     before = {}
     if c.rl.eval_before and c.benchmark:
         if world_size() > 1:
-            log.warning("rl.eval_before: rank 0 evaluates the start model while the other ranks wait at a barrier; an "
-                        "evaluation longer than the process group's timeout stops the job: then evaluate it with task=eval "
-                        "and set rl.eval_before=false")
+            log.warning(
+                "rl.eval_before: rank 0 evaluates the start model while the other ranks wait at a barrier; an "
+                "evaluation longer than the process group's timeout stops the job: then evaluate it with task=eval "
+                "and set rl.eval_before=false"
+            )
         before = evaluate_start_model(c, start.model, start.tokenizer, start.source, out, cacheable=False)
         logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
         barrier()
 
     args = grpo_args(c.rl, out, c.seed, world_size(), use_vllm(c.rl))
     reward = BoxedMathReward(
-        start.tokenizer, c.rl.data.answer_scope.value, workers=c.rl.grading_workers, eos_token_ids=eos_ids(start.model, start.tokenizer)
+        start.tokenizer,
+        c.rl.data.answer_scope.value,
+        workers=c.rl.grading_workers,
+        eos_token_ids=eos_ids(start.model, start.tokenizer),
     )
     preemption = PreemptionCallback()
     trainer = GRPOTrainer(
@@ -179,14 +201,24 @@ def _train(
         args=args,
         train_dataset=prompts,
         processing_class=start.tokenizer,
-        callbacks=[LoggerCallback(logger, rename=rl_log_key), _SealCheckpoints(fingerprint(resolved)), _FiniteGradients(), preemption],
+        callbacks=[
+            LoggerCallback(logger, rename=rl_log_key),
+            _SealCheckpoints(fingerprint(resolved)),
+            _FiniteGradients(),
+            preemption,
+        ],
     )
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
         step = json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step", 0)
         if step % c.rl.updates_per_rollout:  # a SIGTERM checkpoint inside a rollout batch
-            log.warning("%s is at step %d, inside a rollout batch of %d updates: TRL keeps the batch in memory only, so "
-                        "the resumed run samples a new one there (not the run it would have been)", checkpoint, step, c.rl.updates_per_rollout)
+            log.warning(
+                "%s is at step %d, inside a rollout batch of %d updates: TRL keeps the batch in memory only, so "
+                "the resumed run samples a new one there (not the run it would have been)",
+                checkpoint,
+                step,
+                c.rl.updates_per_rollout,
+            )
     try:
         with preemption.handle_sigterm():
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)

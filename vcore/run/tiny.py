@@ -39,7 +39,7 @@ from vcore.prompts import THINK_CLOSE, THINK_OPEN
 log = logging.getLogger(__name__)
 
 # Bump when the build recipe changes in a way the config does not show (cached bases are then rebuilt).
-BUILD_VERSION = 4  # 4: splits disjoint by problem signature, operands up to 12 (vcore.data.synthetic)
+BUILD_VERSION = 4  # 4: splits disjoint by problem signature (vcore.data.synthetic)
 STAMP = "vcore_tiny.json"
 PRETRAIN_RECORD = "pretrain.json"
 
@@ -74,11 +74,18 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE, model_max_length=1 << 20
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1 << 20,
     )
 
 
@@ -229,7 +236,11 @@ def _build(path: Path, spec: TinyModelConfig, pretrain: Pretrain) -> None:
     t0 = time.perf_counter()
     work = path / "pretraining"
     init = build_tiny(work / "init", spec, tiny_corpus())
-    log.info("pretraining the tiny base: %d steps of %d examples (a few minutes on 2 CPU cores; cached afterwards)", p.steps, p.batch_size)
+    log.info(
+        "pretraining the tiny base: %d steps of %d examples (a few minutes on 2 CPU cores; cached afterwards)",
+        p.steps,
+        p.batch_size,
+    )
     record = pretrain(init, work, spec)
     for f in init.iterdir():  # the tokenizer files; the weights come from the trained model below
         if f.is_file() and not f.name.startswith(("model", "config", "generation_config")):

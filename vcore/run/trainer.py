@@ -27,6 +27,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from vcore.data.token_classes import reasoning_token_mask
 from vcore.distributed import (
     Backend,
     all_reduce_max,
@@ -40,12 +41,10 @@ from vcore.distributed import (
 from vcore.methods.base import METHOD_STATE, RANK_STATE_FILE, MicroBatch, TokenWeighting, micro_batches
 from vcore.ops.forward import model_forward, model_token_loss
 from vcore.ops.losses import weighted_loss
-from vcore.data.token_classes import reasoning_token_mask
 from vcore.ops.stats import StepStats
 from vcore.run.checkpoints import seal
 
 log = logging.getLogger(__name__)
-
 
 
 class WeightedTrainer(Trainer):
@@ -115,8 +114,14 @@ class WeightedTrainer(Trainer):
                 shard = Path(resume_from_checkpoint) / RANK_STATE_FILE.format(rank=rank())
                 self.weighting.load_rank_state_dict(torch.load(shard, weights_only=False) if shard.is_file() else None)
             else:
-                log.warning("%s has no %s: the method's state (VCORE's probe stream) starts afresh", resume_from_checkpoint, METHOD_STATE)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+                log.warning(
+                    "%s has no %s: the method's state (VCORE's probe stream) starts afresh",
+                    resume_from_checkpoint,
+                    METHOD_STATE,
+                )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+        )
 
     # ----------------------------------------------------------------------------------------- step batch
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -162,7 +167,9 @@ class WeightedTrainer(Trainer):
         alpha = self.weighting.loss_scale(micro)
         if alpha is not None:
             loss = loss * torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
-        tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
+        tokens = (
+            inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
+        )
         self.step_stats.add_micro_batch(token_loss, w, mask, loss, inputs["labels"], tokens)
         self._finite = self._finite & torch.isfinite(loss.detach()).to(self._finite.device)  # read once per step
         # DDP averages gradients over ranks while N already counts every rank's tokens: undo the average.
@@ -282,4 +289,3 @@ class _FiniteGuard(TrainerCallback):
                 "method.tau or method.alpha_max"
             )
         return control
-

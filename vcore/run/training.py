@@ -161,8 +161,15 @@ def _fit(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint:
 
 
 def train_then_evaluate(
-    c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None, group: str,
-    train: Callable, load_final: Callable[[Path], tuple[Any, Any]], origin: Callable[[dict[str, Any]], str],
+    c,
+    resolved: dict[str, Any],
+    out: Path,
+    logger: NullLogger,
+    checkpoint: Path | None,
+    group: str,
+    train: Callable,
+    load_final: Callable[[Path], tuple[Any, Any]],
+    origin: Callable[[dict[str, Any]], str],
 ) -> dict[str, Any]:
     """The course of a training job (SFT: ``group`` ``trainer``; RL: ``rl``): ``train(c, resolved, out, logger,
     checkpoint, length)`` -> (metrics, model, tokenizer), unless ``final/`` records a training that ended under these
@@ -200,7 +207,11 @@ def _train(
     job = build_job(c, out, logger)
     log.info("model: %s", job.model_path)
     logger.log({f"data/{k}": v for k, v in job.data.stats.items()}, step=0)
-    before = evaluate_start_model(c, job.trainer.model, job.tokenizer, job.model_path, out) if c.eval.before_train and c.benchmark else {}
+    before = (
+        evaluate_start_model(c, job.trainer.model, job.tokenizer, job.model_path, out)
+        if c.eval.before_train and c.benchmark
+        else {}
+    )
     if before:
         logger.log({f"eval_before/{k}": v for k, v in before.items()}, step=0)
     trainer = job.trainer
@@ -211,7 +222,12 @@ def _train(
     trainer.add_callback(preemption)
     if rows := heatmap_examples(c.logger, job.data.eval):  # the token-weight heatmap on W&B (vcore.run.heatmap)
         heatmap = TokenWeightsCallback(
-            trainer, logger, rows, Collator(job.tokenizer.pad_token_id), c.logger.token_weights_every, lambda: preemption.stopped
+            trainer,
+            logger,
+            rows,
+            Collator(job.tokenizer.pad_token_id),
+            c.logger.token_weights_every,
+            lambda: preemption.stopped,
         )
         trainer.add_callback(heatmap)
     # eval.every: validation during training, what a search's early termination compares (vcore.run.validation)
@@ -242,7 +258,11 @@ def _train(
     if c.trainer.eval_at_end:
         metrics["eval"] = {
             f"{name}/nll": heldout_nll(
-                trainer.model, ds, Collator(job.tokenizer.pad_token_id), c.trainer.per_device_eval_batch_size, c.model.loss_chunk_size
+                trainer.model,
+                ds,
+                Collator(job.tokenizer.pad_token_id),
+                c.trainer.per_device_eval_batch_size,
+                c.model.loss_chunk_size,
             )
             for name, ds in job.data.eval.items()
         }
@@ -278,7 +298,9 @@ def save_final_model(trainer: WeightedTrainer, path: Path) -> None:
     barrier()
 
 
-def _pretrain(c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None = None) -> dict[str, Any]:
+def _pretrain(
+    c, resolved: dict[str, Any], out: Path, logger: NullLogger, checkpoint: Path | None = None
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     if c.model.tiny is None:
         raise ConfigError("task=pretrain builds the tiny base model (model=tiny); other models come pretrained")
@@ -304,7 +326,9 @@ def pretrain_tiny_base(init_dir: Path, work: Path, spec: TinyModelConfig) -> dic
     p = spec.pretrain
     c = TrainConfig(
         model=ModelConfig(name_or_path=str(init_dir)),
-        dataset=SyntheticDatasetConfig(train_split="corpus", num_examples=p.steps * p.batch_size, seed=p.seed, eval_examples=0),
+        dataset=SyntheticDatasetConfig(
+            train_split="corpus", num_examples=p.steps * p.batch_size, seed=p.seed, eval_examples=0
+        ),
         method=SFTConfig(),
         trainer=TrainerConfig(
             max_steps=p.steps,
@@ -364,7 +388,9 @@ def summarize_train(
         covered.append(max(h.get("step", previous + 1) - previous, 1))
         previous = h.get("step", previous + 1)
     for k in keys:
-        pairs = [(h[k], n) for h, n in zip(lines, covered) if isinstance(h.get(k), (int, float)) and not math.isnan(h[k])]
+        pairs = [
+            (h[k], n) for h, n in zip(lines, covered) if isinstance(h.get(k), (int, float)) and not math.isnan(h[k])
+        ]
         if pairs:
             summary[f"mean/{k}"] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
     if "train/nll" in last:

@@ -98,8 +98,9 @@ class ValidationCallback(TrainerCallback):
         return control
 
 
-def validation_callback(c, trainer, tokenizer, model_path: str, out: Path, logger: NullLogger,
-                        stopping: Callable[[], bool]) -> ValidationCallback | None:
+def validation_callback(
+    c, trainer, tokenizer, model_path: str, out: Path, logger: NullLogger, stopping: Callable[[], bool]
+) -> ValidationCallback | None:
     """``eval.every > 0``: the callback that evaluates ``cfg.benchmark`` during training, reporting to the Optuna
     trial this job runs if a search launched it (:func:`vcore.search.trial.current_trial`)."""
     from vcore.search.trial import ENV_TRIAL_ID, current_trial

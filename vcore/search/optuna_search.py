@@ -154,8 +154,13 @@ class OptunaSearch(Sweeper):
             direction=c.direction,
             load_if_exists=True,
         )
-        log.info("Optuna study %s in %s: %d trials so far; searching %s", c.study_name, self.storage, len(study.trials),
-                 ", ".join(f"{k}: {d}" for k, d in space.items()))
+        log.info(
+            "Optuna study %s in %s: %d trials so far; searching %s",
+            c.study_name,
+            self.storage,
+            len(study.trials),
+            ", ".join(f"{k}: {d}" for k, d in space.items()),
+        )
         self._continue_interrupted(study, stale_only=True)
         returns, failed = [], 0
         for start in range(0, c.n_trials, c.n_jobs):
@@ -209,8 +214,9 @@ class OptunaSearch(Sweeper):
                 study.tell(trial, float(value))
                 log.info("trial %d: %s = %s", trial.number, self.config.get("objective"), value)
                 return TrialState.COMPLETE
-            log.warning("trial %d returned %r, not a number: recorded as failed (objective=<metric>)", trial.number,
-                        value)
+            log.warning(
+                "trial %d returned %r, not a number: recorded as failed (objective=<metric>)", trial.number, value
+            )
         elif isinstance(result._return_value, Pruned):
             study.tell(trial, state=TrialState.PRUNED)
             log.info("trial %d: %s", trial.number, result._return_value)
@@ -259,8 +265,11 @@ class OptunaSearch(Sweeper):
             run_dir = frozen.user_attrs.get(RUN_DIR, f"trial_{frozen.number}")
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(frozen.params, user_attrs={RUN_DIR: run_dir})
-            log.warning("trial %d was interrupted: recorded as failed; its values run again in %s, from its last "
-                        "checkpoint", frozen.number, run_dir)
+            log.warning(
+                "trial %d was interrupted: recorded as failed; its values run again in %s, from its last checkpoint",
+                frozen.number,
+                run_dir,
+            )
 
     def _write_results(self, study: Any) -> None:
         from optuna.trial import TrialState
@@ -269,8 +278,12 @@ class OptunaSearch(Sweeper):
         results: dict[str, Any] = {"study_name": study.study_name, "storage": self.storage, "trials": counts}
         if counts["COMPLETE"]:
             best = study.best_trial
-            results.update(best_trial=best.number, best_value=best.value, best_params=best.params,
-                           best_run_dir=str(self.sweep_dir / best.user_attrs.get(RUN_DIR, f"trial_{best.number}")))
+            results.update(
+                best_trial=best.number,
+                best_value=best.value,
+                best_params=best.params,
+                best_run_dir=str(self.sweep_dir / best.user_attrs.get(RUN_DIR, f"trial_{best.number}")),
+            )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / "optimization_results.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(results)))
         log.info("study %s: %s", study.study_name, results)

@@ -32,7 +32,12 @@ from vcore.checks import ConfigError
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # W&B's, when a file gives none
 METHODS = ("grid", "random", "bayes")
 DISTRIBUTIONS = {
-    "uniform", "log_uniform_values", "inv_log_uniform_values", "q_uniform", "q_log_uniform_values", "int_uniform",
+    "uniform",
+    "log_uniform_values",
+    "inv_log_uniform_values",
+    "q_uniform",
+    "q_log_uniform_values",
+    "int_uniform",
 }
 # The agent's environment for a run: what the commands' ${oc.env:...} read (values for composing here).
 AGENT_ENV = {"WANDB_SWEEP_ID": "sweepid", "WANDB_RUN_ID": "runid"}
@@ -222,9 +227,14 @@ def with_overrides(sweep: dict[str, Any], overrides: list[str], name: str | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcore.search.wandb_sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", nargs="+", help="W&B sweep files (sweeps/wandb/*.yaml)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="write a variant of one sweep file whose command sets these overrides (method=dft, "
-                             "experiment=paper_main_math, ...) to --out, checked")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="write a variant of one sweep file whose command sets these overrides (method=dft, "
+        "experiment=paper_main_math, ...) to --out, checked",
+    )
     parser.add_argument("--out", default=None, help="where --set writes the variant (then: wandb sweep OUT)")
     parser.add_argument("--name", default=None, help="the variant's sweep name (default: the file's, with the values)")
     args = parser.parse_args(argv)
@@ -247,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         sweep = load_sweep(path)
         first = agent_command(sweep, parameter_sets(sweep)[0])
         runs = grid_size(sweep) or sweep.get("run_cap", "until stopped")
-        print(f"{path}: {sweep['method']}, runs: {runs}; {len(checked)} parameter sets covering every value compose "
-              f"and validate. An agent runs e.g.\n  {' '.join(first)}")
+        print(
+            f"{path}: {sweep['method']}, runs: {runs}; {len(checked)} parameter sets covering every value compose "
+            f"and validate. An agent runs e.g.\n  {' '.join(first)}"
+        )
     return 0
 
 

@@ -127,15 +127,21 @@ class Variant:
         for base, seed in keys:
             per_base[base].append(seed)
         lists = {",".join(map(str, sorted(v))) for v in per_base.values()}
-        return f"{len(per_base)} bases × {lists.pop()}" if len(lists) == 1 else "; ".join(f"{b}: {','.join(map(str, sorted(v)))}" for b, v in per_base.items())
+        return (
+            f"{len(per_base)} bases × {lists.pop()}"
+            if len(lists) == 1
+            else "; ".join(f"{b}: {','.join(map(str, sorted(v)))}" for b, v in per_base.items())
+        )
 
     def by_seed(self) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
         for r in self.runs:
             k = self.key(r)
             if k in out:
-                raise ValueError(f"{self.label}: runs {out[k].name} and {r.name} both have seed {k}; a repeat needs "
-                                 "its own seed (or report the two sweeps separately)")
+                raise ValueError(
+                    f"{self.label}: runs {out[k].name} and {r.name} both have seed {k}; a repeat needs "
+                    "its own seed (or report the two sweeps separately)"
+                )
             out[k] = r
         return out
 
@@ -145,7 +151,11 @@ class Variant:
         return self.runs[0].get(key) if len(values) == 1 else None
 
     def mean_metric(self, key: str) -> float | None:
-        vals = [v for r in self.runs if isinstance(v := r.metrics.get("train", {}).get(key), (int, float)) and not math.isnan(v)]
+        vals = [
+            v
+            for r in self.runs
+            if isinstance(v := r.metrics.get("train", {}).get(key), (int, float)) and not math.isnan(v)
+        ]
         return statistics.mean(vals) if vals else None
 
 
@@ -159,7 +169,9 @@ def variants(runs: list[Any]) -> list[Variant]:
     by_method: dict[str, list[Any]] = defaultdict(list)
     for r in runs:
         by_method[r.method].append(r)
-    split_keys = [k for k in VARIANT_KEYS if any(len({json.dumps(r.get(k)) for r in rs}) > 1 for rs in by_method.values())]
+    split_keys = [
+        k for k in VARIANT_KEYS if any(len({json.dumps(r.get(k)) for r in rs}) > 1 for rs in by_method.values())
+    ]
     pair_key = run_key if len({base_of(r) for r in runs}) > 1 else seed_of
     groups: dict[tuple, Variant] = {}
     for r in runs:
@@ -167,7 +179,10 @@ def variants(runs: list[Any]) -> list[Variant]:
         key = (r.method, json.dumps(settings, sort_keys=True))
         groups.setdefault(key, Variant(r.method, settings, key=pair_key)).runs.append(r)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(groups.values(), key=lambda v: (order.get(v.method, 99), v.method, [(_sortable(x)) for x in v.settings.values()]))
+    return sorted(
+        groups.values(),
+        key=lambda v: (order.get(v.method, 99), v.method, [(_sortable(x)) for x in v.settings.values()]),
+    )
 
 
 def _sortable(x: Any) -> tuple:
@@ -179,7 +194,9 @@ def reference_for(v: Variant, all_variants: list[Variant], method: str = "sft") 
     if v.method == method:
         return None
     for ref in all_variants:
-        if ref.method == method and all(ref.settings.get(k) is None or x is None or ref.settings[k] == x for k, x in v.settings.items()):
+        if ref.method == method and all(
+            ref.settings.get(k) is None or x is None or ref.settings[k] == x for k, x in v.settings.items()
+        ):
             return ref
     return None
 
@@ -345,8 +362,11 @@ class Family:
             if t.note:
                 notes.append(f"{t.comparison}, {t.column}: {t.note}")
         n = sum(1 for t in self.tests if t.estimate is not None and t.estimate.terms)
-        lines += ["", f"Holm adjustment over the {n} tests of this table; α = {self.options.alpha:g}; MDE: minimum detectable "
-                  f"effect at 80% power (points); equivalence: TOST within ±{m:g} points. Bold: survives the adjustment."]
+        lines += [
+            "",
+            f"Holm adjustment over the {n} tests of this table; α = {self.options.alpha:g}; MDE: minimum detectable "
+            f"effect at 80% power (points); equivalence: TOST within ±{m:g} points. Bold: survives the adjustment.",
+        ]
         lines += [f"- {x}" for x in dict.fromkeys(notes)]
         return "\n".join(lines)
 
@@ -405,7 +425,9 @@ def study_tables(runs: list[Any], columns: list[Column] | None = None, options: 
     names = [c.title for c in columns]
     # Settings that differ between methods but not within one (each method's tuned learning rate): a column.
     varying_between_methods = [
-        k for k in VARIANT_KEYS if k not in vs[0].settings and len({json.dumps(x) for v in vs if (x := v.common(k)) is not None}) > 1
+        k
+        for k in VARIANT_KEYS
+        if k not in vs[0].settings and len({json.dumps(x) for v in vs if (x := v.common(k)) is not None}) > 1
     ]
     extra = [VARIANT_KEYS[k] for k in varying_between_methods]
     level = 1 - options.alpha
@@ -415,19 +437,28 @@ def study_tables(runs: list[Any], columns: list[Column] | None = None, options: 
     base_cells = [start_model_accuracy(runs, c) for c in columns]
     if any(base_cells):
         shown += base_cells
-        out.append("| start model | – | " + " | ".join(["–"] * len(extra) + [c.fmt() if c else "–" for c in base_cells]) + " | – | – |")
+        out.append(
+            "| start model | – | "
+            + " | ".join(["–"] * len(extra) + [c.fmt() if c else "–" for c in base_cells])
+            + " | – | – |"
+        )
     for v in vs:
         ests = [estimate([[(r, False) for r in v.runs]], c, level) for c in columns]
         shown += ests
         settings = [_fmt(x) if (x := v.common(k)) is not None else "mixed" for k in varying_between_methods]
         ess, nll = v.mean_metric("mean/weights/ess_frac"), v.mean_metric("nll")
         out.append(
-            f"| {v.label} | {v.seeds_label} | " + " | ".join(settings + [e.fmt() if e else "–" for e in ests])
+            f"| {v.label} | {v.seeds_label} | "
+            + " | ".join(settings + [e.fmt() if e else "–" for e in ests])
             + f" | {'–' if ess is None else f'{ess:.2f}'} | {'–' if nll is None else f'{nll:.3f}'} |"
         )
     items = sorted({e.items for e in shown if e is not None and e.items})
-    out.insert(0, f"Accuracy (%) with {100 * level:g}% intervals over runs and items (vcore.eval.intervals), "
-               f"{'/'.join(map(str, items)) or '?'} items per cell. {_scope_note(shown)}".rstrip() + "\n")
+    out.insert(
+        0,
+        f"Accuracy (%) with {100 * level:g}% intervals over runs and items (vcore.eval.intervals), "
+        f"{'/'.join(map(str, items)) or '?'} items per cell. {_scope_note(shown)}".rstrip()
+        + "\n",
+    )
     family = Family(options)
     for v in vs:
         ref = reference_for(v, vs)
@@ -452,7 +483,9 @@ def spike_table(runs: list[Any]) -> str:
         spikes = [loss_spikes(c) for c in curves]
         peak = max(max(y for _, y in c[SPIKE_WINDOW:] or c) for c in curves)
         final = statistics.mean(c[-1][1] for c in curves)
-        rows.append(f"| {v.label} | {len(curves)} | {sum(len(s) for s in spikes)} | {sum(1 for s in spikes if s)} | {peak:.3f} | {final:.3f} |")
+        rows.append(
+            f"| {v.label} | {len(curves)} | {sum(len(s) for s in spikes)} | {sum(1 for s in spikes if s)} | {peak:.3f} | {final:.3f} |"
+        )
     if not rows:
         return ""
     return "\n".join(
@@ -474,10 +507,13 @@ def tau_table(runs: list[Any], bench: str = "synthetic_test") -> str:
         return ""
     benches = [b for b in benchmarks_in(runs) if b in SPLITS]
     out = [
-        "| variant | seeds | ESS (Kish, fraction of tokens) | largest weight | α | " + " | ".join(SPLITS.get(b, b) for b in benches) + " |",
+        "| variant | seeds | ESS (Kish, fraction of tokens) | largest weight | α | "
+        + " | ".join(SPLITS.get(b, b) for b in benches)
+        + " |",
         "|---" * (5 + len(benches)) + "|",
     ]
     for v in vs:
+
         def num(key, digits=2):
             x = v.mean_metric(key)
             return "–" if x is None else f"{x:.{digits}f}"
@@ -485,7 +521,8 @@ def tau_table(runs: list[Any], bench: str = "synthetic_test") -> str:
         cells = [a.fmt() if (a := accuracy(v, b)) else "–" for b in benches]
         out.append(
             f"| {v.label} | {v.seeds_label} | {num('mean/weights/ess_frac')} | {num('mean/weights/max', 1)} | {num('mean/vcore/alpha')} | "
-            + " | ".join(cells) + " |"
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(out)
 
@@ -521,7 +558,9 @@ def rollout_accuracy(runs: list[Any], key: str = "rl/accuracy", window: int = 3)
 
 def rl_seeds(runs: list[Any]) -> str:
     """The seeds of a group's runs: their SFT runs' seeds (what varies between repeats)."""
-    return ",".join(str(s if (s := r.metrics.get("start", {}).get("seed")) is not None else r.get("seed", "?")) for r in runs)
+    return ",".join(
+        str(s if (s := r.metrics.get("start", {}).get("seed")) is not None else r.get("seed", "?")) for r in runs
+    )
 
 
 def rl_table(runs: list[Any], options: Options = Options()) -> str:
@@ -548,9 +587,17 @@ def rl_table(runs: list[Any], options: Options = Options()) -> str:
             cells += [before.fmt() if before else "–", after.fmt() if after else "–", test]
         lines.append(cells)
     family.adjust()
-    rendered = ["| " + " | ".join(x if isinstance(x, str) else family.cell(x) for x in row) + " |" if isinstance(row, list) else row
-                for row in lines]
-    notes = ["", "Accuracy is greedy on the evaluated splits; the rollout accuracy is the RL prompts' sampled accuracy "
-             "(temperature 1) over the first and last 3 logged steps, mean over runs. "
-             "The change after RL (points), paired run by run and item by item:", ""]
+    rendered = [
+        "| " + " | ".join(x if isinstance(x, str) else family.cell(x) for x in row) + " |"
+        if isinstance(row, list)
+        else row
+        for row in lines
+    ]
+    notes = [
+        "",
+        "Accuracy is greedy on the evaluated splits; the rollout accuracy is the RL prompts' sampled accuracy "
+        "(temperature 1) over the first and last 3 logged steps, mean over runs. "
+        "The change after RL (points), paired run by run and item by item:",
+        "",
+    ]
     return "\n".join(rendered + notes + [family.markdown()])

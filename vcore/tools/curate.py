@@ -18,8 +18,12 @@ from vcore.data.curation import curate
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcore.tools.curate", description="Curate (and cache) a dataset only; prints the cache dir.")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (dataset=..., dataset.num_proc=...)")
+    parser = argparse.ArgumentParser(
+        prog="python -m vcore.tools.curate", description="Curate (and cache) a dataset only; prints the cache dir."
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of conf/train.yaml (dataset=..., dataset.num_proc=...)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     dataset_cfg = OmegaConf.to_object(compose_config(args.overrides).dataset)  # the dataset group alone: no run dir

@@ -108,8 +108,15 @@ def rl_blocks(wr, runset, rl_runs: Iterable | None = None) -> list:
     if rl_runs:
         evals = {k for r in rl_runs for k in r.metrics.get("eval", {})}
         benches = sorted(k.split("/")[0] for k in evals if k.endswith("/accuracy"))
-    panels = [wr.BarPlot(title=f"{b}: before and after RL", metrics=[t.format(bench=b) for t in RL_BEFORE_AFTER],
-                         groupby_aggfunc="mean", groupby_rangefunc="stddev") for b in benches]
+    panels = [
+        wr.BarPlot(
+            title=f"{b}: before and after RL",
+            metrics=[t.format(bench=b) for t in RL_BEFORE_AFTER],
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+        )
+        for b in benches
+    ]
     panels += [_line(wr, title, keys) for title, keys in RL_SECTION[:3]]
     return [wr.PanelGrid(runsets=[runset("RL", f"Config('task') == {'rl'!r}", groupby=(RL_GROUP_BY,))], panels=panels)]
 
@@ -181,8 +188,10 @@ def build_workspace(entity: str, project: str, group: str | None = None, runs: I
         panels = [_line(wr, title, keys) for title, keys in charts]
         if name in MEDIA:
             page, table = MEDIA[name]
-            panels += [wr.MediaBrowser(title="token-weight heatmap (fixed held-out examples)", media_keys=[page]),
-                       wr.WeavePanelSummaryTable(table_name=table)]
+            panels += [
+                wr.MediaBrowser(title="token-weight heatmap (fixed held-out examples)", media_keys=[page]),
+                wr.WeavePanelSummaryTable(table_name=table),
+            ]
         sections.append(ws.Section(name=name, panels=panels, is_open=True))
     sections.append(ws.Section(name="evaluation", panels=_eval_panels(wr, seen), is_open=True))
     summary_columns = [f"summary:{EVAL_BENCHMARK_KEYS[0].format(bench=b)}" for b in seen["benchmarks"]]
@@ -207,18 +216,31 @@ def _eval_panels(wr, seen: dict[str, Any]) -> list:
     for template, title in zip(EVAL_BENCHMARK_KEYS, ("accuracy", "truncation rate")):
         keys = [template.format(bench=b) for b in seen["benchmarks"]]
         if keys:
-            panels.append(wr.BarPlot(title=f"{title} per benchmark", metrics=keys, groupby_aggfunc="mean", groupby_rangefunc="stddev"))
+            panels.append(
+                wr.BarPlot(
+                    title=f"{title} per benchmark", metrics=keys, groupby_aggfunc="mean", groupby_rangefunc="stddev"
+                )
+            )
     if seen["splits"]:
-        panels.append(wr.BarPlot(
-            title="held-out NLL per eval split", groupby_aggfunc="mean", groupby_rangefunc="stddev",
-            metrics=[wr.SummaryMetric(EVAL_SPLIT_KEY.format(split=s)) for s in seen["splits"]],
-        ))
+        panels.append(
+            wr.BarPlot(
+                title="held-out NLL per eval split",
+                groupby_aggfunc="mean",
+                groupby_rangefunc="stddev",
+                metrics=[wr.SummaryMetric(EVAL_SPLIT_KEY.format(split=s)) for s in seen["splits"]],
+            )
+        )
     return panels
 
 
 # --------------------------------------------------------------------------------------------------- report
 def build_report(
-    entity: str, project: str, group: str, runs: Iterable | None = None, bind_runsets: bool = True, rl_runs: Iterable | None = None
+    entity: str,
+    project: str,
+    group: str,
+    runs: Iterable | None = None,
+    bind_runsets: bool = True,
+    rl_runs: Iterable | None = None,
 ):
     """The sweep group's report (``wandb_workspaces.reports.v2.Report``). ``bind_runsets=False``: run sets without
     entity/project (their ids are looked up on the server; the dry run has none). ``rl_runs``: the group's RL runs
@@ -239,36 +261,85 @@ def build_report(
         if not cols:
             continue
         in_domain = f"Config('dataset.name') in {seen['datasets'][domain]!r}"
-        blocks += [wr.H2(f"Table 1: {domain}"), wr.PanelGrid(
-            runsets=[runset(domain, in_domain)],
-            panels=[wr.BarPlot(title=f"accuracy ({domain})", metrics=[EVAL_BENCHMARK_KEYS[0].format(bench=b) for b in cols],
-                               groupby_aggfunc="mean", groupby_rangefunc="stddev", orientation="v")],
-        )]
+        blocks += [
+            wr.H2(f"Table 1: {domain}"),
+            wr.PanelGrid(
+                runsets=[runset(domain, in_domain)],
+                panels=[
+                    wr.BarPlot(
+                        title=f"accuracy ({domain})",
+                        metrics=[EVAL_BENCHMARK_KEYS[0].format(bench=b) for b in cols],
+                        groupby_aggfunc="mean",
+                        groupby_rangefunc="stddev",
+                        orientation="v",
+                    )
+                ],
+            ),
+        ]
     headline = [k for d in seen["domains"] for k in _headline(d, seen["benchmarks"])]
     if headline:
-        blocks += [wr.H2("Data scaling"), wr.PanelGrid(
-            runsets=[runset("data scaling", groupby=(GROUP_BY, "dataset.num_examples"))],
-            panels=[wr.BarPlot(title="accuracy by data size", metrics=headline, groupby_aggfunc="mean", groupby_rangefunc="stddev"),
-                    *[wr.ScatterPlot(title=f"{k} vs data size", x=wr.Config("dataset.num_examples"), y=wr.SummaryMetric(k), log_x=True)
-                      for k in headline]],
-        )]
-        blocks += [wr.H2("τ × ε (VCORE)"), wr.PanelGrid(
-            runsets=[runset("tau x eps", vcore, groupby=("method.tau", "method.probe.epsilon"))],
-            panels=[wr.ParallelCoordinatesPlot(columns=[
-                        wr.ParallelCoordinatesPlotColumn(metric=wr.Config("method.tau"), log=True),
-                        wr.ParallelCoordinatesPlotColumn(metric=wr.Config("method.probe.epsilon"), log=True),
-                        wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(MEAN_ESS)),
-                        *[wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(k)) for k in headline]]),
-                    wr.ScatterPlot(title="mean ESS vs τ", x=wr.Config("method.tau"), y=wr.SummaryMetric(MEAN_ESS), log_x=True)],
-        )]
-    blocks += [wr.H2("Variance control (VCORE)"), wr.PanelGrid(
-        runsets=[runset("variance control", vcore, groupby=("method.variance_control",))],
-        panels=[_line(wr, "weighted loss", ("train/weighted_loss",)), _line(wr, "plain NLL", ("train/nll",)),
-                _line(wr, "α", ("vcore/alpha",))],
-    )]
+        blocks += [
+            wr.H2("Data scaling"),
+            wr.PanelGrid(
+                runsets=[runset("data scaling", groupby=(GROUP_BY, "dataset.num_examples"))],
+                panels=[
+                    wr.BarPlot(
+                        title="accuracy by data size",
+                        metrics=headline,
+                        groupby_aggfunc="mean",
+                        groupby_rangefunc="stddev",
+                    ),
+                    *[
+                        wr.ScatterPlot(
+                            title=f"{k} vs data size",
+                            x=wr.Config("dataset.num_examples"),
+                            y=wr.SummaryMetric(k),
+                            log_x=True,
+                        )
+                        for k in headline
+                    ],
+                ],
+            ),
+        ]
+        blocks += [
+            wr.H2("τ × ε (VCORE)"),
+            wr.PanelGrid(
+                runsets=[runset("tau x eps", vcore, groupby=("method.tau", "method.probe.epsilon"))],
+                panels=[
+                    wr.ParallelCoordinatesPlot(
+                        columns=[
+                            wr.ParallelCoordinatesPlotColumn(metric=wr.Config("method.tau"), log=True),
+                            wr.ParallelCoordinatesPlotColumn(metric=wr.Config("method.probe.epsilon"), log=True),
+                            wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(MEAN_ESS)),
+                            *[wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(k)) for k in headline],
+                        ]
+                    ),
+                    wr.ScatterPlot(
+                        title="mean ESS vs τ", x=wr.Config("method.tau"), y=wr.SummaryMetric(MEAN_ESS), log_x=True
+                    ),
+                ],
+            ),
+        ]
+    blocks += [
+        wr.H2("Variance control (VCORE)"),
+        wr.PanelGrid(
+            runsets=[runset("variance control", vcore, groupby=("method.variance_control",))],
+            panels=[
+                _line(wr, "weighted loss", ("train/weighted_loss",)),
+                _line(wr, "plain NLL", ("train/nll",)),
+                _line(wr, "α", ("vcore/alpha",)),
+            ],
+        ),
+    ]
     blocks += [wr.H2("RL: before and after (Table 2)"), *rl_blocks(wr, runset, rl_runs)]
-    return wr.Report(entity=entity, project=project, title=f"vcore: {group}", blocks=blocks, width="fluid",
-                     description=f"The paper's views for the W&B group {group} (built by python -m vcore.dashboard).")
+    return wr.Report(
+        entity=entity,
+        project=project,
+        title=f"vcore: {group}",
+        blocks=blocks,
+        width="fluid",
+        description=f"The paper's views for the W&B group {group} (built by python -m vcore.dashboard).",
+    )
 
 
 # --------------------------------------------------------------------------------------------------- spec, save
@@ -283,9 +354,15 @@ def spec(workspace, report=None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcore.dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="ENTITY/PROJECT on W&B")
-    parser.add_argument("--group", default=None, help="one W&B group (a sweep: logger.group, default its dir name); adds the report")
-    parser.add_argument("--runs", default=None, help="a local sweep/run dir: benchmarks and eval splits to draw (default: the paper's)")
-    parser.add_argument("--dry-run", default=None, metavar="FILE", help="write the specification to FILE (JSON), no network")
+    parser.add_argument(
+        "--group", default=None, help="one W&B group (a sweep: logger.group, default its dir name); adds the report"
+    )
+    parser.add_argument(
+        "--runs", default=None, help="a local sweep/run dir: benchmarks and eval splits to draw (default: the paper's)"
+    )
+    parser.add_argument(
+        "--dry-run", default=None, metavar="FILE", help="write the specification to FILE (JSON), no network"
+    )
     args = parser.parse_args(argv)
     entity, sep, project = args.target.partition("/")
     if not (entity and sep and project):
@@ -299,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no runs (config.yaml + metrics.json) under {args.runs}")
     workspace = build_workspace(entity, project, args.group, runs)
     if args.dry_run:
-        report = build_report(entity, project, args.group, runs, bind_runsets=False, rl_runs=rl_runs) if args.group else None
+        report = (
+            build_report(entity, project, args.group, runs, bind_runsets=False, rl_runs=rl_runs) if args.group else None
+        )
         Path(args.dry_run).write_text(json.dumps(spec(workspace, report), indent=1, ensure_ascii=False))
         print(f"wrote {args.dry_run}", file=sys.stderr)
         return 0

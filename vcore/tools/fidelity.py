@@ -42,7 +42,9 @@ def precision_context(name: str, device: torch.device):
         torch.set_float32_matmul_precision(previous)
 
 
-def fidelity_table(model, probe_batches, batches, epsilons, precisions=PRECISIONS, chunk_size: int = 0) -> dict[str, dict[float, float]]:
+def fidelity_table(
+    model, probe_batches, batches, epsilons, precisions=PRECISIONS, chunk_size: int = 0
+) -> dict[str, dict[float, float]]:
     """``{precision: {ε: pearson}}`` of finite-difference against exact float32 jvp scores."""
     model.eval()
     params = trainable_parameters(model)
@@ -100,12 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = [data.train[i] for i in range(min(len(data.train), 2 * b))]
     to_dev = lambda batch: {k: v.to(device) for k, v in batch.items()}  # noqa: E731
     probe, batch = [to_dev(collate(rows[:b]))], [to_dev(collate(rows[b:] or rows[:b]))]
-    table = fidelity_table(model, probe, batch, [float(e) for e in args.eps.split(",")], args.precisions.split(","), c.model.loss_chunk_size)
+    table = fidelity_table(
+        model,
+        probe,
+        batch,
+        [float(e) for e in args.eps.split(",")],
+        args.precisions.split(","),
+        c.model.loss_chunk_size,
+    )
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"Pearson of finite-difference vs exact (jvp, float32) scores; model {c.model.name_or_path}; {name}\n")
     print(markdown(table))
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "model": str(c.model.name_or_path), "pearson": table}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"device": name, "model": str(c.model.name_or_path), "pearson": table}, indent=2)
+        )
     return 0
 
 

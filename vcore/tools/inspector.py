@@ -46,7 +46,11 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
     # A method that weighs against the model training started from (iw-SFT) gets those weights, not the checkpoint
     # being inspected (under LoRA the reference is the checkpoint's own base with adapters off, the same thing).
     context = MethodContext(
-        model, data.train, collate, c.model.loss_chunk_size, start_model=lambda: load_model(model_cfg).to(device),
+        model,
+        data.train,
+        collate,
+        c.model.loss_chunk_size,
+        start_model=lambda: load_model(model_cfg).to(device),
         tokenizer=tokenizer,
     )
     weighting = build_method(c.method, context)
@@ -60,8 +64,17 @@ def inspect_run(path: str | Path, num_examples: int = 8, split: str = "train", d
     n = min(num_examples, len(dataset))
     model.eval()
     return weigh_examples(
-        model, weighting, [dataset[i] for i in range(n)], collate, tokenizer, weighting.name,
-        c.trainer.per_device_train_batch_size, c.trainer.gradient_accumulation_steps, c.model.loss_chunk_size, device, autocast,
+        model,
+        weighting,
+        [dataset[i] for i in range(n)],
+        collate,
+        tokenizer,
+        weighting.name,
+        c.trainer.per_device_train_batch_size,
+        c.trainer.gradient_accumulation_steps,
+        c.model.loss_chunk_size,
+        device,
+        autocast,
     )
 
 
@@ -69,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcore.tools.inspector", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run dir (uses its final/ model) or a checkpoint dir inside a run")
     parser.add_argument("--num-examples", type=int, default=8, help="examples to weigh (default 8)")
-    parser.add_argument("--split", default="train", help="train (default) or an eval split of the dataset (synthetic: test, ood_test, forget, ood_hard, val, ood_val; real data: id)")
+    parser.add_argument(
+        "--split",
+        default="train",
+        help="train (default) or an eval split of the dataset (synthetic: test, ood_test, forget, ood_hard, val, ood_val; real data: id)",
+    )
     parser.add_argument("--out", default=None, help="JSONL file to write (default: <run>/token_weights.jsonl)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

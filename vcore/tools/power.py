@@ -56,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", required=True)
     parser.add_argument("--reference", default="sft")
     parser.add_argument("--benchmark", required=True)
-    parser.add_argument("--items", type=int, nargs="*", default=None, help="item counts to project (default: the pilot's)")
+    parser.add_argument(
+        "--items", type=int, nargs="*", default=None, help="item counts to project (default: the pilot's)"
+    )
     parser.add_argument("--runs-max", type=int, default=24)
-    parser.add_argument("--target", type=float, default=None, help="points: print the fewest runs whose MDE is at most this")
+    parser.add_argument(
+        "--target", type=float, default=None, help="points: print the fewest runs whose MDE is at most this"
+    )
     parser.add_argument("--alpha", type=float, default=ALPHA)
     parser.add_argument("--power", type=float, default=POWER)
     args = parser.parse_args(argv)
@@ -67,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_local(Path(args.runs))
     comps, pilot_runs, pilot_items = pilot_components(runs, args.arm, args.reference, args.benchmark)
     items = args.items or [pilot_items]
-    print(f"pilot: {args.arm} − {args.reference} on {args.benchmark}, {pilot_runs} paired runs x {pilot_items} items; "
-          f"components (points²): run {1e4 * comps.seed:.2f}, item {1e4 * comps.item:.2f}, residual {1e4 * comps.resid:.1f}")
+    print(
+        f"pilot: {args.arm} − {args.reference} on {args.benchmark}, {pilot_runs} paired runs x {pilot_items} items; "
+        f"components (points²): run {1e4 * comps.seed:.2f}, item {1e4 * comps.item:.2f}, residual {1e4 * comps.resid:.1f}"
+    )
     print(table(comps, pilot_runs, items, list(range(2, args.runs_max + 1)), args.alpha, args.power))
     if args.target is not None:
         hi = upper_seed(comps, pilot_runs)

@@ -79,8 +79,18 @@ def load_local(root: Path, task: str = "train") -> list[Run]:
         if not cfg_file.exists():
             continue
         history_file = run_dir / "history.jsonl"
-        history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] if history_file.exists() else []
-        run = Run(str(run_dir.relative_to(root)) or ".", yaml.safe_load(cfg_file.read_text()), json.loads(metrics_file.read_text()), history, run_dir)
+        history = (
+            [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
+            if history_file.exists()
+            else []
+        )
+        run = Run(
+            str(run_dir.relative_to(root)) or ".",
+            yaml.safe_load(cfg_file.read_text()),
+            json.loads(metrics_file.read_text()),
+            history,
+            run_dir,
+        )
         if run.config.get("task", "train") == task:  # e.g. task=eval / task=pretrain dirs hold no training run
             runs.append(run)
     return runs
@@ -97,7 +107,7 @@ def load_wandb(path: str) -> list[Run]:
         if r.config.get("task", "train") != "train":  # RL and evaluation runs of the group hold no training run
             continue
         summary = dict(r.summary)
-        evals = {k[len("eval/"):]: v for k, v in summary.items() if k.startswith("eval/")}
+        evals = {k[len("eval/") :]: v for k, v in summary.items() if k.startswith("eval/")}
         history = [row for row in r.scan_history(keys=["train/nll", "train/weighted_loss", "_step"])]
         runs.append(Run(r.name, dict(r.config), {"eval": evals}, [{**h, "step": h.get("_step")} for h in history]))
     return runs
@@ -109,7 +119,9 @@ def table1_columns(domain: str) -> list[analysis.Column]:
     ids = tuple(c.benchmark for c in layout.IN_DOMAIN[domain])
     oods = tuple(c.benchmark for c in layout.OUT_OF_DOMAIN)
     return [analysis.Column(c.title, (c.benchmark,)) for c in layout.columns(domain)] + [
-        analysis.Column("ID avg", ids), analysis.Column("OOD avg", oods)]
+        analysis.Column("ID avg", ids),
+        analysis.Column("OOD avg", oods),
+    ]
 
 
 def table1(runs: list[Run], options: analysis.Options = analysis.Options()) -> str:
@@ -168,8 +180,10 @@ def headline_points(runs: list[Run], key) -> dict[tuple[str, Any], dict[float, A
 def _errorbars(ax, points, label) -> None:
     xs = sorted(points)
     ests = [points[x] for x in xs]
-    err = [[100 * (e.mean - e.low) if not math.isnan(e.low) else 0 for e in ests],
-           [100 * (e.high - e.mean) if not math.isnan(e.high) else 0 for e in ests]]
+    err = [
+        [100 * (e.mean - e.low) if not math.isnan(e.low) else 0 for e in ests],
+        [100 * (e.high - e.mean) if not math.isnan(e.high) else 0 for e in ests],
+    ]
     ax.errorbar(xs, [100 * e.mean for e in ests], yerr=err, marker="o", capsize=3, label=label)
 
 
@@ -216,6 +230,7 @@ def fig_data_scaling(runs: list[Run], path: Path) -> Path | None:
 
 def fig_tau_eps(runs: list[Run], path: Path) -> Path | None:
     """VCORE's ID accuracy over lg τ, one line per ε, with 95% intervals over runs and items."""
+
     def key(r):
         tau, eps = r.get("method.tau"), r.get("method.probe.epsilon")
         return (float(eps), math.log10(float(tau))) if r.method == "vcore" and tau and eps else None
@@ -245,6 +260,7 @@ def fig_variance_control(runs: list[Run], path: Path, key: str = "train/weighted
                 curves[label] = pts
     if not curves:
         return None
+
     def draw(ax):
         for label, pts in sorted(curves.items()):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
@@ -325,8 +341,16 @@ def fig_accuracy_bars(runs: list[Run], path: Path) -> Path | None:
         xs = np.arange(len(benches)) + (i - (len(bars) - 1) / 2) * width
         means = [100 * c.mean if c else np.nan for c in cis]
         err = [[100 * (c.mean - c.low) if c else 0 for c in cis], [100 * (c.high - c.mean) if c else 0 for c in cis]]
-        ax.bar(xs, means, width, yerr=err, capsize=2, label=label, hatch="//" if label == "start model" else None,
-               color=_color(label, [b[0] for b in bars]))
+        ax.bar(
+            xs,
+            means,
+            width,
+            yerr=err,
+            capsize=2,
+            label=label,
+            hatch="//" if label == "start model" else None,
+            color=_color(label, [b[0] for b in bars]),
+        )
     ax.set_xticks(range(len(benches)), [analysis.SPLITS.get(b, b) for b in benches], fontsize=8)
     ax.set_xlabel("evaluation split")
     ax.set_ylabel("accuracy (%), 95% interval")
@@ -357,9 +381,14 @@ def fig_tau_ess(runs: list[Run], path: Path, bench: str = "synthetic_test") -> P
     acc = [(p[0], p[2]) for p in points if p[2] is not None]
     if acc:
         ax2 = ax.twinx()
-        ax2.errorbar([a[0] for a in acc], [100 * a[1].mean for a in acc],
-                     yerr=[[100 * (a[1].mean - a[1].low) for a in acc], [100 * (a[1].high - a[1].mean) for a in acc]],
-                     fmt="s--", color="tab:red", capsize=3)
+        ax2.errorbar(
+            [a[0] for a in acc],
+            [100 * a[1].mean for a in acc],
+            yerr=[[100 * (a[1].mean - a[1].low) for a in acc], [100 * (a[1].high - a[1].mean) for a in acc]],
+            fmt="s--",
+            color="tab:red",
+            capsize=3,
+        )
         ax2.set_ylabel(f"{analysis.SPLITS.get(bench, bench)} accuracy (%)", color="tab:red")
     ax.set_title("VCORE: sharpness of the weights and accuracy over τ")
     fig.tight_layout()
@@ -387,11 +416,15 @@ def fig_token_heatmap(weights_jsonl: Path, path: Path, k: int = 3, width: int = 
             grid[i // width, i % width] = w
         im = ax.imshow(grid, cmap="viridis", aspect="auto")
         for i, (t, _) in enumerate(toks):
-            ax.text(i % width, i // width, t.replace("\n", "⏎")[:6], ha="center", va="center", fontsize=6, color="white")
+            ax.text(
+                i % width, i // width, t.replace("\n", "⏎")[:6], ha="center", va="center", fontsize=6, color="white"
+            )
         ax.set_xticks([])
         ax.set_yticks([])
         alpha = ex.get("batch_alpha")
-        ax.set_title(f"example {ex['example']} ({ex['method']})" + (f", α={alpha:.3f}" if alpha is not None else ""), fontsize=9)
+        ax.set_title(
+            f"example {ex['example']} ({ex['method']})" + (f", α={alpha:.3f}" if alpha is not None else ""), fontsize=9
+        )
         fig.colorbar(im, ax=ax, label="weight w_t")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -413,12 +446,25 @@ STATISTICS = (
     "only when its adjusted p is below α, equivalent only when TOST puts it within ±{margin:g} points, and otherwise "
     "'not detected', with the minimum effect the comparison could have detected at 80% power."
 )
-def write_report(runs: list[Run], out: Path, weights: Path | None = None, rl_runs: list[Run] | None = None,
-                 options: analysis.Options = analysis.Options(), study: Path | None = None, root: Path | None = None) -> Path:
+
+
+def write_report(
+    runs: list[Run],
+    out: Path,
+    weights: Path | None = None,
+    rl_runs: list[Run] | None = None,
+    options: analysis.Options = analysis.Options(),
+    study: Path | None = None,
+    root: Path | None = None,
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rl_runs = rl_runs or []
-    md = [f"# Report ({len(runs)} runs" + (f", {len(rl_runs)} RL runs)" if rl_runs else ")"), "", STATISTICS.format(
-        level=100 * (1 - options.alpha), alpha=options.alpha, margin=options.margin), ""]
+    md = [
+        f"# Report ({len(runs)} runs" + (f", {len(rl_runs)} RL runs)" if rl_runs else ")"),
+        "",
+        STATISTICS.format(level=100 * (1 - options.alpha), alpha=options.alpha, margin=options.margin),
+        "",
+    ]
     if study is not None:
         from vcore.tools.study import Study, render
 
@@ -453,18 +499,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", help="a sweep/run directory, or wandb:entity/project/group")
     parser.add_argument("--out", default=None, help="output dir (default <runs>/report)")
     parser.add_argument("--weights", default=None, help="inspector JSONL for the token-weight heatmap")
-    parser.add_argument("--margin", type=float, default=analysis.Options.margin,
-                        help="equivalence margin in accuracy points: a difference is called equivalent only when TOST "
-                        "puts it inside ±margin (default %(default)s)")
-    parser.add_argument("--alpha", type=float, default=analysis.Options.alpha, help="level of every test (default %(default)s)")
-    parser.add_argument("--study", default=None, help="a pre-registered study's study.yaml: render its registered "
-                        "analysis first (experiments/synthetic_study/study.yaml)")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=analysis.Options.margin,
+        help="equivalence margin in accuracy points: a difference is called equivalent only when TOST "
+        "puts it inside ±margin (default %(default)s)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=analysis.Options.alpha, help="level of every test (default %(default)s)"
+    )
+    parser.add_argument(
+        "--study",
+        default=None,
+        help="a pre-registered study's study.yaml: render its registered "
+        "analysis first (experiments/synthetic_study/study.yaml)",
+    )
     args = parser.parse_args(argv)
     if args.margin <= 0 or not 0 < args.alpha < 1:
         parser.error(f"--margin must be positive and --alpha in (0, 1), got {args.margin} and {args.alpha}")
     rl_runs: list[Run] = []
     if args.runs.startswith("wandb:"):
-        runs, out = load_wandb(args.runs[len("wandb:"):]), Path(args.out or "report")
+        runs, out = load_wandb(args.runs[len("wandb:") :]), Path(args.out or "report")
     else:
         root = Path(args.runs)
         runs, out = load_local(root), Path(args.out) if args.out else root / "report"
@@ -472,8 +528,15 @@ def main(argv: list[str] | None = None) -> int:
     if not runs and not rl_runs:
         print(f"no runs (config.yaml + metrics.json) found under {args.runs}", file=sys.stderr)
         return 1
-    report = write_report(runs, out, Path(args.weights) if args.weights else None, rl_runs, analysis.Options(args.margin, args.alpha),
-                          Path(args.study) if args.study else None, None if args.runs.startswith("wandb:") else Path(args.runs))
+    report = write_report(
+        runs,
+        out,
+        Path(args.weights) if args.weights else None,
+        rl_runs,
+        analysis.Options(args.margin, args.alpha),
+        Path(args.study) if args.study else None,
+        None if args.runs.startswith("wandb:") else Path(args.runs),
+    )
     print(report.read_text())
     print(f"written to {out}", file=sys.stderr)
     return 0

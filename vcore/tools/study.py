@@ -87,8 +87,10 @@ def collect(runs: list[Any], study: Study, root: Path | None) -> Arms:
     for v in vs:
         v.key = analysis.run_key  # the study pairs by base and seed, even when a directory holds one base
         if v.method in by_arm:
-            raise ValueError(f"the study expects one variant per arm; {v.method} has {by_arm[v.method].label} and {v.label}: "
-                             "report a sweep dir that holds the study's runs only")
+            raise ValueError(
+                f"the study expects one variant per arm; {v.method} has {by_arm[v.method].label} and {v.label}: "
+                "report a sweep dir that holds the study's runs only"
+            )
         by_arm[v.method] = v
     failed = []
     if root is not None:
@@ -113,17 +115,33 @@ def overlap_table(runs: list[Any]) -> str:
     from vcore.data.synthetic import overlaps
 
     first = runs[0]
-    corpus = sorted({(int(r.get("model.tiny.pretrain.seed", 0)), int(r.get("model.tiny.pretrain.steps", 0)) * int(r.get("model.tiny.pretrain.batch_size", 0)))
-                     for r in runs})
-    found = overlaps(train=(int(first.get("dataset.num_examples")), int(first.get("dataset.seed", 0))),
-                     evaluated=(int(first.get("dataset.eval_examples")), int(first.get("dataset.seed", 0))), corpora=tuple(corpus))
+    corpus = sorted(
+        {
+            (
+                int(r.get("model.tiny.pretrain.seed", 0)),
+                int(r.get("model.tiny.pretrain.steps", 0)) * int(r.get("model.tiny.pretrain.batch_size", 0)),
+            )
+            for r in runs
+        }
+    )
+    found = overlaps(
+        train=(int(first.get("dataset.num_examples")), int(first.get("dataset.seed", 0))),
+        evaluated=(int(first.get("dataset.eval_examples")), int(first.get("dataset.seed", 0))),
+        corpora=tuple(corpus),
+    )
     bad = {pair: n for pair, n in found.items() if any(n)}
-    head = (f"Splits as the runs drew them (train {first.get('dataset.num_examples')}, evaluated splits "
-            f"{first.get('dataset.eval_examples')} each, {len(corpus)} pretraining corpora): "
-            f"{len(found)} pairs of splits checked, verbatim and by signature.")
+    head = (
+        f"Splits as the runs drew them (train {first.get('dataset.num_examples')}, evaluated splits "
+        f"{first.get('dataset.eval_examples')} each, {len(corpus)} pretraining corpora): "
+        f"{len(found)} pairs of splits checked, verbatim and by signature."
+    )
     if not bad:
         return head + " **0 shared problems in every pair.**"
-    return head + "\n\n" + "\n".join(f"- {a} / {b}: {v} verbatim, {s} by signature" for (a, b), (v, s) in sorted(bad.items()))
+    return (
+        head
+        + "\n\n"
+        + "\n".join(f"- {a} / {b}: {v} verbatim, {s} by signature" for (a, b), (v, s) in sorted(bad.items()))
+    )
 
 
 def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
@@ -135,8 +153,13 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     ref = arms.variants[study.reference]
     opts = study.options
     level = 1 - study.alpha
-    out = [f"## {study.title}", "", f"Analysed as registered in `{study.prereg}` (α = {study.alpha:g}, equivalence margin "
-           f"±{study.margin:g} points, floor {study.floor:g}%).", ""]
+    out = [
+        f"## {study.title}",
+        "",
+        f"Analysed as registered in `{study.prereg}` (α = {study.alpha:g}, equivalence margin "
+        f"±{study.margin:g} points, floor {study.floor:g}%).",
+        "",
+    ]
 
     # Runs.
     expected = study.bases * study.seeds
@@ -147,10 +170,16 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
         per_base = defaultdict(list)
         for r in rs:
             per_base[analysis.base_of(r)].append(int(r.get("seed", 0)))
-        lines.append(f"| {arm} | {expected} | {len(rs)} | {len(per_base)} | "
-                     + "; ".join(",".join(map(str, sorted(s))) for s in per_base.values()) + " |")
+        lines.append(
+            f"| {arm} | {expected} | {len(rs)} | {len(per_base)} | "
+            + "; ".join(",".join(map(str, sorted(s))) for s in per_base.values())
+            + " |"
+        )
     out += ["### Runs", "", *lines, ""]
-    out.append(f"Failed or non-finite runs (counted, not dropped): {len(arms.failed)}" + (": " + ", ".join(arms.failed) if arms.failed else "."))
+    out.append(
+        f"Failed or non-finite runs (counted, not dropped): {len(arms.failed)}"
+        + (": " + ", ".join(arms.failed) if arms.failed else ".")
+    )
     out += ["", "### Disjoint splits", "", overlap_table([r for v in arms.variants.values() for r in v.runs]), ""]
 
     # Floors.
@@ -160,26 +189,49 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     for bench in dict.fromkeys(e.benchmark for e in endpoints):
         base = analysis.start_model_accuracy(ref.runs, analysis.Column(bench, (bench,)))
         floors[bench] = base is not None and 100 * base.mean < study.floor
-        verdict = "–" if base is None else f"at the floor (< {study.floor:g}%): not compared" if floors[bench] else "compared"
+        verdict = (
+            "–" if base is None else f"at the floor (< {study.floor:g}%): not compared" if floors[bench] else "compared"
+        )
         lines.append(f"| {analysis.SPLITS.get(bench, bench)} | {base.fmt() if base else '–'} | {verdict} |")
-    out += ["### Floors", "", "The start model's zero-shot accuracy (the first run's base; per base in the runs' "
-            "`eval_before/`).", "", *lines, ""]
+    out += [
+        "### Floors",
+        "",
+        "The start model's zero-shot accuracy (the first run's base; per base in the runs' `eval_before/`).",
+        "",
+        *lines,
+        "",
+    ]
 
     def compare(e: Endpoint, variants: dict[str, analysis.Variant] | None = None):
         vs = variants or arms.variants
         if e.arm not in vs:
             return None, f"no runs of {e.arm}"
-        return analysis.compare(vs[e.arm], vs[study.reference], analysis.Column(analysis.SPLITS.get(e.benchmark, e.benchmark), (e.benchmark,)), level)
+        return analysis.compare(
+            vs[e.arm],
+            vs[study.reference],
+            analysis.Column(analysis.SPLITS.get(e.benchmark, e.benchmark), (e.benchmark,)),
+            level,
+        )
 
     # Positive control.
     control, note = compare(study.control)
     go = control is not None and control.p_value < study.alpha and control.mean > 0
-    out += ["### Positive control (go/no-go)", "",
-            f"{study.control.arm} − {study.reference} on {analysis.SPLITS.get(study.control.benchmark, study.control.benchmark)}: "
-            + (f"{control.fmt(signed=True)} points, p = {analysis.fmt_p(control.p_value)}, MDE {100 * control.mde(study.alpha):.1f}. "
-               if control else f"no estimate ({note}). ")
-            + ("**Go**: the miniature can detect a gain out of distribution." if go else
-               "**No-go**: the control's gain is not detectable, so the miniature cannot test the claim."), ""]
+    out += [
+        "### Positive control (go/no-go)",
+        "",
+        f"{study.control.arm} − {study.reference} on {analysis.SPLITS.get(study.control.benchmark, study.control.benchmark)}: "
+        + (
+            f"{control.fmt(signed=True)} points, p = {analysis.fmt_p(control.p_value)}, MDE {100 * control.mde(study.alpha):.1f}. "
+            if control
+            else f"no estimate ({note}). "
+        )
+        + (
+            "**Go**: the miniature can detect a gain out of distribution."
+            if go
+            else "**No-go**: the control's gain is not detectable, so the miniature cannot test the claim."
+        ),
+        "",
+    ]
 
     # Manipulation check.
     m = study.manipulation
@@ -188,10 +240,22 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     style = mv.mean_metric(m.style_metric) if mv and m.style_metric else None
     ref_style = ref.mean_metric(m.style_metric) if m.style_metric else None
     manipulated = ess is not None and ess <= m.ess_max
-    out += ["### Manipulation check", "",
-            f"{m.arm}'s weights: mean ESS {'–' if ess is None else f'{ess:.3f}'} (registered bound ≤ {m.ess_max:g})"
-            + (f"; share of weight on style tokens {style:.3f} (uniform weights: {ref_style:.3f})" if style is not None and ref_style is not None else "")
-            + (". **Passed**: the weights differ from SFT's." if manipulated else f". **Failed**: {m.arm} ≈ {study.reference} here; untested."), ""]
+    out += [
+        "### Manipulation check",
+        "",
+        f"{m.arm}'s weights: mean ESS {'–' if ess is None else f'{ess:.3f}'} (registered bound ≤ {m.ess_max:g})"
+        + (
+            f"; share of weight on style tokens {style:.3f} (uniform weights: {ref_style:.3f})"
+            if style is not None and ref_style is not None
+            else ""
+        )
+        + (
+            ". **Passed**: the weights differ from SFT's."
+            if manipulated
+            else f". **Failed**: {m.arm} ≈ {study.reference} here; untested."
+        ),
+        "",
+    ]
 
     # Primary.
     p = study.primary
@@ -216,27 +280,49 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     if len(bases) > 1:
         fam_b = analysis.Family(opts)
         for b in bases:
-            sub = {a: analysis.Variant(v.method, v.settings, [r for r in v.runs if analysis.base_of(r) == b], analysis.run_key) for a, v in arms.variants.items()}
+            sub = {
+                a: analysis.Variant(
+                    v.method, v.settings, [r for r in v.runs if analysis.base_of(r) == b], analysis.run_key
+                )
+                for a, v in arms.variants.items()
+            }
             sub = {a: v for a, v in sub.items() if v.runs}
             est, n = compare(p, sub) if p.arm in sub and study.reference in sub else (None, "missing runs")
             fam_b.add(f"{p.arm} − {study.reference} on base {b}", analysis.SPLITS.get(p.benchmark, p.benchmark), est, n)
-        out += ["### The primary comparison on each base", "", "Each base alone (its seeds only); the pooled primary "
-                "test above counts every (base, seed) pair as a run, so a base-by-method interaction is in its run term.",
-                "", fam_b.markdown(), ""]
+        out += [
+            "### The primary comparison on each base",
+            "",
+            "Each base alone (its seeds only); the pooled primary "
+            "test above counts every (base, seed) pair as a run, so a base-by-method interaction is in its run term.",
+            "",
+            fam_b.markdown(),
+            "",
+        ]
 
-    out += ["### Conclusion (the registered wording for this outcome)", "", conclusion(study, go, manipulated, floors.get(p.benchmark, False), test, fam), ""]
+    out += [
+        "### Conclusion (the registered wording for this outcome)",
+        "",
+        conclusion(study, go, manipulated, floors.get(p.benchmark, False), test, fam),
+        "",
+    ]
     return "\n".join(out)
 
 
-def conclusion(study: Study, go: bool, manipulated: bool, at_floor: bool, test: analysis.Test, fam: analysis.Family) -> str:
+def conclusion(
+    study: Study, go: bool, manipulated: bool, at_floor: bool, test: analysis.Test, fam: analysis.Family
+) -> str:
     """The sentence PREREG.md fixed for each possible outcome, in its order of precedence."""
     p, ref = study.primary, study.reference
     split = analysis.SPLITS.get(p.benchmark, p.benchmark)
     if not go:
-        return (f"The positive control's gain over {ref} was not detected: this miniature cannot test whether {p.arm} "
-                f"improves on {ref} out of distribution, and no conclusion about {p.arm} is drawn.")
+        return (
+            f"The positive control's gain over {ref} was not detected: this miniature cannot test whether {p.arm} "
+            f"improves on {ref} out of distribution, and no conclusion about {p.arm} is drawn."
+        )
     if not manipulated:
-        return f"{p.arm}'s weights stayed close to uniform: {p.arm} ≈ {ref} in this miniature, and the claim is untested."
+        return (
+            f"{p.arm}'s weights stayed close to uniform: {p.arm} ≈ {ref} in this miniature, and the claim is untested."
+        )
     if at_floor:
         return f"The start model is at the floor on {split}: the primary endpoint is not compared."
     est = test.estimate
@@ -245,9 +331,13 @@ def conclusion(study: Study, go: bool, manipulated: bool, at_floor: bool, test: 
     verdict = fam.verdict(test)
     if verdict.startswith(("better", "worse")):
         word = "better" if est.mean > 0 else "worse"
-        return (f"{p.arm} is {word} than {ref} on {split} by {100 * abs(est.mean):.1f} points "
-                f"(95% CI {est.fmt(signed=True)}, p = {analysis.fmt_p(est.p_value)}).")
+        return (
+            f"{p.arm} is {word} than {ref} on {split} by {100 * abs(est.mean):.1f} points "
+            f"(95% CI {est.fmt(signed=True)}, p = {analysis.fmt_p(est.p_value)})."
+        )
     if verdict.startswith("equivalent"):
         return f"{p.arm} and {ref} are equivalent within ±{study.margin:g} points on {split} ({verdict})."
-    return (f"No difference between {p.arm} and {ref} on {split} was detected ({est.fmt(signed=True)} points); the study "
-            f"could have detected {100 * est.mde(study.alpha):.1f} points at 80% power, and cannot tell them apart below that.")
+    return (
+        f"No difference between {p.arm} and {ref} on {split} was detected ({est.fmt(signed=True)} points); the study "
+        f"could have detected {100 * est.mde(study.alpha):.1f} points at 80% power, and cannot tell them apart below that."
+    )

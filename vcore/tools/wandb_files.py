@@ -107,8 +107,14 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         elif kind == "run":
             r = rec.run
             out.config.update(_items(r.config.update))
-            out.run = {"id": r.run_id, "project": r.project, "group": r.run_group, "job_type": r.job_type,
-                       "tags": list(r.tags), "display_name": r.display_name}
+            out.run = {
+                "id": r.run_id,
+                "project": r.project,
+                "group": r.run_group,
+                "job_type": r.job_type,
+                "tags": list(r.tags),
+                "display_name": r.display_name,
+            }
     out.config.pop("_wandb", None)
     return out
 
@@ -118,8 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="an offline-run-* dir or its run-*.wandb file")
     args = parser.parse_args(argv)
     run = read_offline_run(args.run)
-    print(json.dumps({"run": run.run, "steps": len(run.history), "history_keys": sorted(run.history_keys()),
-                      "summary_keys": sorted(run.summary)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run": run.run,
+                "steps": len(run.history),
+                "history_keys": sorted(run.history_keys()),
+                "summary_keys": sorted(run.summary),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
