@@ -151,8 +151,8 @@ def test_a_detected_effect_is_worded_as_registered_with_the_reports_numbers(tmp_
     d = difference(arm("vcore"), arm("sft"))
     primary = section(text, "Primary endpoint (one test, unadjusted)")
     assert (
-        f"| vcore − sft | OOD: new phrasing | 6 | {N} | **{d.fmt(signed=True)}** | {analysis.fmt_p(d.p_value)} | {analysis.fmt_p(d.p_value)} |"
-        in primary
+        f"| vcore − sft | OOD: new phrasing | 6 | {N} | **{d.fmt(signed=True)}** | "
+        f"{analysis.fmt_p(d.p_value)} | {analysis.fmt_p(d.p_value)} |" in primary
     )
     conclusion = section(text, "Conclusion (the registered wording for this outcome)")
     assert f"vcore is better than sft on OOD: new phrasing by {100 * d.mean:.1f} points" in conclusion

@@ -208,7 +208,8 @@ def _verbose_solution(name: str, item: str, start: int, steps: Steps, clauses: l
     trace = _trace(start, steps)
     for c, (a, op, k, b) in zip(clauses, trace):  # a loop, not a comprehension: one rng draw per line, in order
         lines.append(
-            f"{c[0].upper() + c[1:]}, so {a} {op} {k} = {b}. Let me double-check: {a} {op} {k} is {b}. {rng.choice(CHECKS)}."
+            f"{c[0].upper() + c[1:]}, so {a} {op} {k} = {b}. "
+            f"Let me double-check: {a} {op} {k} is {b}. {rng.choice(CHECKS)}."
         )
     value = trace[-1][3]
     lines.append(f"So the final count is {value}.")
@@ -264,7 +265,8 @@ def _in_pool(rng: random.Random, pool: str, draw, used: set[str] | None) -> tupl
 
 
 def word_problem(rng: random.Random, *, pool: str, steps: Sequence[int], max_number: int, phrasings: Sequence[str],
-                 wrappers: Sequence[str], style: str, used: set[str] | None = None, keep_length: bool = True) -> dict[str, str]:  # fmt: skip
+                 wrappers: Sequence[str], style: str, used: set[str] | None = None,
+                 keep_length: bool = True) -> dict[str, str]:  # fmt: skip
     # With keep_length the length is drawn once, outside the redraws, so that a split without repeats keeps its mix of
     # lengths (short problems run out first); the corpus-like splits mix lengths anyway and redraw it.
     num_steps = rng.choice(list(steps))
@@ -303,7 +305,8 @@ def single_operation(
     solution = (f"<think>\n{a} {op} {b} = {value}\n</think>\nThe answer is \\boxed{{{value}}}." if style == 0
                 else f"<think>\n{a} {op} {b} = {value}.\n</think>\n\\boxed{{{value}}}")  # fmt: skip
     return {"problem": wrap(rng.choice(list(wrappers)), question), "question": question,
-            "generated_solution": solution, "expected_answer": str(value), "signature": signature(a, [(op, b)])}  # fmt: skip
+            "generated_solution": solution, "expected_answer": str(value),
+            "signature": signature(a, [(op, b)])}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -318,8 +321,8 @@ SPLITS = ("train", "val", "test", "ood_val", "ood_test", "forget", "ood_hard", "
 # 44,000 signatures, only 2,461 of them two-step), and an evaluated split repeats no problem while keeping half its
 # items two-step: each in-distribution evaluated split gets 85 (about 200 two-step problems, for up to 300 items +
 # margin); the corpus, which spans far larger spaces, keeps the rest.
-POOL_SHARES = {"corpus": 370, "train": 160, "val": 85, "ood_val": 85, "test": 85, "ood_test": 85, "forget": 50, "ood_hard": 30,
-               "rl": 50}  # fmt: skip
+POOL_SHARES = {"corpus": 370, "train": 160, "val": 85, "ood_val": 85, "test": 85, "ood_test": 85, "forget": 50,
+               "ood_hard": 30, "rl": 50}  # fmt: skip
 _POOL_BOUNDS = [(pool, sum(list(POOL_SHARES.values())[: i + 1])) for i, pool in enumerate(POOL_SHARES)]
 assert _POOL_BOUNDS[-1][1] == 1000 and set(POOL_SHARES) == set(SPLITS)
 PRETRAIN_SINGLE_FRACTION = 0.3  # share of single operations in the pretraining mixture; the rest are word problems
@@ -379,8 +382,8 @@ def _pretrain_record(rng: random.Random, pool: str, used: set[str] | None) -> di
 
 
 @functools.lru_cache(maxsize=8)  # a pure function of its arguments, and a report may ask twice
-def overlaps(train: tuple[int, int], evaluated: tuple[int, int], corpora: tuple[tuple[int, int], ...], rl: tuple[int, int] = (1000, 0),
-             ) -> dict[tuple[str, str], tuple[int, int]]:  # fmt: skip
+def overlaps(train: tuple[int, int], evaluated: tuple[int, int], corpora: tuple[tuple[int, int], ...],
+             rl: tuple[int, int] = (1000, 0)) -> dict[tuple[str, str], tuple[int, int]]:  # fmt: skip
     """Problems two splits share, ``{(split, split): (verbatim questions, signatures)}`` for every pair, with the splits
     drawn as a study draws them: ``train`` and ``evaluated`` as ``(records, seed)`` (every evaluated split at that
     size), each pretraining corpus as ``(seed, records)``, the RL prompts as ``(records, seed)``."""

@@ -342,7 +342,8 @@ class Family:
         self.adjust()
         m = self.options.margin
         lines = [
-            f"| comparison | split | runs | items | difference (points) [95% CI] | p | p (Holm) | MDE | TOST ±{m:g} p (Holm) | verdict |",
+            "| comparison | split | runs | items | difference (points) [95% CI] | p | p (Holm) | MDE | "
+            f"TOST ±{m:g} p (Holm) | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         notes = []
@@ -356,7 +357,8 @@ class Family:
             lines.append(
                 f"| {t.comparison} | {t.column} | {runs} | {est.items or '–'} | {self.cell(t)} | "
                 f"{fmt_p(est.p_value) if tested else '–'} | {fmt_p(t.p_adjusted) if tested else '–'} | "
-                f"{f'{100 * est.mde(self.options.alpha):.1f}' if tested else '–'} | {fmt_p(t.tost_adjusted) if tested else '–'} | "
+                f"{f'{100 * est.mde(self.options.alpha):.1f}' if tested else '–'} | "
+                f"{fmt_p(t.tost_adjusted) if tested else '–'} | "
                 f"{self.verdict(t)} |"
             )
             if t.note:
@@ -484,13 +486,15 @@ def spike_table(runs: list[Any]) -> str:
         peak = max(max(y for _, y in c[SPIKE_WINDOW:] or c) for c in curves)
         final = statistics.mean(c[-1][1] for c in curves)
         rows.append(
-            f"| {v.label} | {len(curves)} | {sum(len(s) for s in spikes)} | {sum(1 for s in spikes if s)} | {peak:.3f} | {final:.3f} |"
+            f"| {v.label} | {len(curves)} | {sum(len(s) for s in spikes)} | {sum(1 for s in spikes if s)} | "
+            f"{peak:.3f} | {final:.3f} |"
         )
     if not rows:
         return ""
     return "\n".join(
         [
-            f"Loss spikes: logged steps whose plain NLL is ≥ {SPIKE_RATIO:g}× the median of the {SPIKE_WINDOW} before it.",
+            f"Loss spikes: logged steps whose plain NLL is ≥ {SPIKE_RATIO:g}× the median of the {SPIKE_WINDOW} "
+            "before it.",
             "",
             "| variant | runs | spikes | runs with a spike | highest NLL after warm-up | final NLL (mean) |",
             "|---|---|---|---|---|---|",
@@ -520,9 +524,8 @@ def tau_table(runs: list[Any], bench: str = "synthetic_test") -> str:
 
         cells = [a.fmt() if (a := accuracy(v, b)) else "–" for b in benches]
         out.append(
-            f"| {v.label} | {v.seeds_label} | {num('mean/weights/ess_frac')} | {num('mean/weights/max', 1)} | {num('mean/vcore/alpha')} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {v.label} | {v.seeds_label} | {num('mean/weights/ess_frac')} | {num('mean/weights/max', 1)} | "
+            f"{num('mean/vcore/alpha')} | " + " | ".join(cells) + " |"
         )
     return "\n".join(out)
 

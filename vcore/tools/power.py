@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     items = args.items or [pilot_items]
     print(
         f"pilot: {args.arm} − {args.reference} on {args.benchmark}, {pilot_runs} paired runs x {pilot_items} items; "
-        f"components (points²): run {1e4 * comps.seed:.2f}, item {1e4 * comps.item:.2f}, residual {1e4 * comps.resid:.1f}"
+        f"components (points²): run {1e4 * comps.seed:.2f}, item {1e4 * comps.item:.2f}, "
+        f"residual {1e4 * comps.resid:.1f}"
     )
     print(table(comps, pilot_runs, items, list(range(2, args.runs_max + 1)), args.alpha, args.power))
     if args.target is not None:

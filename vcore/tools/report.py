@@ -138,8 +138,8 @@ def table1(runs: list[Run], options: analysis.Options = analysis.Options()) -> s
 
 
 def synthetic_sections(runs: list[Run], options: analysis.Options = analysis.Options()) -> list[str]:
-    """The synthetic miniature's tables (:mod:`vcore.tools.analysis`): accuracy with intervals per variant and split next to
-    the start model, each variant against SFT, VCORE over τ, and loss spikes when variance control varies."""
+    """The synthetic miniature's tables (:mod:`vcore.tools.analysis`): accuracy with intervals per variant and split
+    next to the start model, each variant against SFT, VCORE over τ, and loss spikes when variance control varies."""
     rows = [r for r in runs if r.domain == "synthetic"]
     if not rows:
         return []
@@ -442,7 +442,8 @@ def html_heatmap(weights_jsonl: Path, path: Path, k: int = 8) -> Path:
 STATISTICS = (
     "Intervals are {level:g}% over runs (seeds) and items (vcore.eval.intervals: t quantiles per variance term; cells "
     "from one run carry item noise only, cells from per-run numbers none). Each table of comparisons is one family: "
-    "p-values and equivalence tests are Holm-adjusted within it (α = {alpha:g}). A comparison is called better or worse "
+    "p-values and equivalence tests are Holm-adjusted within it (α = {alpha:g}). A comparison is called better or "
+    "worse "
     "only when its adjusted p is below α, equivalent only when TOST puts it within ±{margin:g} points, and otherwise "
     "'not detected', with the minimum effect the comparison could have detected at 80% power."
 )

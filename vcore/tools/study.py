@@ -219,9 +219,11 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     out += [
         "### Positive control (go/no-go)",
         "",
-        f"{study.control.arm} − {study.reference} on {analysis.SPLITS.get(study.control.benchmark, study.control.benchmark)}: "
+        f"{study.control.arm} − {study.reference} on "
+        f"{analysis.SPLITS.get(study.control.benchmark, study.control.benchmark)}: "
         + (
-            f"{control.fmt(signed=True)} points, p = {analysis.fmt_p(control.p_value)}, MDE {100 * control.mde(study.alpha):.1f}. "
+            f"{control.fmt(signed=True)} points, p = {analysis.fmt_p(control.p_value)}, "
+            f"MDE {100 * control.mde(study.alpha):.1f}. "
             if control
             else f"no estimate ({note}). "
         )
@@ -339,5 +341,6 @@ def conclusion(
         return f"{p.arm} and {ref} are equivalent within ±{study.margin:g} points on {split} ({verdict})."
     return (
         f"No difference between {p.arm} and {ref} on {split} was detected ({est.fmt(signed=True)} points); the study "
-        f"could have detected {100 * est.mde(study.alpha):.1f} points at 80% power, and cannot tell them apart below that."
+        f"could have detected {100 * est.mde(study.alpha):.1f} points at 80% power, and cannot tell them apart below "
+        "that."
     )
