@@ -366,8 +366,9 @@ class Family:
         n = sum(1 for t in self.tests if t.estimate is not None and t.estimate.terms)
         lines += [
             "",
-            f"Holm adjustment over the {n} tests of this table; α = {self.options.alpha:g}; MDE: minimum detectable "
-            f"effect at 80% power (points); equivalence: TOST within ±{m:g} points. Bold: survives the adjustment.",
+            (f"Holm adjustment over the {n} tests of this table" if n > 1 else "One test, no adjustment")
+            + f"; α = {self.options.alpha:g}; MDE: minimum detectable effect at 80% power (points); equivalence: TOST "
+            f"within ±{m:g} points. Bold: survives the adjustment.",
         ]
         lines += [f"- {x}" for x in dict.fromkeys(notes)]
         return "\n".join(lines)

@@ -186,8 +186,10 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     endpoints = [study.primary, study.control, *study.secondary]
     floors = {}
     lines = ["| endpoint | base, zero-shot (%) | verdict |", "|---|---|---|"]
+    one_per_base = list({analysis.base_of(r): r for r in ref.runs}.values())  # every base's zero-shot is the same
     for bench in dict.fromkeys(e.benchmark for e in endpoints):
-        base = analysis.start_model_accuracy(ref.runs, analysis.Column(bench, (bench,)))
+        column = analysis.Column(bench, (bench,))
+        base = analysis.estimate([[(r, True) for r in one_per_base]], column, level)
         floors[bench] = base is not None and 100 * base.mean < study.floor
         verdict = (
             "–" if base is None else f"at the floor (< {study.floor:g}%): not compared" if floors[bench] else "compared"
@@ -196,7 +198,8 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     out += [
         "### Floors",
         "",
-        "The start model's zero-shot accuracy (the first run's base; per base in the runs' `eval_before/`).",
+        f"The start models' zero-shot accuracy, over the {len(one_per_base)} bases (each base's "
+        "`eval_before/`, the same in all its runs).",
         "",
         *lines,
         "",
