@@ -175,6 +175,15 @@ def test_task_pretrain_builds_and_evaluates_the_base_and_training_reports_it(mak
     assert trained["model"] == base and trained["eval_before"] == acc
     assert (tmp_path / "train" / "eval_before" / "synthetic_test.jsonl").exists()
 
+    # The same output dir, another base (one more pretraining step): its results are not the old base's; the old
+    # ones are moved aside, not reported and not deleted.
+    cfg = make_cfg(*small, "task=pretrain", "model.tiny.pretrain.steps=9")
+    OmegaConf.update(cfg, "output_dir", str(tmp_path / "pretrain"))
+    other = pretrain(cfg)
+    assert other["model"] != base and len(list((tmp_path / "cache").glob("tiny-*/zero_shot/*/summary.json"))) == 2
+    assert json.loads((tmp_path / "pretrain" / "eval_before" / "summary.json").read_text())["model"] == other["model"]
+    assert len(list((tmp_path / "pretrain").glob("eval_before.replaced-*"))) == 1
+
 
 def test_under_a_launcher_only_rank_zero_builds(tmp_path, monkeypatch):
     """transformers writes weights from rank 0 only: a build on another rank would be stamped without them."""

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from vcore.distributed import rank
@@ -70,6 +71,9 @@ def benchmark_summary(summary: dict) -> dict[str, float]:
     return result
 
 
+EVAL_BEFORE_SPEC = "vcore_start_model.json"  # in eval_before/: which model and settings its results are of
+
+
 def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cacheable: bool = True) -> dict[str, float]:
     """``eval.before_train``: accuracy of the model training starts from, in ``<out>/eval_before/``.
 
@@ -83,12 +87,21 @@ def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cachea
     from vcore.eval.results import jsonable
 
     dest = out / "eval_before"
+    spec = json.dumps(
+        jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True
+    )
     cache = None
     if cacheable and c.model.tiny is not None:
-        spec = json.dumps(
-            jsonable({"benchmarks": c.benchmark, "decoding": c.decoding, "harness": HARNESS_VERSION}), sort_keys=True
-        )
         cache = Path(model_path) / "zero_shot" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    # What eval_before/ holds: a results dir reused by a run dir only for the same start model and settings (a run
+    # dir reused with another base or other benchmarks would otherwise report the old model's accuracy).
+    marker = json.dumps({"model": str(model_path), "spec": spec}, sort_keys=True)
+    if rank() == 0 and (dest / "summary.json").is_file():
+        held = (dest / EVAL_BEFORE_SPEC).read_text() if (dest / EVAL_BEFORE_SPEC).is_file() else None
+        if held != marker:
+            aside = out / f"eval_before.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            log.warning("eval_before/ holds another start model's or other settings' results: moved to %s", aside)
+            dest.rename(aside)
     if not (dest / "summary.json").is_file() and rank() == 0:
         if cache is not None and (cache / "summary.json").is_file():
             log.info("start model's accuracy: cached in %s", cache)
@@ -100,6 +113,8 @@ def evaluate_start_model(c, model, tokenizer, model_path: str, out: Path, cachea
                 tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
                 shutil.copytree(dest, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE))
                 os.replace(tmp, cache) if not cache.exists() else shutil.rmtree(tmp)
+        if (dest / "summary.json").is_file():
+            (dest / EVAL_BEFORE_SPEC).write_text(marker)
     if rank() != 0 or not (dest / "summary.json").is_file():
         return {}
     return benchmark_summary(json.loads((dest / "summary.json").read_text()))
