@@ -1,5 +1,6 @@
-"""Entry point: ``python run.py [overrides]`` (see README). Hydra composes ``conf/train.yaml``; ``cfg.task`` picks the job.
+"""Entry point: ``python run.py [overrides]`` (see README).
 
+Hydra composes ``conf/train.yaml``; ``cfg.task`` picks the job.
 Multi-GPU: ``torchrun --nproc_per_node=N run.py [overrides]`` (docs/distributed.md); all ranks share one output dir.
 """
 

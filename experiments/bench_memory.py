@@ -170,9 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     max_full = args.max_full_T or (10**9 if cuda else 4096)
     rows, thr, dev = [], [], device_name()
-    save = lambda: Path(args.out).write_text(
-        json.dumps({"device": dev, "model": model_kw, "loss_memory": rows, "throughput": thr}, indent=2)
-    )  # noqa: E731
+
+    def save():
+        Path(args.out).write_text(
+            json.dumps({"device": dev, "model": model_kw, "loss_memory": rows, "throughput": thr}, indent=2)
+        )
+
     for length in [int(x) for x in args.lengths.split(",")]:
         for kind in ("full", "chunked"):
             if kind == "full" and length > max_full:

@@ -16,9 +16,10 @@ backward, AdamW step), one example of T tokens per step, a probe batch of the sa
   (``probe.jvp_attention=fused``, CUDA, ``pip install -e ".[gpu]"``; elsewhere it falls back to the blocked path).
 
 Warm-up, several repeats, median. Peak memory: CUDA's max allocated bytes; on CPU, each (variant, T) runs in a
-fresh subprocess and reports its sampled peak resident set size above the size after setup (approximate). Writes JSON and prints a
-markdown table with ratios to SFT measured in the same run. On CUDA the JSON is rewritten after every measurement,
-and a measurement that fails (out of memory, a kernel error) is recorded with its error and the others go on.
+fresh subprocess and reports its sampled peak resident set size above the size after setup (approximate). Writes
+JSON and prints a markdown table with ratios to SFT measured in the same run. On CUDA the JSON is rewritten after
+every measurement, and a measurement that fails (out of memory, a kernel error) is recorded with its error and the
+others go on.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 CUDA device; prints one markdown table and writes one JSON file.
 
     pip install -e ".[test,gpu]"            # vllm too, if the vLLM backend is to be checked: pip install vllm
-    python experiments/gpu_check.py         # at most 8 minutes (budgets) on one H100/H200; writes gpu_check.json, logs in gpu_check/
+    python experiments/gpu_check.py         # at most 8 minutes (budgets) on one H100/H200
+                                            # writes gpu_check.json, logs in gpu_check/
 
 Stages, one after another, each in its own process group with its own time budget (seconds, ``--budget-scale``
 multiplies them); a stage that fails or runs over is recorded (status, exit code, the tail of its log) and the next
@@ -229,8 +230,9 @@ def render(report: dict) -> str:
     """The one markdown table: stages, tests, targets, then every benchmark figure."""
     verdict = {True: "pass", False: "FAIL", None: "not measured"}
     lines = [
-        f"GPU check on {report['card']} (torch {report['torch']}, CUDA {report['cuda']}, Triton {report.get('triton')}, "
-        f"jvp-flash-attention {report.get('jvp_flash_attention')}: fused kernel {report.get('fused_attention')}; {report['date']})\n",
+        f"GPU check on {report['card']} (torch {report['torch']}, CUDA {report['cuda']}, "
+        f"Triton {report.get('triton')}, jvp-flash-attention {report.get('jvp_flash_attention')}: "
+        f"fused kernel {report.get('fused_attention')}; {report['date']})\n",
         "| part | figure | value | target | result |",
         "|---|---|---|---|---|",
     ]
@@ -243,7 +245,8 @@ def render(report: dict) -> str:
     if tests:
         c = tests["counts"]
         lines.append(
-            f"| tests | passed / failed / errors / skipped | {c['passed']} / {c['failed']} / {c['error']} / {c['skipped']} | "
+            "| tests | passed / failed / errors / skipped | "
+            f"{c['passed']} / {c['failed']} / {c['error']} / {c['skipped']} | "
             f"no failure | {'pass' if not tests['failed'] else 'FAIL'} |"
         )
         lines += [f"| tests | failed | {node} | | FAIL |" for node in tests["failed"]]
@@ -261,7 +264,8 @@ def render(report: dict) -> str:
         ratio = f", {r['seconds'] / sft[r['T']]['seconds']:.2f}x SFT" if r["T"] in sft else ""
         fell = f" (blocked path: {'; '.join(r['fused_fallbacks'])})" if r.get("fused_fallbacks") else ""
         lines.append(
-            f"| step cost T={r['T']} | {r['variant']} s/step, peak GiB | {r['seconds']:.3f}{ratio}, {r['peak_bytes'] / 2**30:.2f}{fell} | | |"
+            f"| step cost T={r['T']} | {r['variant']} s/step, peak GiB | "
+            f"{r['seconds']:.3f}{ratio}, {r['peak_bytes'] / 2**30:.2f}{fell} | | |"
         )
     mem = figures.get("bench_memory") or {}
     for r in mem.get("loss_memory", []):
@@ -322,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         print(
-            f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build: {torch.version.cuda}); nothing was run. "
+            f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
+            "nothing was run. "
             "Run it on a machine with an NVIDIA GPU (H100/H200 for the targets) after pip install -e '.[test,gpu]'.",
             file=sys.stderr,
         )

@@ -182,7 +182,7 @@ def accelerate_launch_env(config_file: Path) -> dict[str, str]:
 
 
 def run_py_worker(argv: list[str]) -> None:
-    """``run.py`` itself, as a rank launched with accelerate's FSDP2 environment (see :func:`test_run_py_under_fsdp`)."""
+    """``run.py`` itself, as a rank launched in accelerate's FSDP2 environment (see :func:`test_run_py_under_fsdp`)."""
     import runpy
 
     allow_fsdp_on_cpu()

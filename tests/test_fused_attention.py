@@ -26,7 +26,10 @@ from tests.helpers import random_lm_batch, subprocess_env, varied_rows
 
 def qkv(B=2, H=4, Hkv=2, T=40, D=32, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    mk = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype)
+
+    def mk(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
     return (mk(B, H, T, D), mk(B, Hkv, T, D), mk(B, Hkv, T, D)), (mk(B, H, T, D), mk(B, Hkv, T, D), mk(B, Hkv, T, D))
 
 

@@ -131,10 +131,11 @@ def test_a_fused_row_that_fell_back_does_not_count_as_fused():
     """Its calls ran the blocked path: the target takes the blocked row, and the table names the fallback."""
     figures = fake_figures()
     report = gpu_check.build_report(ENV, STAGES, figures)
-    assert (
-        "| step cost T=4096 | vcore_jvp_fused s/step, peak GiB | 0.590, 3.93x SFT, 16.00 (blocked path: head dim 96) | | |"
-        in gpu_check.render(report)
+    row = (
+        "| step cost T=4096 | vcore_jvp_fused s/step, peak GiB | "
+        "0.590, 3.93x SFT, 16.00 (blocked path: head dim 96) | | |"
     )
+    assert row in gpu_check.render(report)
     for r in figures["bench_step"]["rows"]:
         if r.get("variant") == "vcore_jvp_fused" and r["T"] == 8192:
             r["fused_fallbacks"] = ["jvp-flash-attention is not installed"]
@@ -153,7 +154,8 @@ def test_the_table_and_the_json_carry_every_figure():
     table = gpu_check.render(report)
     lines = table.splitlines()
     assert lines[0].startswith(
-        "GPU check on NVIDIA H200 (torch 2.13.0, CUDA 12.8, Triton 3.9.0, jvp-flash-attention 0.14.0: fused kernel available;"
+        "GPU check on NVIDIA H200 (torch 2.13.0, CUDA 12.8, Triton 3.9.0, "
+        "jvp-flash-attention 0.14.0: fused kernel available;"
     )
     assert lines[2] == "| part | figure | value | target | result |"
     assert sum(line.startswith("| part |") for line in lines) == 1  # one table
@@ -230,11 +232,14 @@ def test_main_runs_every_stage_reads_what_they_wrote_and_keeps_going_after_a_fai
     monkeypatch.setattr(gpu_check, "BUDGETS", {name: 30 for name in gpu_check.BUDGETS})
 
     def commands(work):
-        write = lambda name, data, code=0: [
-            sys.executable,
-            "-c",
-            f"import json, pathlib; pathlib.Path({str(work / name)!r}).write_text({json.dumps(data)!r}); raise SystemExit({code})",
-        ]  # noqa: E731
+        def write(name, data, code=0):
+            return [
+                sys.executable,
+                "-c",
+                f"import json, pathlib; pathlib.Path({str(work / name)!r}).write_text({json.dumps(data)!r}); "
+                f"raise SystemExit({code})",
+            ]
+
         return {
             "tests": [sys.executable, "-c", f"print({PYTEST_LOG!r})"],
             "bench_step": write("bench_step.json", figures["bench_step"], code=1),

@@ -244,7 +244,7 @@ def test_rl_from_a_full_checkpoint_through_run_py(sft_runs, tiny_dir, tmp_path):
 
 
 def test_rl_from_a_lora_checkpoint_merges_the_adapters(sft_runs, tiny_dir, tmp_path):
-    """RL continues the SFT run's LoRA adapters (the KL reference is TRL's frozen copy of them); final/ is a full model."""
+    """RL continues the SFT run's LoRA adapters (the KL reference is TRL's frozen copy); final/ is a full model."""
     from transformers import AutoModelForCausalLM
 
     from vcore.config import to_object

@@ -51,7 +51,7 @@ def floored_trainer(tmp_path, lr_floor):
 
 
 def test_lr_floor_holds_the_schedule_at_the_floor_and_is_off_by_default(tmp_path):
-    """Fails if the floor were not applied (the cosine tail reaches ~0), applied as a fixed LR, or applied when unset."""
+    """Fails if the floor were not applied (the cosine tail reaches ~0), applied as a fixed LR, or applied if unset."""
     floor = 3e-3
     expected = [max(cosine_with_warmup(s, 2, STEPS), floor) for s in range(STEPS)]
     assert sum(e == floor for e in expected) >= 2 and expected[2] == BASE  # the floor binds, the peak does not

@@ -73,7 +73,8 @@ def ocr_row(i, judgement="right", question=None):
         "id": f"ocr-{i}",
         "question_id": f"q{i}",
         "question": f"Read n and print n times {i}." if question is None else question,
-        "r1_generation": f"<think>\nMultiply by {i}.\n</think>\n\n```cpp\nint main(){{long long n;std::cin>>n;std::cout<<n*{i};}}\n```",
+        "r1_generation": f"<think>\nMultiply by {i}.\n</think>\n\n"
+        f"```cpp\nint main(){{long long n;std::cin>>n;std::cout<<n*{i};}}\n```",
         "qwq_critique": "ok",
         "solution": "int main(){}",
         "judgement": judgement,

@@ -12,7 +12,7 @@ EOS = 3
 
 
 def micro_batches(seed: int = 0):
-    """Two micro-batches: float32 weights spread over [0, 3) (some below 0.1), EOS labels on and off the mask, padding."""
+    """Two micro-batches: float32 weights over [0, 3) (some below 0.1), EOS labels on and off the mask, padding."""
     rng = np.random.default_rng(seed)
     out = []
     for B, T in ((3, 7), (2, 9)):

@@ -102,7 +102,7 @@ def test_sweep_runs_two_separate_jobs(tmp_path, name):
 
 @pytest.mark.slow  # ~75 s: three multiruns; tests/test_loggers.py checks the same in-process
 def test_rerun_resumes_the_same_wandb_run(tmp_path):
-    """A requeued job (same config, same run dir) continues its W&B run; the same config in another dir is another run."""
+    """A requeued job (same config, same run dir) continues its W&B run; the same config elsewhere is another run."""
 
     def run_ids(out: Path) -> set[str]:
         return {r.name.rsplit("-", 1)[-1] for r in (out / "0" / "wandb").glob("offline-run-*")}

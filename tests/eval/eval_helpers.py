@@ -88,7 +88,10 @@ def lcb_rows():
 
 def lcb_local_overrides(tmp_path):
     (tmp_path / "lcb.jsonl").write_text("\n".join(json.dumps(r) for r in lcb_rows()))
-    fields = "{question: question_content, answer: null, id: question_id, public_tests: public_test_cases, private_tests: private_test_cases, metadata: metadata, starter_code: starter_code}"
+    fields = (
+        "{question: question_content, answer: null, id: question_id, public_tests: public_test_cases, "
+        "private_tests: private_test_cases, metadata: metadata, starter_code: starter_code}"
+    )
     return [
         "benchmark.lcb.source=local",
         f"benchmark.lcb.data_root={tmp_path}",
@@ -105,9 +108,12 @@ PY = {
     "TLE": "a, b = map(int, input().split())\nwhile a > 5:\n    pass\nprint(a + b)",
 }
 FN_PY = {
-    "AC": "class Solution:\n    def scale(self, nums: List[int], k: int) -> List[int]:\n        return [x * k for x in nums]",
-    "WA": "class Solution:\n    def scale(self, nums: List[int], k: int) -> List[int]:\n        return [x + k for x in nums]",
+    "AC": "class Solution:\n    def scale(self, nums: List[int], k: int) -> List[int]:\n"
+    "        return [x * k for x in nums]",
+    "WA": "class Solution:\n    def scale(self, nums: List[int], k: int) -> List[int]:\n"
+    "        return [x + k for x in nums]",
     "RE": "class Solution:\n    def scale(self, nums, k):\n        return [x * k for x in nums] if nums else 1 / 0",
     "CE": "class Solution:\n    def scale(self, nums, k)\n        return nums",
-    "TLE": "class Solution:\n    def scale(self, nums, k):\n        while not nums:\n            pass\n        return [x * k for x in nums]",
+    "TLE": "class Solution:\n    def scale(self, nums, k):\n        while not nums:\n            pass\n"
+    "        return [x * k for x in nums]",
 }

@@ -202,7 +202,8 @@ def test_rbench_schema_fixture(tmp_path):
         [
             "benchmark.rbench.source=local",
             f"benchmark.rbench.data_root={tmp_path}",
-            "+benchmark.rbench.local=[{path: json, data_files: [rbench.jsonl], fields: {option_columns: [A, B, C, D, E, F]}}]",
+            "+benchmark.rbench.local=[{path: json, data_files: [rbench.jsonl], "
+            "fields: {option_columns: [A, B, C, D, E, F]}}]",
         ],
         local=False,
     )

@@ -36,15 +36,19 @@ FN_PRIVATE = [
 CPP = {
     "AC": '#include <iostream>\nint main(){long long a,b;std::cin>>a>>b;std::cout<<a+b<<"\\n";}',
     "WA": '#include <iostream>\nint main(){long long a,b;std::cin>>a>>b;std::cout<<a-b<<"\\n";}',
-    "RE": '#include <cstdlib>\n#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; if(a>5) std::abort(); std::cout<<a+b<<"\\n";}',
+    "RE": "#include <cstdlib>\n#include <iostream>\n"
+    'int main(){long long a,b;std::cin>>a>>b; if(a>5) std::abort(); std::cout<<a+b<<"\\n";}',
     "CE": "#include <iostream>\nint main(){ this is not C++ }",
-    "TLE": '#include <iostream>\nint main(){long long a,b;std::cin>>a>>b; volatile unsigned long x=0; if(a>5) for(;;) x++; std::cout<<a+b<<"\\n";}',
+    "TLE": "#include <iostream>\n"
+    "int main(){long long a,b;std::cin>>a>>b; volatile unsigned long x=0; if(a>5) for(;;) x++; "
+    'std::cout<<a+b<<"\\n";}',
 }
 _FN_CPP_BODY = (
     "#include <cctype>\n#include <iostream>\n#include <string>\n#include <vector>\n"
     "int main(){std::string line; std::getline(std::cin,line); long long k; std::cin>>k;"
     "std::vector<long long> v; std::string num;"
-    "for(char c: line){ if(c=='-'||isdigit((unsigned char)c)) num+=c; else if(!num.empty()){ v.push_back(std::stoll(num)); num.clear(); } }"
+    "for(char c: line){ if(c=='-'||isdigit((unsigned char)c)) num+=c; "
+    "else if(!num.empty()){ v.push_back(std::stoll(num)); num.clear(); } }"
     "if(!num.empty()) v.push_back(std::stoll(num));"
     "%s"
     'std::cout<<"["; for(size_t i=0;i<v.size();i++){ if(i) std::cout<<", "; std::cout<<v[i]*k; } std::cout<<"]\\n";}'

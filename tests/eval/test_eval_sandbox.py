@@ -34,22 +34,35 @@ def hostile_programs(outside: Path, port: int) -> dict[str, dict[str, str]]:
         },
         "allocate_10gb": {
             "python": "x = bytearray(10 * 1024 ** 3)\nprint(len(x))",
-            "cpp": "#include <cstdlib>\n#include <cstring>\nint main(){ size_t n = 10ULL << 30; char* p = (char*)std::malloc(n); if(!p) return 3; std::memset(p, 1, n); return 0; }",
+            "cpp": "#include <cstdlib>\n#include <cstring>\n"
+            "int main(){ size_t n = 10ULL << 30; char* p = (char*)std::malloc(n); if(!p) return 3; "
+            "std::memset(p, 1, n); return 0; }",
         },
         "output_1gb": {
             "python": "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)",
-            "cpp": "#include <cstdio>\nstatic char b[1 << 20];\nint main(){ for(int i = 0; i < (1 << 20); i++) b[i] = 'x'; for(int i = 0; i < 1024; i++) fwrite(b, 1, sizeof b, stdout); }",
+            "cpp": "#include <cstdio>\nstatic char b[1 << 20];\n"
+            "int main(){ for(int i = 0; i < (1 << 20); i++) b[i] = 'x'; "
+            "for(int i = 0; i < 1024; i++) fwrite(b, 1, sizeof b, stdout); }",
         },
         "write_outside": {
-            "python": f"for p in [{str(outside)!r}, {str(OUTSIDE_TMP)!r}]:\n    try:\n        open(p, 'w').write('escaped')\n    except OSError:\n        pass",
-            "cpp": '#include <cstdio>\nint main(){ const char* ps[] = {%s, %s}; for(auto p : ps){ FILE* f = std::fopen(p, "w"); if(f){ std::fputs("escaped", f); std::fclose(f);} } }'
+            "python": f"for p in [{str(outside)!r}, {str(OUTSIDE_TMP)!r}]:\n"
+            "    try:\n        open(p, 'w').write('escaped')\n    except OSError:\n        pass",
+            "cpp": (
+                "#include <cstdio>\nint main(){ const char* ps[] = {%s, %s}; "
+                'for(auto p : ps){ FILE* f = std::fopen(p, "w"); if(f){ std::fputs("escaped", f); std::fclose(f);} } }'
+            )
             % (json.dumps(str(outside)), json.dumps(str(OUTSIDE_TMP))),
         },
         "network": {
-            "python": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hello')",
-            "cpp": "#include <arpa/inet.h>\n#include <netinet/in.h>\n#include <sys/socket.h>\n#include <unistd.h>\n"
-            "int main(){ int s = socket(AF_INET, SOCK_STREAM, 0); sockaddr_in a{}; a.sin_family = AF_INET; a.sin_port = htons(%d);"
-            ' inet_pton(AF_INET, "127.0.0.1", &a.sin_addr); if(connect(s, (sockaddr*)&a, sizeof a) != 0) return 4; write(s, "hello", 5); return 0; }'
+            "python": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "s.sendall(b'hello')",
+            "cpp": (
+                "#include <arpa/inet.h>\n#include <netinet/in.h>\n#include <sys/socket.h>\n#include <unistd.h>\n"
+                "int main(){ int s = socket(AF_INET, SOCK_STREAM, 0); sockaddr_in a{}; a.sin_family = AF_INET;"
+                " a.sin_port = htons(%d);"
+                ' inet_pton(AF_INET, "127.0.0.1", &a.sin_addr); if(connect(s, (sockaddr*)&a, sizeof a) != 0) return 4;'
+                ' write(s, "hello", 5); return 0; }'
+            )
             % port,
         },
     }
@@ -175,7 +188,10 @@ def test_hostile_program_is_contained(attack, language, tmp_path, listener, moun
 
 
 def test_environment_is_minimal_and_confined(tmp_path):
-    code = "import os, json\nprint(json.dumps({'cwd': os.getcwd(), 'home': os.environ.get('HOME'), 'tmp': os.environ.get('TMPDIR'), 'keys': sorted(os.environ), 'uid': os.getuid()}))"
+    code = (
+        "import os, json\nprint(json.dumps({'cwd': os.getcwd(), 'home': os.environ.get('HOME'), "
+        "'tmp': os.environ.get('TMPDIR'), 'keys': sorted(os.environ), 'uid': os.getuid()}))"
+    )
     os.environ["VCORE_TEST_SECRET"] = "do-not-leak"
     try:
         with Sandbox({"main.py": code}) as sb:

@@ -277,7 +277,8 @@ def test_checker_files_never_enter_the_candidates_box(public_problem):
     )
     honest_but_curious = (
         "import os\n"
-        "seen = [f for f in os.listdir('.') if f in ('input.txt', 'output.txt', 'answer.txt', 'checker', 'testlib.h') or f.startswith('chk_')]\n"
+        "seen = [f for f in os.listdir('.')"
+        " if f in ('input.txt', 'output.txt', 'answer.txt', 'checker', 'testlib.h') or f.startswith('chk_')]\n"
         "a, b = map(int, input().split())\n"
         "print('LEAK', seen) if seen else print(a + b)\n"
     )
@@ -373,7 +374,11 @@ def test_a_program_that_aborts_is_reported_as_sigabrt():
 
 @needs_gxx
 def test_a_binary_over_the_file_size_limit_still_runs():
-    big = "#include <iostream>\nchar pad[80 << 20] = {1};  // initialised, so all 80 MB are in the binary\nint main(){ long a, b; volatile long i = 0; std::cin >> a >> b; std::cout << a + b + pad[i] - 1 << std::endl; }\n"
+    big = (
+        "#include <iostream>\nchar pad[80 << 20] = {1};  // initialised, so all 80 MB are in the binary\n"
+        "int main(){ long a, b; volatile long i = 0; std::cin >> a >> b; "
+        "std::cout << a + b + pad[i] - 1 << std::endl; }\n"
+    )
     with Sandbox({"main.cpp": big}) as sb:
         assert (
             sb.run(

@@ -8,8 +8,9 @@ for each example and no ``attention_mask``; transformers (SDPA/flash varlen) and
 attention inside each example. One row is what flash-attention's varlen kernels want; several short rows are what
 dense attention wants (its cost grows with the square of the row: on CPU, 32 examples of ~100 tokens in one row
 cost more than padding them, while rows of 256 tokens remove most of the padding at no attention cost). A row's
-unused tail is padding that forms its own segment (positions from 0, never supervised). Everything per example (VCORE's softmax and α,
-iw-SFT's means, Random's 20%, sequence normalisation) must still see examples, not rows: the batch therefore keeps
+unused tail is padding that forms its own segment (positions from 0, never supervised). Everything per example
+(VCORE's softmax and α, iw-SFT's means, Random's 20%, sequence normalisation) must still see examples, not rows: the
+batch therefore keeps
 ``labels``, ``answer_mask`` and ``example_id`` in example layout ``[E, T_max]`` plus ``pack_index [E, T_max]`` (the
 flat packed position of each example token, -1 on padding), and the model's per-token losses are gathered back
 into that layout (:func:`vcore.ops.forward.model_token_loss`). Packed and padded batches give the same losses, weights

@@ -82,7 +82,8 @@ def curate(cfg) -> CachedRecords:
         cached = CachedRecords(path)
         c = cached.counts
         log.info(
-            "dataset %s: reusing curated cache %s (%d records of %d rows; %d bad records were skipped when it was built)",
+            "dataset %s: reusing curated cache %s (%d records of %d rows; "
+            "%d bad records were skipped when it was built)",
             cfg.name,
             path,
             len(cached),
@@ -145,9 +146,10 @@ def normalise_row(row: dict[str, Any], cfg, index: int, where: str) -> Record:
     if cfg.prompt_placeholder is not None and prompt.strip() == cfg.prompt_placeholder:
         # Not a bad record but an unfilled source: skipping would silently skip all of it.
         raise ValueError(
-            f"{where}: field {cfg.prompt_field!r} is the placeholder {cfg.prompt_placeholder!r}: this copy of the source "
-            "ships no prompt text (nvidia/OpenCodeReasoning-2 on the hub does this for every question). Fill the field "
-            "in with the script on the dataset card and point dataset.source at the filled copy."
+            f"{where}: field {cfg.prompt_field!r} is the placeholder {cfg.prompt_placeholder!r}: "
+            "this copy of the source ships no prompt text (nvidia/OpenCodeReasoning-2 on the hub does this for every "
+            "question). Fill the field in with the script on the dataset card and point dataset.source at the filled "
+            "copy."
         )
     if not prompt.strip():
         raise BadRecord(f"{where}: field {cfg.prompt_field!r} is empty")

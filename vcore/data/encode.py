@@ -84,7 +84,8 @@ def inserted_think_length(assistant: str, response: str, record: str) -> int:
     if THINK_OPEN in response or THINK_CLOSE in response:
         if assistant.count(THINK_OPEN) != 1 or assistant.count(THINK_CLOSE) != 1:
             raise BadRecord(
-                f"record {record}: the chat template renders the response's think block {assistant.count(THINK_OPEN)} times"
+                f"record {record}: the chat template renders the response's think block "
+                f"{assistant.count(THINK_OPEN)} times"
             )
         return 0
     if THINK_OPEN not in assistant and THINK_CLOSE not in assistant:
@@ -110,7 +111,8 @@ def check_rendered(assistant: str, response: str, record: str) -> None:
     for part in parts:
         if part.strip() and part.strip() not in assistant:
             raise BadRecord(
-                f"record {record}: the chat template does not render this part of the response: {part.strip()[:60]!r}... "
+                f"record {record}: the chat template does not render this part of the response: "
+                f"{part.strip()[:60]!r}... "
                 "(templates that strip reasoning from assistant turns cannot train on it)"
             )
 
@@ -146,7 +148,10 @@ def encode_example(
     if not full_text.startswith(prompt_text):
         hint = ""
         if not enable_thinking and THINK_OPEN in response:
-            hint = " (dataset.enable_thinking=false closes an empty think block in the generation prompt, but this response has its own: set dataset.enable_thinking=true)"
+            hint = (
+                " (dataset.enable_thinking=false closes an empty think block in the generation prompt, "
+                "but this response has its own: set dataset.enable_thinking=true)"
+            )
         raise BadRecord(
             f"record {record}: the chat template renders the prompt differently with and without the response; "
             f"completion-only labels need the generation prompt to be a prefix of the full conversation{hint}"

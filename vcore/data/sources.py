@@ -82,12 +82,14 @@ def local_files(cfg) -> list[Path]:
         raise ConfigError(f"dataset.source: {files[0]} is not .jsonl, .json or .parquet")
     if len(formats) > 1:
         raise ConfigError(
-            f"dataset.source: {root} mixes file formats ({', '.join(sorted(formats))}); narrow it with dataset.data_files"
+            f"dataset.source: {root} mixes file formats ({', '.join(sorted(formats))}); "
+            "narrow it with dataset.data_files"
         )
     fmt = formats.pop()
     if fmt not in ACCEPTS.get(cfg.name, {fmt}):
         raise ConfigError(
-            f"dataset.source: dataset={cfg.name} reads {', '.join(sorted(ACCEPTS[cfg.name]))} files, not {files[0].name}"
+            f"dataset.source: dataset={cfg.name} reads {', '.join(sorted(ACCEPTS[cfg.name]))} files, "
+            f"not {files[0].name}"
         )
     return files
 

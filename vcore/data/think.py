@@ -34,7 +34,8 @@ def apply_think_policy(response: str, mode: str, where: str, field: str, stats: 
     opens, closes = response.count(THINK_OPEN), response.count(THINK_CLOSE)
     if opens > 1 or closes > 1:
         raise BadRecord(
-            f"{where}: field {field!r} has {opens} {THINK_OPEN!r} and {closes} {THINK_CLOSE!r} tags; a response holds one think block at most"
+            f"{where}: field {field!r} has {opens} {THINK_OPEN!r} and {closes} {THINK_CLOSE!r} tags; "
+            "a response holds one think block at most"
         )
     if closes == 1 and opens == 0:
         response = f"{THINK_OPEN}\n{response}"

@@ -158,7 +158,8 @@ class VLLMGenerator:
             ) from err
         if not isinstance(model, (str, Path)):
             raise ConfigError(
-                "backend='vllm' needs a model path or hub id: save the model with save_pretrained first, or use backend='hf'"
+                "backend='vllm' needs a model path or hub id: save the model with save_pretrained first, "
+                "or use backend='hf'"
             )
         self.vllm, self.tokenizer, self.decoding = vllm, tokenizer, decoding
         args = {"model": str(model), "seed": decoding.seed, "dtype": decoding.dtype}

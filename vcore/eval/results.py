@@ -123,7 +123,8 @@ def summary_markdown(summary: dict) -> str:
         m = b["metrics"]
         pk = ", ".join(f"@{k} {_pct(v)}" for k, v in (m.get("pass@k") or {}).items()) or "–"
         lines.append(
-            f"| {name} | {m['n_items']} | {b.get('expected_size') or '–'} | {_pct(m['accuracy'])} | {_ci(m.get('accuracy_ci95'))} | {pk} | "
+            f"| {name} | {m['n_items']} | {b.get('expected_size') or '–'} | {_pct(m['accuracy'])} | "
+            f"{_ci(m.get('accuracy_ci95'))} | {pk} | "
             f"{_pct(m['truncation_rate'])} | {m.get('mean_tokens', 0):.0f} |"
         )
     notes = [f"- {name}: {n}" for name, b in summary["benchmarks"].items() for n in b.get("notes", [])]

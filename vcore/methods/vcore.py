@@ -3,8 +3,8 @@
 Per example i with supervised tokens t = 1..n and utilities s_t (from :mod:`vcore.methods.probe`):
 ``q_t = exp(τ s_t) / Σ_j exp(τ s_j)`` (masked log-sum-exp), ``w_t = n q_t`` (mean weight 1 inside the example),
 and a detached step factor α:
-- ``paper``: ``α = sqrt(V_u / V_q)`` with ``V_q = Var_i(Σ_t q_t s_t)``, ``V_u = Var_i((1/n) Σ_t s_t)`` over the examples of the whole step batch;
-  α = 1 with fewer than 2 examples or ``V_q = 0``; capped at ``alpha_max``.
+- ``paper``: ``α = sqrt(V_u / V_q)`` with ``V_q = Var_i(Σ_t q_t s_t)``, ``V_u = Var_i((1/n) Σ_t s_t)`` over the
+  examples of the whole step batch; α = 1 with fewer than 2 examples or ``V_q = 0``; capped at ``alpha_max``.
 - ``loss_ratio`` (the authors' released code): ``α = min(1, L_uniform / L_weighted)``, 1 when ``L_weighted = 0``.
 - ``none``: α = 1.
 """

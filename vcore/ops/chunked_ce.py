@@ -184,7 +184,8 @@ def check_supported(model: nn.Module) -> None:
     head = causal_lm(model).get_output_embeddings()
     if used or getattr(head, "bias", None) is not None:
         raise ValueError(
-            f"model.loss_chunk_size: chunked cross-entropy does not support this architecture ({used or 'lm-head bias'}); "
+            "model.loss_chunk_size: chunked cross-entropy does not support this architecture "
+            f"({used or 'lm-head bias'}); "
             "set model.loss_chunk_size=0 to use full logits"
         )
 

@@ -64,7 +64,8 @@ def _kernel_or_reason(device_type: str, capability: tuple[int, int] | None):
     if block_pointers_gone and not hopper and not _interpreted():
         return (
             None,
-            f"this Triton has no block pointers, which the kernel needs below compute capability 9 (this GPU: {capability})",
+            "this Triton has no block pointers, which the kernel needs below compute capability 9 "
+            f"(this GPU: {capability})",
         )
     return JVPAttn, None
 

@@ -125,7 +125,8 @@ class RLConfig:
         _check(
             self.prompts_per_step % self.mini_batch_prompts == 0,
             "rl.mini_batch_prompts",
-            f"must divide rl.prompts_per_step ({self.prompts_per_step}): each rollout batch is split into whole updates",
+            f"must divide rl.prompts_per_step ({self.prompts_per_step}): "
+            "each rollout batch is split into whole updates",
         )
         _check(self.generation in ("auto", "hf", "vllm"), "rl.generation", f"{self.generation!r} is not auto|hf|vllm")
         _check(
@@ -173,8 +174,8 @@ class RLConfig:
         _check(
             per_update % per_forward == 0,
             "rl.micro_batch_size",
-            f"{self.mini_batch_prompts} prompts x {self.num_generations} completions per update do not split into forwards of "
-            f"{self.micro_batch_size} completions on {world_size} process(es)",
+            f"{self.mini_batch_prompts} prompts x {self.num_generations} completions per update "
+            f"do not split into forwards of {self.micro_batch_size} completions on {world_size} process(es)",
         )
         return {
             "per_device_train_batch_size": self.micro_batch_size,

@@ -48,7 +48,8 @@ def build_prompts(cfg: RLConfig, tokenizer: Any) -> tuple[Dataset, dict[str, Any
         )
     if not kept:
         raise ConfigError(
-            f"rl.max_prompt_length={cfg.max_prompt_length}: every prompt of rl.data ({cfg.data.name}) is longer (shortest: {min(lengths)} tokens)"
+            f"rl.max_prompt_length={cfg.max_prompt_length}: every prompt of rl.data ({cfg.data.name}) is longer "
+            f"(shortest: {min(lengths)} tokens)"
         )
     dataset = Dataset.from_dict(
         {

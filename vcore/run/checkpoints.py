@@ -192,7 +192,7 @@ _TORCH_FILES = (".pt", ".pth", ".bin")
 
 
 def damaged_file(checkpoint: Path) -> str | None:
-    """The first file of ``checkpoint`` that is visibly cut short or unreadable, with the reason; None if all look whole.
+    """The first file of ``checkpoint`` that is visibly cut short or unreadable, with the reason; None if all are whole.
 
     Cheap checks only (headers, sizes, zip directories), no tensor is loaded: sharded FSDP checkpoints
     (``pytorch_model_fsdp_*``) are checked for their metadata file.

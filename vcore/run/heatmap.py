@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def heatmap_examples(logger_cfg, eval_sets: dict[str, Any]) -> list[dict] | None:
-    """The fixed rows the heatmap shows, or None when it is off (no examples asked, or no eval split to take them from)."""
+    """The fixed rows the heatmap shows, or None when it is off (no examples asked, or no eval split to take them)."""
     k = logger_cfg.token_weights_examples
     if k == 0 or logger_cfg.name == "none" or getattr(logger_cfg, "mode", None) == "disabled":
         return None
@@ -193,7 +193,8 @@ def heatmap_html(examples: list[dict]) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token weights</title>",
         "<style>body{font-family:monospace;max-width:70em;margin:2em auto}span.t{white-space:pre-wrap}"
         "span.p{color:#888}.ex{border-top:1px solid #ccc;padding:.5em 0}</style></head><body>",
-        "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> (darker = larger); hover for loss, score, q, weight.</p>",
+        "<h1>Token weights</h1><p>Prompt tokens grey; supervised tokens shaded by their weight w<sub>t</sub> "
+        "(darker = larger); hover for loss, score, q, weight.</p>",
     ]
     for ex in examples:
         ws = [w for w, s in zip(ex["weight"], ex["supervised"]) if s]

@@ -136,7 +136,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def objective_value(metrics: dict[str, Any], key: str | None) -> float | None:
-    """``metrics[key]`` ("/"-joined, as in :func:`flatten`) as a float for a sweeper (``objective``); None without a key."""
+    """``metrics[key]`` ("/"-joined, as in :func:`flatten`) as a float for a sweeper (``objective``); None if no key."""
     if key is None:
         return None
     flat = flatten(metrics)

@@ -88,7 +88,8 @@ def load_start(c) -> Start:
     if run_dir is None:  # a model dir or a hub id
         if source.exists() and not (source / "config.json").is_file():
             raise ConfigError(
-                f"rl.start={c.rl.start}: not a run dir or checkpoint of this project (no config.yaml here or above), nor a model dir (no config.json)"
+                f"rl.start={c.rl.start}: not a run dir or checkpoint of this project (no config.yaml here or above), "
+                "nor a model dir (no config.json)"
             )
         check_source(str(c.rl.start), "rl.start")
         return Start(
@@ -103,7 +104,8 @@ def load_start(c) -> Start:
 
     if not checkpoint.is_dir():
         raise ConfigError(
-            f"rl.start={c.rl.start}: {run_dir} has no {checkpoint.name}/ (did the run finish?); pass a checkpoint dir inside it instead"
+            f"rl.start={c.rl.start}: {run_dir} has no {checkpoint.name}/ (did the run finish?); "
+            "pass a checkpoint dir inside it instead"
         )
     run_cfg = load_run_config(run_dir / "config.yaml")
     tokenizer, model = load_checkpoint(resolve_model(run_cfg.model), checkpoint)

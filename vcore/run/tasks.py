@@ -1,4 +1,4 @@
-"""``cfg.task`` -> the job that runs it: what ``run.py`` calls, and what tests and sweepers call with a composed config."""
+"""The job of each ``cfg.task``: what ``run.py`` calls, and what tests and sweepers call with a composed config."""
 
 from __future__ import annotations
 

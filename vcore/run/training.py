@@ -1,4 +1,4 @@
-"""Training jobs: ``train(cfg)`` from a composed Hydra config to ``metrics.json``; ``task=pretrain`` builds the tiny base.
+"""Training jobs: ``train(cfg)`` from a composed Hydra config to ``metrics.json``; ``task=pretrain``: the tiny base.
 
     python run.py                                  # the default: tiny model, synthetic task, VCORE
     python run.py method=dft trainer.max_steps=50  # any override
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """``task=train``: train as configured (then evaluate, if asked); metrics also go to ``<output_dir>/metrics.json``."""
+    """``task=train``: train as configured, then evaluate if asked; metrics also go to ``<output_dir>/metrics.json``."""
     return run_job(cfg, _fit)
 
 

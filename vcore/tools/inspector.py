@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--split",
         default="train",
-        help="train (default) or an eval split of the dataset (synthetic: test, ood_test, forget, ood_hard, val, ood_val; real data: id)",
+        help="train (default) or an eval split of the dataset "
+        "(synthetic: test, ood_test, forget, ood_hard, val, ood_val; real data: id)",
     )
     parser.add_argument("--out", default=None, help="JSONL file to write (default: <run>/token_weights.jsonl)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
