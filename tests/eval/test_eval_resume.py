@@ -313,7 +313,7 @@ def test_progress_counts_items_rate_and_time_left_in_the_log_and_on_the_logger(m
     logged, now = [], [100.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(progress, "LOG_EVERY_S", 5.0)
-    logger = type("Logger", (), {"log": lambda self, d: logged.append(d)})()
+    logger = type("Logger", (), {"summary": lambda self, d: logged.append(d)})()
     with caplog.at_level(logging.INFO, logger="vcore.eval.progress"):
         bar = progress.Progress("aime", "generate", total=60, done=10, logger=logger, bar=False)  # 10 from the journal
         now[0] = 110.0

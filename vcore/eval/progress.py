@@ -1,6 +1,7 @@
 """Progress of a long evaluation, for a person: items done / total per benchmark and phase, items per second and the
 time left, on a tqdm bar (a terminal), in a log line every minute (SLURM logs, where a bar is unreadable) and as
-counts on the logger (W&B: ``eval_progress/<benchmark>/<phase>_done``, ``..._total``, ``..._per_s``, ``..._eta_s``).
+counts in the logger's run summary (W&B: ``eval_progress/<benchmark>/<phase>_done``, ``..._total``, ``..._per_s``,
+``..._eta_s``).
 
 A resumed evaluation starts its counts at what the journal already holds; its rate and time left count only the
 items done in this job.
@@ -73,7 +74,9 @@ class Progress:
             counts = {f"{key}_done": self.done, f"{key}_total": self.total}
             if rate:
                 counts.update({f"{key}_per_s": rate, f"{key}_eta_s": eta})
-            self.logger.log(counts)
+            # The run's summary, not its history: a live status that W&B's runs table shows, and no history rows
+            # that would move the run's step between the last training step and the evaluation's results.
+            self.logger.summary(counts)
 
     def close(self) -> None:
         if self.done > self.start_done:
