@@ -101,8 +101,15 @@ def test_fidelity_diagnostic_measures_the_bf16_collapse(tmp_path):
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_training_end_to_end_with_jvp_probe(make_cfg, tmp_path, lora):
+    # The fidelity check compares with finite differences, whose error on this tiny model depends on ε: under LoRA,
+    # on the synthetic data since its splits became disjoint, Pearson 0.90 at ε=3e-5 (float32 round-off), 0.988 at
+    # 1e-4 (the default), above 0.99 at 3e-4. The jvp side is checked exactly against float64 above.
     cfg = make_cfg(
-        "method.probe.mode=jvp", "method.probe.fidelity_every=1", f"model.lora.enabled={lora}", "model.lora.dropout=0.0"
+        "method.probe.mode=jvp",
+        "method.probe.fidelity_every=1",
+        "method.probe.epsilon=3e-4",
+        f"model.lora.enabled={lora}",
+        "model.lora.dropout=0.0",
     )
     job = build_job(to_object(cfg), tmp_path)
     job.trainer.train()
