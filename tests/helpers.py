@@ -80,6 +80,7 @@ def finished_wandb_run(run_dir: Path, timeout: float = 30.0):
     comes last, after the final summary, so a reader waits for it."""
     import time
 
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     from vcore.tools.wandb_files import read_offline_run, records
@@ -89,7 +90,10 @@ def finished_wandb_run(run_dir: Path, timeout: float = 30.0):
     while True:
         for raw in records(next(files.glob("run-*.wandb"))):
             rec = pb.Record()
-            rec.ParseFromString(raw)
+            try:
+                rec.ParseFromString(raw)
+            except DecodeError:  # bytes the service has not finished writing (seen in CI): read the file again
+                break
             if rec.WhichOneof("record_type") == "exit":
                 return read_offline_run(files), rec.exit.exit_code
         assert time.monotonic() < deadline, f"{files}: no exit record, the W&B run was not finished"

@@ -322,3 +322,20 @@ def test_run_is_filed_for_grouping(sweep):
     assert run.run["tags"] == ["fixture", "method=vcore"]
     assert run.run["id"] == run_id(resolved, root / "0")  # stable across requeues (tests/test_loggers.py)
     assert run.config["method"]["name"] == "vcore" and run.config["seed"] == resolved["seed"]
+
+
+def test_a_live_runs_file_reads_up_to_its_last_whole_record(sweep, tmp_path):
+    """W&B's service writes the file while a reader may read it (CI saw a torn record): every prefix of the file
+    reads as the records that are whole in it, and never yields a partial one."""
+    from vcore.tools.wandb_files import records
+
+    root, _ = sweep
+    (path,) = (root / "0" / "wandb").glob("offline-run-*/run-*.wandb")
+    data = path.read_bytes()
+    whole = list(records(path))
+    assert len(whole) > 10
+    torn = tmp_path / "torn.wandb"
+    for cut in sorted({len(data) // 3, len(data) // 2, len(data) - 1, len(data) - 5}):
+        torn.write_bytes(data[:cut])
+        read = list(records(torn))
+        assert read == whole[: len(read)] and len(read) < len(whole)

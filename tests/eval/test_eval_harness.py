@@ -28,10 +28,13 @@ RECORD_KEYS = {
 
 class RecordingLogger:
     def __init__(self):
-        self.logged, self.tables = [], {}
+        self.logged, self.summaries, self.tables = [], [], {}
 
     def log(self, metrics):
         self.logged.append(metrics)
+
+    def summary(self, metrics):
+        self.summaries.append(metrics)
 
     def log_table(self, name, columns, rows):
         assert all(len(r) == len(columns) for r in rows)
@@ -125,6 +128,10 @@ def test_evaluate_in_memory_model(tiny_model_dir, qwen3_tokenizer, tmp_path):
     md = (out / "summary.md").read_text()
     assert "| AIME | SGPQA-1k | ID avg | OOD avg |" in md and "limited to the first 2 items" in md
     assert any("eval/aime/accuracy" in m for m in logger.logged)
+    # Progress goes to the run's summary, never to its history (history rows would move the run's step).
+    progress = {k: v for m in logger.summaries for k, v in m.items()}
+    assert progress["eval_progress/aime/generate_done"] == progress["eval_progress/aime/generate_total"] == 2
+    assert not any(k.startswith("eval_progress/") for m in logger.logged for k in m)
     assert {"eval/aime/samples", "eval/table1_math", "eval/table1_code"} <= set(logger.tables)
     assert model.training
 

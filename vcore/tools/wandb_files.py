@@ -54,6 +54,8 @@ def records(path: Path) -> Iterator[bytes]:
         if kind == 0 and length == 0:  # zero fill: the rest of the block
             pos += left_in_block - FRAGMENT_HEADER
             continue
+        if pos + length > len(data):  # a fragment still being written (a live run's file): stop before it
+            return
         chunk = data[pos : pos + length]
         pos += length
         if kind == FULL:
