@@ -37,6 +37,10 @@ def test_kept_token_weights_are_n_over_k_per_example():
     w = kept_token_weights(kept, mask)
     expected = torch.tensor([[0, 2, 0, 2, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.float32)
     assert torch.equal(w, expected)  # 4 supervised, 2 kept -> 2; none kept -> 0 (no NaN); all kept -> 1
+    # style_weight 0.25: raw 1, 0.25, 1, 0.25 on row 0 (sum 2.5, n 4) -> 1.6, 0.4, 1.6, 0.4; row 1: 0.5 each -> 1.
+    w = kept_token_weights(kept, mask, 0.25)
+    expected = torch.tensor([[0, 1.6, 0.4, 1.6, 0.4, 0], [0, 0, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.float32)
+    torch.testing.assert_close(w, expected)
 
 
 def test_the_control_trains_through_run_py_and_its_weights_skip_the_style(tmp_path):
@@ -44,6 +48,7 @@ def test_the_control_trains_through_run_py_and_its_weights_skip_the_style(tmp_pa
     overrides = [o for o in TINY_TEST if not o.startswith("method.probe")] + [
         f"hydra.run.dir={run}",
         "eval.after_train=false",
+        "method.style_weight=0",
     ]
     proc = subprocess.run(
         [

@@ -1,10 +1,11 @@
-"""The synthetic study's positive control: SFT whose loss covers only the reasoning-bearing tokens.
+"""The synthetic study's positive control: SFT that learns the reasoning-bearing tokens and barely the style.
 
-A supervised token keeps weight when it carries the trace's content (digits, ``+ - * =``, and the special tokens that
-end the thought and the turn: :func:`vcore.data.token_classes.reasoning_token_mask`); the verbose style's words get
-weight 0. Within each example the kept tokens share the example's token count, ``w_t = n / k`` on the ``k`` kept of
-its ``n`` supervised tokens (the Random baseline's normalisation), so the loss keeps SFT's scale. An example with no
-kept token contributes nothing (weights 0, never a division by 0).
+A supervised token is reasoning-bearing when it carries the trace's content (digits, ``+ - * =``, and the special
+tokens of the thought and the turn: :func:`vcore.data.token_classes.reasoning_token_mask`); the verbose style's words
+get ``method.style_weight`` times the weight of a reasoning token. Within each example the weights are normalised to
+mean 1 over its supervised tokens, so the loss keeps SFT's scale. ``style_weight=0`` drops the style altogether; on
+the tiny base that destroys generation (measured in tuning: 0-4% accuracy at every rate; with nothing to hold the
+style tokens' probabilities, training on digits alone makes digits likely everywhere), hence the default 0.1.
 
 Why it is a positive control: in this task the fine-tuning data's style is what is new to the base and what an
 out-of-distribution phrasing does not share; a learner that never fits the style should keep the base's reading of
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vcore.checks import ConfigError
+from vcore.checks import ConfigError, check
 from vcore.data.token_classes import reasoning_token_mask
 from vcore.methods import MethodConfig, MethodContext, MicroBatch, TokenWeighting
 from vcore.ops.forward import TokenForward
@@ -29,14 +30,19 @@ from vcore.ops.forward import TokenForward
 @dataclass
 class ReasoningSFTConfig(MethodConfig):
     name: str = "reasoning_sft"
+    style_weight: float = 0.1  # a style token's weight relative to a reasoning-bearing token's (1: SFT)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.style_weight <= 1, "method.style_weight", f"must be in [0, 1], got {self.style_weight}")
 
 
-def kept_token_weights(kept: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``kept``, ``mask`` ``[B, T]`` bool -> ``[B, T]`` float32: ``n / k`` on the kept supervised tokens of each row
-    (``n`` supervised, ``k`` kept), 0 elsewhere and on rows with ``k = 0``."""
-    keep = kept & mask
-    n, k = mask.sum(dim=1, keepdim=True).double(), keep.sum(dim=1, keepdim=True).double()
-    return torch.where(keep, n / k.clamp(min=1), 0.0).float()
+def kept_token_weights(kept: torch.Tensor, mask: torch.Tensor, style_weight: float = 0.0) -> torch.Tensor:
+    """``kept``, ``mask`` ``[B, T]`` bool -> ``[B, T]`` float32: raw weight 1 on the kept supervised tokens and
+    ``style_weight`` on the others, scaled to mean 1 over each row's supervised tokens; 0 off the mask and on rows
+    whose raw weights sum to 0."""
+    raw = torch.where(kept & mask, 1.0, torch.where(mask, style_weight, 0.0)).double()
+    n, total = mask.sum(dim=1, keepdim=True).double(), raw.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, raw * n / total.clamp(min=1e-300), 0.0).float()
 
 
 class ReasoningSFT(TokenWeighting):
@@ -57,4 +63,4 @@ class ReasoningSFT(TokenWeighting):
         labels = micro.inputs["labels"]
         vocab = self.vocab.to(labels.device)
         kept = vocab[labels.clamp(0, vocab.numel() - 1)]
-        return kept_token_weights(kept, forward.mask)
+        return kept_token_weights(kept, forward.mask, self.cfg.style_weight)
