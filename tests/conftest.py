@@ -32,8 +32,44 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core this process may run on, at most 8.
+
+    Every test runs on one torch thread (below), so two cores run the suite in about half the time. The count comes
+    from the CPU affinity, not ``os.cpu_count()``: in a container that is the cores it was given, not the host's.
+    ``--dist loadfile`` keeps a file's tests on one worker, so a module fixture (a torchrun result, a tiny base) is
+    built once. One process: ``python -m pytest -n 0``."""
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "threads(n): torch intra-op threads for this test (default: one)")
+    config.addinivalue_line(
+        "markers", "alone: no other test runs meanwhile in any worker (the test looks at the whole machine)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _alone_or_shared(request):
+    """Under xdist, a test marked ``alone`` (it checks that nothing of the sandbox is left anywhere on the machine:
+    processes, box folders, cgroups) must not see another worker's sandboxes. Every test holds a shared lock on a
+    file of the session; an ``alone`` test takes it exclusively. A turnstile lock in front of it stops new shared
+    holders while an exclusive one waits, so the exclusive test is not starved by the other worker's next tests."""
+    import fcntl
+
+    root = Path(os.environ["VCORE_TEST_SESSION_CACHE"])
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(root / "turnstile.lock", "a") as gate, open(root / "alone.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,10 @@ import pytest
 from vcore.eval.code_grader import CPP_COMPILE, PYTHON_RUN, judge_lcb
 from vcore.eval.sandbox import MARKER_VAR, Limits, Sandbox, probe_isolation
 
-pytestmark = pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="g++ not installed")
+pytestmark = [
+    pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="g++ not installed"),
+    pytest.mark.alone,  # hostile programs, and checks of every process on the machine (tests/conftest.py)
+]
 ISO = probe_isolation()
 FULL = ISO.level == "full"
 OUTSIDE_TMP = Path(f"/tmp/vcore-sandbox-escape-{secrets.token_hex(4)}")

@@ -26,6 +26,10 @@ from vcore.eval.sandbox import Isolation, Limits, Sandbox, probe_isolation
 from vcore.eval.sandbox_cleanup import MARKER_VAR, OUTER_PREFIX, ipc_objects, reclaim, uid_for
 from vcore.eval.workers import map_with_timeout
 
+# Each test looks at the whole machine (every process, box folder, cgroup, IPC object): none runs beside another
+# worker's tests (tests/conftest.py).
+pytestmark = pytest.mark.alone
+
 ISO = probe_isolation()
 FULL = ISO.level == "full"
 ROOT = os.geteuid() == 0
