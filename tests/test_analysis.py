@@ -242,3 +242,26 @@ def test_report_writes_the_study_sections_and_figures(study, tmp_path):
     assert "## Synthetic miniature" in md and "start model" in md and "| vcore − sft | ID test |" in md
     for png in ("training_nll.png", "accuracy.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_the_start_model_row_counts_each_base_once(tmp_path):
+    """Runs from two bases: the start model's accuracy averages one run per base (not the first run's base alone),
+    and a base's several runs count once."""
+    n = 100
+    weak, strong = [1] * 20 + [0] * 80, [1] * 60 + [0] * 40
+    for i, (base, seed, before) in enumerate([("a", 1, weak), ("a", 2, weak), ("b", 1, strong), ("b", 2, strong)]):
+        write_run(
+            tmp_path,
+            str(i),
+            method="sft",
+            seed=seed,
+            correct={"synthetic_test": [1] * n},
+            before={"synthetic_test": before},
+        )
+        metrics = json.loads((tmp_path / str(i) / "metrics.json").read_text())
+        (tmp_path / str(i) / "metrics.json").write_text(json.dumps({**metrics, "model": f"/cache/tiny-{base}"}))
+    runs = load_local(tmp_path)
+    est = analysis.start_model_accuracy(runs, "synthetic_test")
+    assert est.mean == pytest.approx(0.4) and est.runs == 2
+    one = analysis.start_model_accuracy([r for r in runs if analysis.base_of(r) == "tiny-a"], "synthetic_test")
+    assert one.mean == pytest.approx(0.2) and one.runs == 1

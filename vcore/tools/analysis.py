@@ -268,12 +268,21 @@ def accuracy(v: Variant, bench: str) -> Estimate | None:
 
 
 def start_model_accuracy(runs: list[Any], column: Column | str) -> Estimate | None:
-    """The start model's accuracy (``eval_before``), from the first run that has it (every run shares the base)."""
+    """The start model's accuracy (``eval_before``): one run per base model that has it (a base's runs share its
+    zero-shot scores). Several bases are several runs of the estimate, so its interval covers the base-to-base
+    spread; one base gives item noise only."""
     column = column if isinstance(column, Column) else Column(column, (column,))
+    one_per_base: dict[str, Any] = {}
     for r in runs:
-        if all(item_results(r, b, before=True) for b in column.benches):
-            return estimate([[(r, True)]], column)
-    return None
+        if base_of(r) not in one_per_base and all(item_results(r, b, before=True) for b in column.benches):
+            one_per_base[base_of(r)] = r
+    if not one_per_base:
+        return None
+    return estimate([[(r, True) for r in one_per_base.values()]], column)
+
+
+def bases_in(runs: list[Any]) -> int:
+    return len({base_of(r) for r in runs})
 
 
 def benchmarks_in(runs: list[Any]) -> list[str]:
@@ -441,7 +450,7 @@ def study_tables(runs: list[Any], columns: list[Column] | None = None, options: 
     if any(base_cells):
         shown += base_cells
         out.append(
-            "| start model | – | "
+            f"| start model | {f'{bases_in(runs)} bases' if bases_in(runs) > 1 else '–'} | "
             + " | ".join(["–"] * len(extra) + [c.fmt() if c else "–" for c in base_cells])
             + " | – | – |"
         )
