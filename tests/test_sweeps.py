@@ -75,8 +75,12 @@ def test_every_sweep_has_a_two_job_shape():
 
 
 # Each sweep is a two-job multirun in a subprocess (~12 s on 2 cores). The default suite runs the CPU study; the
-# others are slow tests. Every overlay they use trains for a step in tests/test_experiments.py (in-process, ~2 s).
+# others are slow tests (the study's tuning, τ and pilot steps use the study's overlay and search path). Every
+# overlay they use trains for a step in tests/test_experiments.py (in-process, ~2 s).
 SLOW = {
+    "synthetic_study_tune",
+    "synthetic_study_tau",
+    "synthetic_study_pilot",
     "synthetic_lr",
     "synthetic_variance_control",
     "synthetic_data_scaling",
