@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import REPO, subprocess_env
 
@@ -38,7 +39,7 @@ TWO_JOBS = {
     "data_scaling": ["method=dft", "dataset.num_examples=8,16"],
     "tau_eps": ["method=vcore", "method.probe.epsilon=1e-3", "method.tau=0.5,2"],
     "variance_control": ["method=vcore", "method.probe.epsilon=1e-3", "method.variance_control=none,paper"],
-    "synthetic_study": ["method=sft,reasoning_sft", "model.tiny.seed=0", "seed=1"],
+    "synthetic_study": ["method=reasoning_sft,vcore_study", "model.tiny.seed=1", "seed=1"],
     "synthetic_study_tune": ["method=reasoning_sft", "trainer.learning_rate=1e-3,3e-3", "seed=1"],
     "synthetic_study_tau": ["method.tau=0.1,0.2", "method.probe.epsilon=1e-3", "seed=1"],
     "synthetic_study_pilot": ["method=sft,vcore", "seed=1"],
@@ -102,6 +103,9 @@ def test_sweep_runs_two_separate_jobs(tmp_path, name):
     configs = [(j / "config.yaml").read_text() for j in jobs]
     assert configs[0] != configs[1] and all((j / "metrics.json").exists() for j in jobs)
     assert f"group: {name}" in configs[0]
+    if name == "synthetic_study":  # the study's VCORE arm: method vcore at the registered τ (PREREG.md, section 9)
+        vcore = yaml.safe_load(configs[1])["method"]
+        assert (vcore["name"], vcore["tau"]) == ("vcore", 0.1)
 
 
 @pytest.mark.slow  # ~75 s: three multiruns; tests/test_loggers.py checks the same in-process

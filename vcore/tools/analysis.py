@@ -267,7 +267,7 @@ def accuracy(v: Variant, bench: str) -> Estimate | None:
     return estimate([[(r, False) for r in v.runs]], Column(bench, (bench,)))
 
 
-def start_model_accuracy(runs: list[Any], column: Column | str) -> Estimate | None:
+def start_model_accuracy(runs: list[Any], column: Column | str, level: float = 0.95) -> Estimate | None:
     """The start model's accuracy (``eval_before``): one run per base model that has it (a base's runs share its
     zero-shot scores). Several bases are several runs of the estimate, so its interval covers the base-to-base
     spread; one base gives item noise only."""
@@ -278,7 +278,7 @@ def start_model_accuracy(runs: list[Any], column: Column | str) -> Estimate | No
             one_per_base[base_of(r)] = r
     if not one_per_base:
         return None
-    return estimate([[(r, True) for r in one_per_base.values()]], column)
+    return estimate([[(r, True) for r in one_per_base.values()]], column, level)
 
 
 def bases_in(runs: list[Any]) -> int:
@@ -446,11 +446,11 @@ def study_tables(runs: list[Any], columns: list[Column] | None = None, options: 
     head = "| variant | seeds | " + " | ".join(extra + names) + " | ESS | train NLL |"
     out = [head, "|---" * (len(extra) + len(names) + 4) + "|"]
     shown: list[Estimate | None] = []
-    base_cells = [start_model_accuracy(runs, c) for c in columns]
+    base_cells = [start_model_accuracy(runs, c, level) for c in columns]
     if any(base_cells):
         shown += base_cells
         out.append(
-            f"| start model | {f'{bases_in(runs)} bases' if bases_in(runs) > 1 else '–'} | "
+            f"| start model | {f'{n_bases} bases' if (n_bases := bases_in(runs)) > 1 else '–'} | "
             + " | ".join(["–"] * len(extra) + [c.fmt() if c else "–" for c in base_cells])
             + " | – | – |"
         )

@@ -186,10 +186,8 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     endpoints = [study.primary, study.control, *study.secondary]
     floors = {}
     lines = ["| endpoint | base, zero-shot (%) | verdict |", "|---|---|---|"]
-    one_per_base = list({analysis.base_of(r): r for r in ref.runs}.values())  # every base's zero-shot is the same
     for bench in dict.fromkeys(e.benchmark for e in endpoints):
-        column = analysis.Column(bench, (bench,))
-        base = analysis.estimate([[(r, True) for r in one_per_base]], column, level)
+        base = analysis.start_model_accuracy(ref.runs, bench, level)  # one run per base
         floors[bench] = base is not None and 100 * base.mean < study.floor
         verdict = (
             "–" if base is None else f"at the floor (< {study.floor:g}%): not compared" if floors[bench] else "compared"
@@ -198,7 +196,7 @@ def render(runs: list[Any], study: Study, root: Path | None = None) -> str:
     out += [
         "### Floors",
         "",
-        f"The start models' zero-shot accuracy, over the {len(one_per_base)} bases (each base's "
+        f"The start models' zero-shot accuracy, over the {analysis.bases_in(ref.runs)} bases (each base's "
         "`eval_before/`, the same in all its runs).",
         "",
         *lines,
