@@ -13,7 +13,7 @@ import pytest
 from tests.eval.eval_helpers import load_benchmarks, needs_data
 from vcore.boxed import extract_boxed
 from vcore.eval.benchmarks import load_benchmark, transform_answer
-from vcore.eval.math_grader import grade_many
+from vcore.eval.math_grader import grade_many, grade_one, plain_integer_verdict
 from vcore.eval.workers import map_with_timeout
 
 SELF_CHECK = ["aime", "math500", "gsm8k", "olympiad"]
@@ -44,6 +44,28 @@ def test_equivalences_and_quirks():
     for (gold, pred, want), v in zip(cases, verdicts):
         assert v.correct is want, (gold, pred, v)
     assert verdicts[-2].status == verdicts[-1].status == "no_answer"
+
+
+def test_plain_integers_are_decided_as_math_verify_decides_them():
+    rng = random.Random(0)
+    golds = ["0", "7", "-7", "10", "999999999998", "-123456789012"] + [
+        str(rng.randint(-(10**6), 10**6)) for _ in range(40)
+    ]
+    pairs = []
+    for g in golds:
+        n = int(g)
+        pairs += [(g, g), (g, f" {g} "), (g, str(n + 1)), (g, str(-n)), (g, str(n // 10)), (g, str(rng.randint(0, 99)))]
+    decided = [(g, p, plain_integer_verdict(g, p)) for g, p in pairs]
+    assert all(v is not None for _, _, v in decided)
+    assert sum(v.correct for _, _, v in decided) >= 2 * len(golds)  # both spellings of every gold: a real mix
+    for gold, pred, v in decided:  # math-verify itself, in this process, as the reference
+        assert v.correct is grade_one((gold, pred))[0], (gold, pred)
+        assert v.detail == pred.strip() and v.status == "ok"
+    # anything else goes to math-verify, which knows 007 = 7, 1,000 = 1000 and -0 = 0
+    for gold, pred in [("7", "007"), ("1000", "1,000"), ("0", "-0"), ("5", "5.0"), ("3", "x"), ("1" * 13, "1" * 13)]:
+        assert plain_integer_verdict(gold, pred) is None, (gold, pred)
+    verdicts = grade_many(["7", "1000", "0", "5", "7"], ["007", "1,000", "-0", "5.0", "8"], workers=1, progress=False)
+    assert [v.correct for v in verdicts] == [True, True, True, True, False]
 
 
 def test_transforms_fail_loudly_on_unexpected_shapes():
