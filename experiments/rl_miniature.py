@@ -1,13 +1,15 @@
 """The paper's Table 2 in miniature, on 2 CPU cores: tiny base -> SFT (each method) -> GRPO -> evaluation -> report.
 
     python experiments/rl_miniature.py                                 # SFT and VCORE, seeds 1-3, and RL from the base
-    python experiments/rl_miniature.py --methods sft,dft,vcore --seeds 1,2,3,4
+    python experiments/rl_miniature.py --methods sft,dft,vcore_study --seeds 1,2,3,4
     python experiments/rl_miniature.py --rl rl.learning_rate=3e-4      # any override of the RL jobs (or --sft ...)
 
 Each stage is a ``python run.py -m`` sweep, so every job is an ordinary run dir (resumable, on W&B offline):
 
 1. SFT: ``experiment=synthetic_study`` (each method at the learning rate its validation sweep chose, 200 steps on
-   2,000 traces), without evaluation: the RL jobs evaluate the same model as their "before".
+   2,000 traces; ``vcore_study`` is VCORE at the τ the study chose on out-of-distribution validation, from
+   experiments/synthetic_study/conf), on the default base (``model.tiny.seed``), without evaluation: the RL jobs
+   evaluate the same model as their "before".
 2. RL: ``experiment=synthetic_rl`` from each SFT run's final model (GRPO with Table 8's algorithm and coefficients at
    the tiny model's scale, on the task's RL prompts, which share no problem with training or evaluation), evaluated
    before and after on 300 items of the in-distribution test split and of the phrasing-shift split; and from the base
@@ -36,6 +38,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+STUDY_CONF = REPO / "experiments" / "synthetic_study" / "conf"  # the study's methods: vcore_study, reasoning_sft
 
 
 def run(cmd: list[str], env: dict[str, str]) -> float:
@@ -56,7 +59,11 @@ def finished_runs(sweep: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/rl_miniature.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="sft,vcore", help="SFT methods to start RL from")
+    parser.add_argument(
+        "--methods",
+        default="sft,vcore_study",
+        help="SFT methods to start RL from (conf/method/, or experiments/synthetic_study/conf/method/)",
+    )
     parser.add_argument(
         "--seeds",
         default="1,2,3",
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "experiment=synthetic_study",
         f"method={args.methods}",
         f"seed={args.seeds}",
+        f"hydra.searchpath=[file://{STUDY_CONF}]",
         "eval.after_train=false",
         "eval.before_train=false",
         "trainer.eval_at_end=false",
