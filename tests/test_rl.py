@@ -415,6 +415,13 @@ def test_a_final_dir_or_checkpoint_of_ours_is_known_as_ours(sft_runs, tiny_dir, 
         assert (s.method, s.seed, s.model_name) == ("sft", 42, tiny_dir.name), start
 
 
+def test_table_2_labels_the_tiny_base_tiny_whether_rl_starts_from_it_or_from_a_run_on_it(tiny_dir):
+    from vcore.run.rl import model_label
+
+    assert model_label(compose(*TINY_TEST).model) == "tiny"  # name_or_path null: the cached base, not tiny-<hash>
+    assert model_label(compose(f"model.name_or_path={tiny_dir}/").model) == tiny_dir.name
+
+
 # --------------------------------------------------------------------------------------------------- bad input
 def test_a_start_that_is_not_a_checkpoint_is_named(tiny_dir, tmp_path):
     from vcore.checks import ConfigError

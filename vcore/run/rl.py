@@ -79,7 +79,7 @@ def load_start(c) -> Start:
     if c.rl.start is None:
         tokenizer, model = prepare_model(c)
         path = str(resolve_model(c.model).name_or_path)
-        return Start(tokenizer, model, path, None, _short(path), c.model.lora.enabled)
+        return Start(tokenizer, model, path, None, model_label(c.model), c.model.lora.enabled)
     source = Path(c.rl.start).expanduser()
     try:  # ours: a config.yaml in the dir or above it (a run dir, its final/, a checkpoint, full or LoRA)
         run_dir, checkpoint = find_run(source) if source.exists() else (None, None)
@@ -110,12 +110,19 @@ def load_start(c) -> Start:
     run_cfg = load_run_config(run_dir / "config.yaml")
     tokenizer, model = load_checkpoint(resolve_model(run_cfg.model), checkpoint)
     method = run_cfg.method.name if run_cfg.task == "train" else None
-    name = _short(str(run_cfg.model.name_or_path or "tiny"))
-    return Start(tokenizer, model, str(checkpoint), method, name, run_cfg.model.lora.enabled, run_cfg.seed)
+    return Start(
+        tokenizer, model, str(checkpoint), method, model_label(run_cfg.model), run_cfg.model.lora.enabled, run_cfg.seed
+    )
 
 
 def _short(path: str) -> str:
     return path.rstrip("/").split("/")[-1]
+
+
+def model_label(model_cfg) -> str:
+    """A model group's name in Table 2: the last part of ``name_or_path``, or ``tiny`` for the tiny base (not its
+    cache dir's name, so that RL from the base and RL from SFT runs on it share one label)."""
+    return _short(str(model_cfg.name_or_path or "tiny"))
 
 
 class _SealCheckpoints(TrainerCallback):
