@@ -183,6 +183,11 @@ def test_wandb_stop_requests_wait_for_the_step_end_only_while_training(tmp_path)
     from vcore.config import WandbConfig
     from vcore.run.loggers import WandbLogger
 
+    # Python's own Ctrl+C handler, SIGINT unblocked, as a user's process has them: a library used by an earlier test
+    # in this worker process may have left others (the full suite once failed here; the file alone never did).
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     logger = WandbLogger(WandbConfig(mode="offline"), {"task": "train"}, tmp_path, [], None)
     try:
         with logger.stops_at_step_end():
@@ -194,6 +199,8 @@ def test_wandb_stop_requests_wait_for_the_step_end_only_while_training(tmp_path)
             time.sleep(1)
     finally:
         logger.finish()
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def test_sigterm_means_preempted_except_under_a_wandb_sweep_agent(monkeypatch):
