@@ -219,3 +219,27 @@ def test_a_build_without_weights_is_never_stamped(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="config.json, model.safetensors not written"):
         ensure_tiny(cfg)
     assert not tiny_path(cfg).exists()
+
+
+def test_a_builds_thread_count_is_its_own_not_the_processes(tmp_path):
+    """A base's weights depend on how many threads sum its reductions; the build uses ``pretrain.threads`` whatever the
+    process has, so a job on one thread (a sweep's) and a job on two build the same base."""
+
+    def weights(path):
+        return load_file(path / "model.safetensors")
+
+    previous = torch.get_num_threads()
+    try:
+        built = []
+        for process_threads in (1, 2):
+            torch.set_num_threads(process_threads)
+            built.append(ensure_tiny(spec(tmp_path / f"process{process_threads}", threads=2)))
+            assert torch.get_num_threads() == process_threads  # given back after the build
+        one_thread = ensure_tiny(spec(tmp_path / "build1", threads=1))
+    finally:
+        torch.set_num_threads(previous)
+    a, b, c = weights(built[0]), weights(built[1]), weights(one_thread)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the test can tell: 1 and 2 threads give other weights
+    assert json.loads((built[0] / "pretrain.json").read_text())["torch_threads"] == 2
+    assert tiny_path(spec(tmp_path, threads=1)) != tiny_path(spec(tmp_path, threads=2))  # part of the cache key

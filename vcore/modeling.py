@@ -39,6 +39,9 @@ class TinyPretrainConfig:
     # same batches. (Length-grouped batches would save as much but measurably slow learning down.)
     pack_length: int = 384
     seed: int = 0  # the corpus draw and the data order
+    # torch threads for the build, whatever OMP_NUM_THREADS says: the weights depend on how many threads sum the
+    # reductions (1 and 2 threads give different bases), so the thread count is part of what the cache key hashes.
+    threads: int = 2
 
 
 @dataclass
@@ -67,6 +70,7 @@ class TinyModelConfig:
         _check(self.pretrain.batch_size >= 1, "model.tiny.pretrain.batch_size", "must be >= 1")
         _check(self.pretrain.learning_rate > 0, "model.tiny.pretrain.learning_rate", "must be > 0")
         _check(self.pretrain.pack_length >= 0, "model.tiny.pretrain.pack_length", "must be >= 0 (0: padded batches)")
+        _check(self.pretrain.threads >= 1, "model.tiny.pretrain.threads", "must be >= 1")
 
 
 @dataclass

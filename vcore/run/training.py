@@ -347,9 +347,14 @@ def pretrain_tiny_base(init_dir: Path, work: Path, spec: TinyModelConfig) -> dic
         seed=p.seed,
         output_dir=str(work),
     )
-    job = build_job(c, work)
-    result = job.trainer.train()
-    job.trainer.save_model(str(work / "model"))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(p.threads)
+    try:
+        job = build_job(c, work)
+        result = job.trainer.train()
+        job.trainer.save_model(str(work / "model"))
+    finally:
+        torch.set_num_threads(previous_threads)
     history = job.trainer.state.log_history
     write_history(work / "history.jsonl", history)
     nll = [h["train/nll"] for h in history if "train/nll" in h]
@@ -359,7 +364,7 @@ def pretrain_tiny_base(init_dir: Path, work: Path, spec: TinyModelConfig) -> dic
         "supervised_tokens": job.data.stats.get("train/supervised_tokens"),
         "train_runtime_s": result.metrics.get("train_runtime"),
         "final_nll": nll[-1] if nll else None,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": p.threads,
     }
 
 
