@@ -29,6 +29,8 @@ SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_ke
 
 
 def spec(tmp_path, steps=30, **pretrain) -> ModelConfig:
+    # One build thread unless a test says otherwise: the suite runs one worker per core.
+    pretrain = {"threads": 1, **pretrain}
     p = TinyPretrainConfig(steps=steps, batch_size=8, learning_rate=1e-2, pack_length=256, **pretrain)
     return ModelConfig(tiny=TinyModelConfig(**SMALL, pretrain=p, cache_dir=str(tmp_path / "cache")))
 
