@@ -73,11 +73,13 @@ def grade_many(
     out = [MathVerdict(False, "no_answer") for _ in preds]
     todo = []
     for i, p in enumerate(preds):
-        decided = None if p is None or not p.strip() else plain_integer_verdict(golds[i], p)
-        if decided is not None:
-            out[i] = decided
-        elif p is not None and p.strip():
+        if p is None or not p.strip():
+            continue
+        decided = plain_integer_verdict(golds[i], p)
+        if decided is None:
             todo.append(i)
+        else:
+            out[i] = decided
     if on_verdict is not None:
         for i in sorted(set(range(len(preds))) - set(todo)):
             on_verdict(i, out[i])
