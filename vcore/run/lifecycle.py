@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vcore.checks import ConfigError
@@ -64,6 +65,10 @@ def run_job(cfg: DictConfig, task: Task) -> dict[str, Any]:
         method_class(c.method).check_backend(c.method, backend)  # what the method cannot run on, then what none can
         check_parallel_backend(backend, generates_after_training=bool(c.eval.after_train and c.benchmark))
     init_distributed()  # under torchrun: the group run.py made, or a new one when a task is called directly
+    # The thread count set explicitly, at the count the process has: on CPU a process that has called
+    # torch.set_num_threads (the tiny base's build does) gets other float results than one that never has, even at
+    # the same count, so without this a run that built its base and a rerun that found it cached trained differently.
+    torch.set_num_threads(torch.get_num_threads())
     out = Path(c.output_dir)
     if not same_on_all_ranks(str(out.resolve())):
         raise ConfigError(
