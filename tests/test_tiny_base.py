@@ -245,3 +245,28 @@ def test_a_builds_thread_count_is_its_own_not_the_processes(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the test can tell: 1 and 2 threads give other weights
     assert json.loads((built[0] / "pretrain.json").read_text())["torch_threads"] == 2
     assert tiny_path(spec(tmp_path, threads=1)) != tiny_path(spec(tmp_path, threads=2))  # part of the cache key
+
+
+@pytest.mark.slow  # ~1 min: two run.py processes on two threads
+def test_a_run_that_built_its_base_and_a_rerun_that_found_it_cached_train_alike(tmp_path):
+    """On CPU, a process that has called torch.set_num_threads (the base's build does) gets other float results than
+    one that never has, even at the same count; every job sets its count at its start, so both runs here match."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, subprocess_env
+
+    env = subprocess_env(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", VCORE_CACHE=str(tmp_path / "cache"))
+    # The default model's size: at the other tests' 32-wide size the two processes agree even without the fix.
+    args = ["model.tiny.pretrain.steps=6", "model.tiny.pretrain.threads=2", "dataset.num_examples=64"]
+    args += ["trainer.max_steps=6", "eval.before_train=false", "eval.after_train=false", "logger=none"]
+    finals = []
+    for name in ("fresh", "cached"):
+        out = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "run.py", *args, f"hydra.run.dir={out}"], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        finals.append(load_file(out / "final" / "model.safetensors"))
+    assert len(list((tmp_path / "cache" / "tiny").glob("tiny-*"))) == 1  # the second run found the first one's base
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
